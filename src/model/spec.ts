@@ -46,6 +46,11 @@ export interface ModelSpec {
   qkNorm: boolean;
   /** Sliding-window attention span in tokens (Mistral v0.1 style); undefined = full causal. */
   slidingWindow?: number;
+  /**
+   * Per layer, whether slidingWindow applies (Qwen2/Qwen3: only layers >= max_window_layers, or
+   * as config.layer_types says). Undefined = every layer, when slidingWindow is set.
+   */
+  slidingWindowLayers?: readonly boolean[];
   bosTokenId?: number;
   eosTokenId?: number | number[];
   /** The parsed config.json, kept so outputs (prune, quantize) can rewrite it faithfully. */

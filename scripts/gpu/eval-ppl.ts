@@ -1,0 +1,50 @@
+// Perplexity of a model on the GPU (f32 and bf16), checked against a reference file's values.
+// Usage: node .gpu/eval-ppl.mjs --model DIR --data FILE [--ref JSON] [--device cuda|cpu]
+//        [--dtypes f32,bf16] [--max-tokens N] [--seq-len 512]
+// Prints one line per dtype; writes $OUT/eval-ppl.json when $OUT is set.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { runEval } from '../../src/eval/run.js';
+import { CudaDevice } from '../../src/tensor/cuda/index.js';
+import type { ComputeDType, Device } from '../../src/tensor/device.js';
+
+function flag(name: string, fallback?: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+const model = flag('model')!;
+const dataFile = flag('data')!;
+const refFile = flag('ref');
+const deviceKind = flag('device', 'cuda')!;
+const dtypes = flag('dtypes', 'f32,bf16')!.split(',') as ComputeDType[];
+const maxTokens = flag('max-tokens') ? Number(flag('max-tokens')) : undefined;
+const seqLen = Number(flag('seq-len', '512'));
+
+/** Reference ppl per dtype from stories260K-perplexity.json's "float32_and_bf16" entries. */
+function referencePpl(dtype: ComputeDType): number | undefined {
+  if (!refFile) return undefined;
+  const ref = JSON.parse(fs.readFileSync(refFile, 'utf8')) as Record<string, Record<string, { ppl: number }>>;
+  const entries = ref['float32_and_bf16'] ?? {};
+  const key = Object.keys(entries).find((k) => k.includes(`chunks${seqLen}`) && k.includes(dtype === 'f32' ? 'float32' : 'bfloat16'));
+  return key ? entries[key].ppl : undefined;
+}
+
+const results: Record<string, unknown>[] = [];
+for (const dtype of dtypes) {
+  const device: Device =
+    deviceKind === 'cpu' ? (await import('../../src/tensor/cpu/index.js')).createCpuDevice() : new CudaDevice({ dtype });
+  const run = await runEval({ model, dataFile, seqLen, keepLast: false, maxTokens, device, deviceName: deviceKind });
+  const r = run.result;
+  const ref = maxTokens === undefined ? referencePpl(dtype) : undefined;
+  const rel = ref !== undefined ? Math.abs(r.ppl - ref) / ref : undefined;
+  const line = {
+    device: deviceKind, dtype: device.dtype, protocol: `chunks${seqLen}`, tokensScored: r.tokensScored, nllSum: r.nllSum, ppl: r.ppl,
+    reference: ref, relDiff: rel, tokensPerSecond: Math.round(r.tokensPerSecond), forwardSeconds: r.forwardSeconds, wallSeconds: run.wallSeconds,
+  };
+  results.push(line);
+  console.log(JSON.stringify(line));
+  (device as { close?: () => void }).close?.();
+}
+if (process.env.OUT) fs.writeFileSync(path.join(process.env.OUT, 'eval-ppl.json'), JSON.stringify(results, null, 1));

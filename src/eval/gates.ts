@@ -1,0 +1,73 @@
+// CI gates: `metric op number` expressions evaluated against eval's metrics.
+
+import { UsageError } from '../errors.js';
+
+/** Metrics a gate can test, with what they mean (shown in usage errors and --help). */
+export const GATE_METRICS = {
+  ppl: 'perplexity of the model',
+  nll: 'mean negative log-likelihood per scored token (nats)',
+  ppl_ratio: 'model ppl / baseline ppl (needs --baseline)',
+  kld_mean: 'mean per-token KL(baseline ‖ model) in nats (needs --baseline)',
+  kld_p99: '99th percentile of per-token KL(baseline ‖ model) (needs --baseline)',
+  top1: 'fraction of tokens whose argmax matches the baseline (needs --baseline)',
+  tokens_per_s: 'scored tokens per second of model forward time',
+} as const;
+
+export type GateMetric = keyof typeof GATE_METRICS;
+export type GateOp = '<=' | '>=' | '<' | '>' | '==';
+export type MetricValues = Partial<Record<GateMetric, number>>;
+
+export interface Gate {
+  expr: string;
+  metric: GateMetric;
+  op: GateOp;
+  threshold: number;
+}
+
+export interface GateResult extends Gate {
+  actual: number;
+  pass: boolean;
+}
+
+const GATE_PATTERN = /^\s*([a-z_0-9]+)\s*(<=|>=|==|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\s*$/i;
+
+function metricList(): string {
+  return Object.keys(GATE_METRICS).join(', ');
+}
+
+/** Parses `metric(<=|>=|<|>|==)number`, e.g. `ppl<=5.2`, `kld_p99 < 0.05`. */
+export function parseGate(expr: string): Gate {
+  const m = GATE_PATTERN.exec(expr);
+  if (!m) throw new UsageError(`bad --gate "${expr}": expected metric(<=|>=|<|>|==)number, metrics: ${metricList()}`);
+  const metric = m[1]!;
+  if (!Object.hasOwn(GATE_METRICS, metric)) throw new UsageError(`bad --gate "${expr}": unknown metric "${metric}", metrics: ${metricList()}`);
+  return { expr, metric: metric as GateMetric, op: m[2] as GateOp, threshold: Number(m[3]) };
+}
+
+/** Fails (usage) when a gate tests a metric this run does not compute, e.g. kld_mean without --baseline. */
+export function checkGatesComputable(gates: readonly Gate[], computable: readonly GateMetric[]): void {
+  for (const g of gates) {
+    if (!computable.includes(g.metric)) {
+      throw new UsageError(`--gate "${g.expr}": metric ${g.metric} is not computed by this run (${GATE_METRICS[g.metric]})`);
+    }
+  }
+}
+
+function compare(actual: number, op: GateOp, threshold: number): boolean {
+  switch (op) {
+    case '<=': return actual <= threshold;
+    case '>=': return actual >= threshold;
+    case '<': return actual < threshold;
+    case '>': return actual > threshold;
+    case '==': return actual === threshold;
+  }
+}
+
+/** Evaluates every gate (none short-circuits). */
+export function evaluateGates(gates: readonly Gate[], metrics: MetricValues): GateResult[] {
+  return gates.map((g) => {
+    const actual = metrics[g.metric];
+    if (actual === undefined) throw new UsageError(`--gate "${g.expr}": metric ${g.metric} was not computed`);
+    return { ...g, actual, pass: compare(actual, g.op, g.threshold) };
+  });
+}

@@ -1,0 +1,225 @@
+// HF checkpoint tensors → the decoder's weights on a Device, for every architecture of ModelSpec.
+// Every weight is read as float32 (the io layer decodes F16/BF16/… on read) and uploaded once.
+// Linear weights end up [out_features, in_features] (nn.Linear layout); GPT-2's Conv1D weights
+// ([in, out]) are transposed and its fused c_attn is split into q, k, v.
+
+import path from 'node:path';
+import { LlmoptError } from '../errors.js';
+import type { Device, Tensor } from '../tensor/device.js';
+import type { ModelSpec } from './spec.js';
+
+/** What weight loading needs from a checkpoint (CheckpointTensors implements it). */
+export interface WeightSource {
+  has(name: string): boolean;
+  info(name: string): { shape: readonly number[] };
+  readFloat32(name: string): Float32Array;
+  /** The files tensors are read from, for error messages. */
+  files(): string[];
+}
+
+export interface LayerWeights {
+  /** input_layernorm (GPT-2: ln_1, with bias). */
+  attnNorm: Tensor;
+  attnNormBias?: Tensor;
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  qBias?: Tensor;
+  kBias?: Tensor;
+  vBias?: Tensor;
+  o: Tensor;
+  oBias?: Tensor;
+  /** Qwen3 per-head RMSNorm weights [headDim]. */
+  qNorm?: Tensor;
+  kNorm?: Tensor;
+  /** post_attention_layernorm (GPT-2: ln_2, with bias). */
+  mlpNorm: Tensor;
+  mlpNormBias?: Tensor;
+  /** SwiGLU gate_proj; absent for GPT-2. */
+  gate?: Tensor;
+  gateBias?: Tensor;
+  /** up_proj (GPT-2: c_fc). */
+  up: Tensor;
+  upBias?: Tensor;
+  /** down_proj (GPT-2: mlp.c_proj). */
+  down: Tensor;
+  downBias?: Tensor;
+}
+
+export interface DecoderWeights {
+  /** Token embedding [vocab, hidden]. */
+  embed: Tensor;
+  /** GPT-2 learned positions [maxPositions, hidden]. */
+  positions?: Tensor;
+  layers: LayerWeights[];
+  finalNorm: Tensor;
+  finalNormBias?: Tensor;
+  /** [vocab, hidden]; the same tensor as embed when the embeddings are tied. */
+  lmHead: Tensor;
+}
+
+/** True when config.json says the checkpoint is quantized (compressed-tensors, GPTQ, AWQ, …). */
+export function isQuantizedConfig(spec: ModelSpec): boolean {
+  const q = spec.rawConfig.quantization_config;
+  return q !== undefined && q !== null;
+}
+
+/** Reads tensors by HF name, checking presence and shape, with errors that name the checkpoint. */
+class TensorReader {
+  constructor(
+    private readonly src: WeightSource,
+    private readonly device: Device,
+  ) {}
+
+  private where(): string {
+    const files = this.src.files();
+    if (files.length === 1) return files[0]!;
+    return `${files.length} shards in ${files.length > 0 ? path.dirname(files[0]!) : '(no files)'}`;
+  }
+
+  has(name: string): boolean {
+    return this.src.has(name);
+  }
+
+  /** Host float32 data of `name`, which must have exactly `shape`. */
+  host(name: string, shape: readonly number[]): Float32Array {
+    if (!this.src.has(name)) throw new LlmoptError(`${this.where()}: missing tensor "${name}" (the config needs it)`);
+    const actual = this.src.info(name).shape;
+    if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
+      throw new LlmoptError(`${this.where()}: tensor "${name}" has shape [${actual.join(', ')}], expected [${shape.join(', ')}]`);
+    }
+    return this.src.readFloat32(name);
+  }
+
+  upload(name: string, shape: readonly number[]): Tensor {
+    return this.device.upload(this.host(name, shape), shape);
+  }
+
+  /** A Conv1D weight stored [inF, outF], uploaded as [outF, inF]. */
+  uploadTransposed(name: string, inF: number, outF: number): Tensor {
+    return this.device.upload(transpose(this.host(name, [inF, outF]), inF, outF), [outF, inF]);
+  }
+}
+
+function transpose(a: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(a.length);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) out[c * rows + r] = a[r * cols + c]!;
+  }
+  return out;
+}
+
+/** Loads every weight the spec needs from `src` onto `device`. Nothing is kept on the host. */
+export function loadDecoderWeights(spec: ModelSpec, src: WeightSource, device: Device): DecoderWeights {
+  if (isQuantizedConfig(spec)) {
+    throw new LlmoptError('quantized checkpoints are not supported by the decoder yet (config.json has quantization_config)');
+  }
+  const r = new TensorReader(src, device);
+  const uploaded: Tensor[] = [];
+  const track = <T extends Tensor | undefined>(t: T): T => {
+    if (t !== undefined) uploaded.push(t);
+    return t;
+  };
+  try {
+    return spec.architecture === 'gpt2' ? loadGpt2(spec, r, device, track) : loadLlamaFamily(spec, r, track);
+  } catch (e) {
+    for (const t of uploaded) device.free(t);
+    throw e;
+  }
+}
+
+type Track = <T extends Tensor | undefined>(t: T) => T;
+
+function loadLlamaFamily(spec: ModelSpec, r: TensorReader, track: Track): DecoderWeights {
+  // Base-model checkpoints (LlamaModel rather than LlamaForCausalLM) have no "model." prefix.
+  const p = !r.has('model.embed_tokens.weight') && r.has('embed_tokens.weight') ? '' : 'model.';
+  const H = spec.hiddenSize;
+  const qDim = spec.numHeads * spec.headDim;
+  const kvDim = spec.numKvHeads * spec.headDim;
+  const I = spec.intermediateSize;
+  const embed = track(r.upload(`${p}embed_tokens.weight`, [spec.vocabSize, H]));
+  const layers: LayerWeights[] = [];
+  for (let i = 0; i < spec.numLayers; i++) {
+    const l = `${p}layers.${i}.`;
+    const bias = (name: string, n: number, on: boolean) => (on ? track(r.upload(`${l}${name}.bias`, [n])) : undefined);
+    layers.push({
+      attnNorm: track(r.upload(`${l}input_layernorm.weight`, [H])),
+      q: track(r.upload(`${l}self_attn.q_proj.weight`, [qDim, H])),
+      k: track(r.upload(`${l}self_attn.k_proj.weight`, [kvDim, H])),
+      v: track(r.upload(`${l}self_attn.v_proj.weight`, [kvDim, H])),
+      qBias: bias('self_attn.q_proj', qDim, spec.qkvBias),
+      kBias: bias('self_attn.k_proj', kvDim, spec.qkvBias),
+      vBias: bias('self_attn.v_proj', kvDim, spec.qkvBias),
+      o: track(r.upload(`${l}self_attn.o_proj.weight`, [H, qDim])),
+      oBias: bias('self_attn.o_proj', H, spec.oBias),
+      qNorm: spec.qkNorm ? track(r.upload(`${l}self_attn.q_norm.weight`, [spec.headDim])) : undefined,
+      kNorm: spec.qkNorm ? track(r.upload(`${l}self_attn.k_norm.weight`, [spec.headDim])) : undefined,
+      mlpNorm: track(r.upload(`${l}post_attention_layernorm.weight`, [H])),
+      gate: track(r.upload(`${l}mlp.gate_proj.weight`, [I, H])),
+      gateBias: bias('mlp.gate_proj', I, spec.mlpBias),
+      up: track(r.upload(`${l}mlp.up_proj.weight`, [I, H])),
+      upBias: bias('mlp.up_proj', I, spec.mlpBias),
+      down: track(r.upload(`${l}mlp.down_proj.weight`, [H, I])),
+      downBias: bias('mlp.down_proj', H, spec.mlpBias),
+    });
+  }
+  const finalNorm = track(r.upload(`${p}norm.weight`, [H]));
+  const lmHead = spec.tieWordEmbeddings ? embed : track(r.upload('lm_head.weight', [spec.vocabSize, H]));
+  return { embed, layers, finalNorm, lmHead };
+}
+
+function loadGpt2(spec: ModelSpec, r: TensorReader, device: Device, track: Track): DecoderWeights {
+  // GPT2LMHeadModel.save_pretrained writes "transformer.*"; the original hub gpt2 files have no prefix.
+  const p = !r.has('transformer.wte.weight') && r.has('wte.weight') ? '' : 'transformer.';
+  const H = spec.hiddenSize;
+  const I = spec.intermediateSize;
+  const embed = track(r.upload(`${p}wte.weight`, [spec.vocabSize, H]));
+  const positions = track(r.upload(`${p}wpe.weight`, [spec.maxPositionEmbeddings, H]));
+  const layers: LayerWeights[] = [];
+  for (let i = 0; i < spec.numLayers; i++) {
+    const l = `${p}h.${i}.`;
+    // c_attn: Conv1D [H, 3H] → [3H, H]; rows 0..H-1 are q, then k, then v.
+    const qkv = transpose(r.host(`${l}attn.c_attn.weight`, [H, 3 * H]), H, 3 * H);
+    const qkvBias = r.host(`${l}attn.c_attn.bias`, [3 * H]);
+    const part = (a: Float32Array, j: number, rowLen: number) => a.subarray(j * H * rowLen, (j + 1) * H * rowLen);
+    layers.push({
+      attnNorm: track(r.upload(`${l}ln_1.weight`, [H])),
+      attnNormBias: track(r.upload(`${l}ln_1.bias`, [H])),
+      q: track(device.upload(part(qkv, 0, H), [H, H])),
+      k: track(device.upload(part(qkv, 1, H), [H, H])),
+      v: track(device.upload(part(qkv, 2, H), [H, H])),
+      qBias: track(device.upload(part(qkvBias, 0, 1), [H])),
+      kBias: track(device.upload(part(qkvBias, 1, 1), [H])),
+      vBias: track(device.upload(part(qkvBias, 2, 1), [H])),
+      o: track(r.uploadTransposed(`${l}attn.c_proj.weight`, H, H)),
+      oBias: track(r.upload(`${l}attn.c_proj.bias`, [H])),
+      mlpNorm: track(r.upload(`${l}ln_2.weight`, [H])),
+      mlpNormBias: track(r.upload(`${l}ln_2.bias`, [H])),
+      up: track(r.uploadTransposed(`${l}mlp.c_fc.weight`, H, I)),
+      upBias: track(r.upload(`${l}mlp.c_fc.bias`, [I])),
+      down: track(r.uploadTransposed(`${l}mlp.c_proj.weight`, I, H)),
+      downBias: track(r.upload(`${l}mlp.c_proj.bias`, [H])),
+    });
+  }
+  const finalNorm = track(r.upload(`${p}ln_f.weight`, [H]));
+  const finalNormBias = track(r.upload(`${p}ln_f.bias`, [H]));
+  const lmHead = spec.tieWordEmbeddings ? embed : track(r.upload('lm_head.weight', [spec.vocabSize, H]));
+  return { embed, positions, layers, finalNorm, finalNormBias, lmHead };
+}
+
+/** Frees every weight tensor (a tied lm_head once). */
+export function freeDecoderWeights(device: Device, w: DecoderWeights): void {
+  const seen = new Set<Tensor>();
+  const free = (t: Tensor | undefined) => {
+    if (t !== undefined && !seen.has(t)) {
+      seen.add(t);
+      device.free(t);
+    }
+  };
+  free(w.embed);
+  free(w.positions);
+  for (const l of w.layers) for (const t of Object.values(l)) free(t as Tensor | undefined);
+  free(w.finalNorm);
+  free(w.finalNormBias);
+  free(w.lmHead);
+}

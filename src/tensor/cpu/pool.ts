@@ -1,0 +1,266 @@
+// A persistent pool of worker threads that run kernels.ts on SharedArrayBuffer storages, so one
+// op is split across cores while the Device API stays synchronous.
+//
+// Worker code: the kernels' own source text (`fn.toString()`) joined into one CommonJS script
+// and started with `new Worker(code, { eval: true })`. That needs no separate worker file, so
+// it runs the same from dist/ (compiled JS) and under vitest (TS transformed on the fly).
+//
+// Protocol (all synchronous):
+// - Storages are registered once: the main thread posts {id, sab} on a MessagePort; a worker
+//   drains that port with receiveMessageOnPort when it wakes for a job. A FinalizationRegistry
+//   posts {drop: id} when the main thread's storage is collected.
+// - A job: the main thread writes the op, storage ids, parameters and each participant's range
+//   into shared arrays, bumps GEN and notifies; it runs its own range (participant 0) and then
+//   waits until DONE counts every worker. Workers spin briefly, then Atomics.wait on GEN.
+// - Workers are unref'd, so they never keep a CLI process alive; close() ends them.
+
+import { Worker, MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import { KERNEL_FUNCTIONS, createSimdContext, runKernel, type SimdContext } from './kernels.js';
+
+const GEN = 0;
+const DONE = 1;
+const OP = 2;
+const ERR = 3;
+const READY = 4;
+const CTRL_INTS = 8;
+/** Float storages an op may name, then the int and double host scratch. */
+export const MAX_ARRAYS = 6;
+const ID_I32 = MAX_ARRAYS;
+const ID_F64 = MAX_ARRAYS + 1;
+export const MAX_PARAMS = 31;
+/** params[SCRATCH_PARAM] = scratch floats each participant needs. */
+const SCRATCH_PARAM = 31;
+const OP_QUIT = -1;
+const SPIN_WORKER = 20000;
+const SPIN_MAIN = 200000;
+const READY_TIMEOUT_MS = 20000;
+
+interface WorkerData {
+  port: MessagePort;
+  ctrl: SharedArrayBuffer;
+  params: SharedArrayBuffer;
+  ids: SharedArrayBuffer;
+  ranges: SharedArrayBuffer;
+  index: number;
+  spin: number;
+  /** The SIMD module's bytes, or null when SIMD kernels are off. */
+  simdBytes: Uint8Array | null;
+}
+
+/**
+ * The worker's main loop. Embedded by source text: it may use only its arguments and globals.
+ * `run` is runKernel, `wt` the node:worker_threads module.
+ */
+function workerMain(
+  run: typeof runKernel, simdContext: typeof createSimdContext, wt: typeof import('node:worker_threads'),
+): void {
+  const data = wt.workerData as WorkerData;
+  const simd = data.simdBytes !== null ? simdContext(data.simdBytes) : null;
+  const port = data.port;
+  const ctrl = new Int32Array(data.ctrl);
+  const params = new Float64Array(data.params);
+  const ids = new Int32Array(data.ids);
+  const ranges = new Int32Array(data.ranges);
+  const me = data.index;
+  const storages = new Map<number, SharedArrayBuffer>();
+  const f32 = new Map<number, Float32Array>();
+  const empty32 = new Float32Array(0);
+  const f: Float32Array[] = [empty32, empty32, empty32, empty32, empty32, empty32];
+  let sc = new Float32Array(4096);
+  let seen = 0;
+  Atomics.add(ctrl, 4, 1); // READY
+  Atomics.notify(ctrl, 4);
+  for (;;) {
+    for (let s = 0; s < data.spin && Atomics.load(ctrl, 0) === seen; s++);
+    Atomics.wait(ctrl, 0, seen);
+    seen = Atomics.load(ctrl, 0);
+    const op = Atomics.load(ctrl, 2);
+    if (op === -1) break;
+    try {
+      for (let m = wt.receiveMessageOnPort(port); m !== undefined; m = wt.receiveMessageOnPort(port)) {
+        const msg = m.message as { id: number; sab?: SharedArrayBuffer };
+        if (msg.sab !== undefined) {
+          storages.set(msg.id, msg.sab);
+          f32.set(msg.id, new Float32Array(msg.sab, 0, msg.sab.byteLength >> 2));
+        } else {
+          storages.delete(msg.id);
+          f32.delete(msg.id);
+        }
+      }
+      for (let i = 0; i < 6; i++) {
+        const id = ids[i];
+        const arr = id >= 0 ? f32.get(id) : empty32;
+        if (arr === undefined) throw new Error(`storage ${id} was not registered`);
+        f[i] = arr;
+      }
+      const intSab = ids[6] >= 0 ? storages.get(ids[6]) : undefined;
+      const dblSab = ids[7] >= 0 ? storages.get(ids[7]) : undefined;
+      const i32 = intSab !== undefined ? new Int32Array(intSab) : new Int32Array(0);
+      const f64 = dblSab !== undefined ? new Float64Array(dblSab) : new Float64Array(0);
+      if (sc.length < params[31]) sc = new Float32Array(params[31]);
+      const r = me * 4;
+      run(op, f, i32, f64, sc, simd, params, ranges[r], ranges[r + 1], ranges[r + 2], ranges[r + 3]);
+    } catch (e) {
+      port.postMessage(`worker ${me}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+      Atomics.store(ctrl, 3, 1); // ERR
+    }
+    Atomics.add(ctrl, 1, 1); // DONE
+    Atomics.notify(ctrl, 1);
+  }
+}
+
+function workerSource(): string {
+  const kernels = KERNEL_FUNCTIONS.map((fn) => fn.toString()).join('\n\n');
+  return `'use strict';\n${kernels}\n\n(${workerMain.toString()})(runKernel, createSimdContext, require('node:worker_threads'));\n`;
+}
+
+export class WorkerPool {
+  /** Participants in a job: the main thread plus the workers. */
+  readonly size: number;
+  private readonly workers: Worker[] = [];
+  /** Registration/error channel to worker 1; extraPorts to workers 2.. */
+  private readonly port: MessagePort;
+  private readonly extraPorts: MessagePort[] = [];
+  private readonly ctrl: Int32Array;
+  private readonly params: Float64Array;
+  private readonly ids: Int32Array;
+  private readonly ranges: Int32Array;
+  private readonly storageIds = new WeakMap<ArrayBufferLike, number>();
+  private readonly finalizer: FinalizationRegistry<number>;
+  private nextId = 0;
+  private ready = false;
+  private closed = false;
+  private mainScratch = new Float32Array(4096);
+  private hostInts = new Int32Array(new SharedArrayBuffer(4096 * 4));
+  private hostDoubles = new Float64Array(new SharedArrayBuffer(4096 * 8));
+
+  constructor(threads: number, private readonly simd: SimdContext | null, simdBytes: Uint8Array | null) {
+    this.size = threads;
+    this.ctrl = new Int32Array(new SharedArrayBuffer(CTRL_INTS * 4));
+    this.params = new Float64Array(new SharedArrayBuffer((MAX_PARAMS + 1) * 8));
+    this.ids = new Int32Array(new SharedArrayBuffer((MAX_ARRAYS + 2) * 4));
+    this.ranges = new Int32Array(new SharedArrayBuffer(threads * 4 * 4));
+    const channel = new MessageChannel();
+    this.port = channel.port1;
+    this.port.unref();
+    const code = workerSource();
+    for (let i = 1; i < threads; i++) {
+      // Every worker reads registrations from one shared port: each needs its own channel.
+      const ch = i === 1 ? channel : new MessageChannel();
+      const workerData: WorkerData = {
+        port: ch.port2, ctrl: this.ctrl.buffer as SharedArrayBuffer, params: this.params.buffer as SharedArrayBuffer,
+        ids: this.ids.buffer as SharedArrayBuffer, ranges: this.ranges.buffer as SharedArrayBuffer, index: i,
+        spin: SPIN_WORKER, simdBytes,
+      };
+      const worker = new Worker(code, { eval: true, workerData, transferList: [ch.port2] });
+      worker.unref();
+      this.workers.push(worker);
+      if (i > 1) {
+        ch.port1.unref();
+        this.extraPorts.push(ch.port1);
+      }
+    }
+    this.finalizer = new FinalizationRegistry((id: number) => {
+      if (!this.closed) this.post({ id });
+    });
+  }
+
+  private post(msg: { id: number; sab?: SharedArrayBuffer }): void {
+    this.port.postMessage(msg);
+    for (const p of this.extraPorts) p.postMessage(msg);
+  }
+
+  /** Shared host scratch for int inputs (token ids, targets) of at least n elements. */
+  ints(n: number): Int32Array {
+    if (this.hostInts.length < n) this.hostInts = new Int32Array(new SharedArrayBuffer(n * 4));
+    return this.hostInts;
+  }
+
+  /** Shared host scratch for float64 results of at least n elements. */
+  doubles(n: number): Float64Array {
+    if (this.hostDoubles.length < n) this.hostDoubles = new Float64Array(new SharedArrayBuffer(n * 8));
+    return this.hostDoubles;
+  }
+
+  private idOf(buffer: ArrayBufferLike): number {
+    let id = this.storageIds.get(buffer);
+    if (id === undefined) {
+      if (!(buffer instanceof SharedArrayBuffer)) throw new Error('cpu pool: storage is not a SharedArrayBuffer');
+      id = this.nextId++;
+      this.storageIds.set(buffer, id);
+      this.post({ id, sab: buffer });
+      this.finalizer.register(buffer, id);
+    }
+    return id;
+  }
+
+  private waitReady(): void {
+    const deadline = Date.now() + READY_TIMEOUT_MS;
+    for (;;) {
+      const n = Atomics.load(this.ctrl, READY);
+      if (n === this.workers.length) break;
+      if (Date.now() > deadline) throw new Error(`cpu pool: ${this.workers.length - n} worker thread(s) did not start`);
+      Atomics.wait(this.ctrl, READY, n, 50);
+    }
+    this.ready = true;
+  }
+
+  /**
+   * Runs op on every participant. arrays are whole storages; params numeric arguments; ranges
+   * holds [lo, hi, c0, c1] per participant (participant 0 = this thread); scratch the floats of
+   * scratch each participant needs.
+   */
+  run(
+    op: number, arrays: readonly Float32Array[], i32: Int32Array | null, f64: Float64Array | null,
+    params: readonly number[], ranges: Int32Array, scratch: number,
+  ): void {
+    if (this.closed) throw new Error('cpu pool: used after close()');
+    if (!this.ready) this.waitReady();
+    const ids = this.ids;
+    for (let i = 0; i < MAX_ARRAYS; i++) ids[i] = i < arrays.length && arrays[i].length > 0 ? this.idOf(arrays[i].buffer) : -1;
+    ids[ID_I32] = i32 !== null ? this.idOf(i32.buffer) : -1;
+    ids[ID_F64] = f64 !== null ? this.idOf(f64.buffer) : -1;
+    const p = this.params;
+    for (let i = 0; i < params.length; i++) p[i] = params[i];
+    p[SCRATCH_PARAM] = scratch;
+    this.ranges.set(ranges);
+    const ctrl = this.ctrl;
+    Atomics.store(ctrl, DONE, 0);
+    Atomics.store(ctrl, OP, op);
+    Atomics.add(ctrl, GEN, 1);
+    Atomics.notify(ctrl, GEN);
+    if (this.mainScratch.length < scratch) this.mainScratch = new Float32Array(scratch);
+    let mainError: unknown;
+    try {
+      runKernel(op, arrays as Float32Array[], i32 ?? this.hostInts, f64 ?? this.hostDoubles, this.mainScratch, this.simd, p,
+        ranges[0], ranges[1], ranges[2], ranges[3]);
+    } catch (e) {
+      mainError = e;
+    }
+    const n = this.workers.length;
+    for (let s = 0; s < SPIN_MAIN && Atomics.load(ctrl, DONE) < n; s++);
+    for (let d = Atomics.load(ctrl, DONE); d < n; d = Atomics.load(ctrl, DONE)) Atomics.wait(ctrl, DONE, d);
+    if (mainError !== undefined) throw mainError;
+    if (Atomics.load(ctrl, ERR) !== 0) {
+      Atomics.store(ctrl, ERR, 0);
+      const msgs: string[] = [];
+      for (let m = receiveMessageOnPort(this.port); m !== undefined; m = receiveMessageOnPort(this.port)) msgs.push(String(m.message));
+      for (const port of this.extraPorts) {
+        for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) msgs.push(String(m.message));
+      }
+      throw new Error(`cpu pool: ${msgs.join('; ') || 'a worker failed'}`);
+    }
+  }
+
+  /** Ends the workers. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    Atomics.store(this.ctrl, OP, OP_QUIT);
+    Atomics.add(this.ctrl, GEN, 1);
+    Atomics.notify(this.ctrl, GEN);
+    for (const w of this.workers) void w.terminate();
+    this.port.close();
+    for (const p of this.extraPorts) p.close();
+  }
+}

@@ -1,0 +1,292 @@
+// The WebAssembly SIMD (f32x4) kernels, emitted with asm.ts. Each thread instantiates the
+// module with its own memory; the JS side (kernels.ts: wasmMatmulKernel, wasmAttentionKernel)
+// copies a tile of the operands in, calls the kernel, and copies the result out. All pointers
+// are byte offsets into that memory.
+
+import { buildModule, F32, Fn, I32, V128 } from './asm.js';
+
+/** Rows × columns of the matmul register block (MATMUL_COLS a multiple of 4). */
+export const MATMUL_ROWS = 4;
+export const MATMUL_COLS = 8;
+
+/**
+ * matmul(x, wp, bias, o, M, Np, K): o[M, Np] = x[M, K] · wᵀ + bias, where wp is w packed in
+ * blocks of MATMUL_COLS columns, [Np / COLS][K][COLS], and bias is [Np]. M is a multiple of
+ * MATMUL_ROWS, Np of MATMUL_COLS. Each k step splats one x value per row and multiplies it
+ * into the row's column vectors: ROWS × COLS/4 accumulators stay in registers.
+ */
+function matmulFn(R: number, W: number): Fn {
+  const CV = W / 4;
+  const f = new Fn('matmul', [I32, I32, I32, I32, I32, I32, I32]);
+  const [x, wp, bias, o, M, Np, K] = [0, 1, 2, 3, 4, 5, 6];
+  const r = f.local(I32), cb = f.local(I32), kp = f.local(I32), wpp = f.local(I32), K4 = f.local(I32);
+  const xr = Array.from({ length: R }, () => f.local(I32));
+  const orow = f.local(I32);
+  const acc = Array.from({ length: R }, () => Array.from({ length: CV }, () => f.local(V128)));
+  const wv = Array.from({ length: CV }, () => f.local(V128));
+  const s = f.local(V128);
+  f.get(K).i32(2).i32Shl().set(K4);
+  f.forLoop(r, () => f.i32(0), () => f.get(M), R, () => {
+    f.get(r).get(K4).i32Mul().get(x).i32Add().set(xr[0]);
+    for (let i = 1; i < R; i++) f.get(xr[i - 1]).get(K4).i32Add().set(xr[i]);
+    f.forLoop(cb, () => f.i32(0), () => f.get(Np), W, () => {
+      for (let c = 0; c < CV; c++) {
+        f.get(bias).get(cb).i32(2).i32Shl().i32Add().v128Load(16 * c).set(acc[0][c]);
+        for (let i = 1; i < R; i++) f.get(acc[0][c]).set(acc[i][c]);
+      }
+      f.get(cb).get(K4).i32Mul().get(wp).i32Add().set(wpp);
+      f.forLoop(kp, () => f.i32(0), () => f.get(K4), 4, () => {
+        for (let c = 0; c < CV; c++) f.get(wpp).v128Load(16 * c).set(wv[c]);
+        for (let i = 0; i < R; i++) {
+          f.get(xr[i]).get(kp).i32Add().loadSplat().set(s);
+          for (let c = 0; c < CV; c++) f.get(acc[i][c]).get(s).get(wv[c]).f32x4Mul().f32x4Add().set(acc[i][c]);
+        }
+        f.inc(wpp, 4 * W);
+      });
+      // o + ((r + i) * Np + cb) * 4
+      f.get(r).get(Np).i32Mul().get(cb).i32Add().i32(2).i32Shl().get(o).i32Add().set(orow);
+      for (let i = 0; i < R; i++) {
+        for (let c = 0; c < CV; c++) f.get(orow).get(acc[i][c]).v128Store(16 * c);
+        if (i + 1 < R) f.get(orow).get(Np).i32(2).i32Shl().i32Add().set(orow);
+      }
+    });
+  });
+  return f;
+}
+
+/** Constants of emitExp, hoisted into v128 locals by `expConstants`. */
+interface ExpConstants {
+  log2e: number; minExp: number; ln2: number; bias: number; coef: number[];
+}
+
+const EXP_COEFFICIENTS = [1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1, 1];
+
+function expConstants(f: Fn): ExpConstants {
+  const splat = (x: number) => {
+    const l = f.local(V128);
+    f.f32(x).f32x4Splat().set(l);
+    return l;
+  };
+  const bias = f.local(V128);
+  f.i32(127).i32x4Splat().set(bias);
+  return {
+    log2e: splat(Math.LOG2E), minExp: splat(-127), ln2: splat(Math.LN2), bias,
+    coef: EXP_COEFFICIENTS.map(splat),
+  };
+}
+
+/**
+ * Emits e^x for the f32x4 in local `x` (every lane ≤ 0, -inf allowed) into local `out`:
+ * 2^n · 2^f with n = nearest(x·log2 e) clamped to ≥ -127 (which yields exactly 0) and 2^f,
+ * |f| ≤ 1/2, from its degree-6 Taylor series in f·ln 2 (relative error ≈ 1e-7).
+ */
+function emitExp(f: Fn, c: ExpConstants, x: number, out: number, t: number, n: number): void {
+  f.get(x).get(c.log2e).f32x4Mul().get(c.minExp).f32x4Max().set(t);
+  f.get(t).f32x4Nearest().set(n);
+  f.get(t).get(n).f32x4Sub().get(c.ln2).f32x4Mul().set(t);
+  // Horner: Σ y^k / k!, k ≤ 6
+  f.get(c.coef[0]);
+  for (let i = 1; i < c.coef.length; i++) f.get(t).f32x4Mul().get(c.coef[i]).f32x4Add();
+  // × 2^n, built from the exponent bits ((n + 127) << 23)
+  f.get(n).i32x4TruncSatF32x4S().get(c.bias).i32x4Add().i32(23).i32x4Shl().f32x4Mul().set(out);
+}
+
+/**
+ * attention(q, k, v, o, S, qT, u0, u1, bStart, seqQ, kvLen, kvStride, nHead, nKvHead, hd, scale, window)
+ * Units as in kernels.ts attentionKernel (4 queries of one sequence and head). q/k/v hold the
+ * rows of sequences bStart.. in their original layout; unit u writes its 4 × hd outputs
+ * compactly at o + (u - u0) · 16 · hd. The 4 queries are the 4 lanes: qT[d] holds
+ * q[·, d] · scale, each key costs hd splat-multiply-adds, S[j] keeps the 4 scores of key j.
+ * hd must be a multiple of 4. With `hdConst` the function only serves that head size and its
+ * loops over dimensions are unrolled (qT kept in registers when hd ≤ 8).
+ */
+function attentionFn(hdConst: number | null): Fn {
+  const f = new Fn(hdConst === null ? 'attention' : `attention${hdConst}`,
+    [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, F32, I32]);
+  const [q, k, v, o, S, qT, u0, u1, bStart, seqQ, kvLen, kvStride, nHead, nKvHead, hd, scale, window] =
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+  const L = () => f.local(I32);
+  const u = L(), blk = L(), bh = L(), h = L(), b = L(), g = L(), t0 = L(), nq = L();
+  const pFirst = L(), pLast = L(), jLo = L(), jMid = L(), jHi = L(), kB = L(), vB = L();
+  const qRowB = L(), kvRowB = L(), qBlocks = L(), group = L(), past = L(), hd4 = L();
+  const j = L(), d = L(), kp = L(), kd = L(), qp = L(), sp = L(), vp = L(), op = L(), dc = L(), tmp = L();
+  const qr = Array.from({ length: 4 }, () => L());
+  const V = () => f.local(V128);
+  const acc = V(), mvec = V(), sum = V(), loVec = V(), pVec = V(), jv = V(), e = V(), t = V(), n = V();
+  const inv = Array.from({ length: 4 }, () => V());
+  const pv = Array.from({ length: 4 }, () => [V(), V()]);
+  const vv = [V(), V()];
+  const pj = V();
+  const qTRegs = hdConst !== null && hdConst <= 8 ? Array.from({ length: hdConst }, () => V()) : null;
+  const ec = expConstants(f);
+
+  f.get(seqQ).i32(3).i32Add().i32(2).i32ShrS().set(qBlocks);
+  f.get(nHead).get(hd).i32Mul().i32(2).i32Shl().set(qRowB);
+  f.get(nKvHead).get(hd).i32Mul().i32(2).i32Shl().set(kvRowB);
+  f.get(nHead).get(nKvHead).i32DivS().set(group);
+  f.get(kvLen).get(seqQ).i32Sub().set(past);
+  f.get(hd).i32(2).i32Shl().set(hd4);
+
+  /** acc += splat(k[kd + 4dd]) · qT[dd] */
+  const mulAdd = (dd: number, kOffset: number) => {
+    f.get(acc).get(kd).loadSplat(kOffset);
+    if (qTRegs !== null) f.get(qTRegs[dd]);
+    else f.get(qT).v128Load(16 * dd);
+    f.f32x4Mul().f32x4Add().set(acc);
+  };
+
+  /** Keys [from, to): S[j] = Σ_d splat(k[j, d]) · qT[d]; masked: lanes that cannot see j get -inf. */
+  const scoreKeys = (from: () => void, to: () => void, masked: boolean) => {
+    from();
+    f.set(tmp);
+    f.get(tmp).get(kvRowB).i32Mul().get(kB).i32Add().set(kp);
+    f.get(tmp).i32(4).i32Shl().get(S).i32Add().set(sp);
+    f.forLoop(j, () => f.get(tmp), to, 1, () => {
+      f.f32(0).f32x4Splat().set(acc);
+      f.get(kp).set(kd);
+      if (hdConst !== null) {
+        for (let dd = 0; dd < hdConst; dd++) mulAdd(dd, 4 * dd);
+      } else {
+        f.get(qT).set(qp);
+        f.forLoop(d, () => f.i32(0), () => f.get(hd), 4, () => {
+          for (let dd = 0; dd < 4; dd++) f.get(acc).get(kd).loadSplat(4 * dd).get(qp).v128Load(16 * dd).f32x4Mul().f32x4Add().set(acc);
+          f.inc(kd, 16).inc(qp, 64);
+        });
+      }
+      if (masked) {
+        f.get(j).i32x4Splat().set(jv);
+        f.get(acc).f32(-Infinity).f32x4Splat();
+        f.get(jv).get(loVec).i32x4GeS().get(jv).get(pVec).i32x4LeS().v128And();
+        f.v128Bitselect().set(acc);
+      }
+      f.get(sp).get(acc).v128Store();
+      f.get(mvec).get(acc).f32x4Max().set(mvec);
+      f.get(kp).get(kvRowB).i32Add().set(kp);
+      f.inc(sp, 16);
+    });
+  };
+
+  /** o[·, dc .. dc + 4·CV) for the 4 queries: Σ_j S[j] · v[j, dc ..] · inv. dcConst: dc known. */
+  const weightedValues = (CV: number, dcConst: number | null) => {
+    for (let i = 0; i < 4; i++) for (let c = 0; c < CV; c++) f.f32(0).f32x4Splat().set(pv[i][c]);
+    f.get(jLo).get(kvRowB).i32Mul().get(vB).i32Add();
+    if (dcConst !== null) f.i32(4 * dcConst);
+    else f.get(dc).i32(2).i32Shl();
+    f.i32Add().set(vp);
+    f.get(jLo).i32(4).i32Shl().get(S).i32Add().set(sp);
+    f.forLoop(j, () => f.get(jLo), () => f.get(jHi), 1, () => {
+      for (let c = 0; c < CV; c++) f.get(vp).v128Load(16 * c).set(vv[c]);
+      for (let i = 0; i < 4; i++) {
+        f.get(sp).loadSplat(4 * i).set(pj);
+        for (let c = 0; c < CV; c++) f.get(pv[i][c]).get(pj).get(vv[c]).f32x4Mul().f32x4Add().set(pv[i][c]);
+      }
+      f.get(vp).get(kvRowB).i32Add().set(vp);
+      f.inc(sp, 16);
+    });
+    f.get(u).get(u0).i32Sub().get(hd4).i32Mul().i32(2).i32Shl().get(o).i32Add();
+    if (dcConst !== null) f.i32(4 * dcConst);
+    else f.get(dc).i32(2).i32Shl();
+    f.i32Add().set(op);
+    for (let i = 0; i < 4; i++) {
+      for (let c = 0; c < CV; c++) f.get(op).get(pv[i][c]).get(inv[i]).f32x4Mul().v128Store(16 * c);
+      if (i < 3) f.get(op).get(hd4).i32Add().set(op);
+    }
+  };
+
+  f.forLoop(u, () => f.get(u0), () => f.get(u1), 1, () => {
+    f.get(u).get(qBlocks).i32RemS().set(blk);
+    f.get(u).get(qBlocks).i32DivS().set(bh);
+    f.get(bh).get(nHead).i32RemS().set(h);
+    f.get(bh).get(nHead).i32DivS().get(bStart).i32Sub().set(b);
+    f.get(h).get(group).i32DivS().set(g);
+    f.get(blk).i32(2).i32Shl().set(t0);
+    // nq = min(4, seqQ - t0)
+    f.get(seqQ).get(t0).i32Sub().set(nq);
+    f.i32(4).get(nq).get(nq).i32(4).i32GtS().select().set(nq);
+    f.get(past).get(t0).i32Add().set(pFirst);
+    f.get(pFirst).get(nq).i32Add().i32(-1).i32Add().set(pLast);
+    f.get(pLast).i32(1).i32Add().set(jHi);
+    // Key window of the block: [jLo, jHi); keys in [jMid, pFirst] are visible to all 4 queries.
+    f.i32(0).set(jLo);
+    f.i32(0).set(jMid);
+    f.get(window).ifThen(() => {
+      f.get(pFirst).get(window).i32Sub().i32(1).i32Add().set(tmp);
+      f.get(tmp).i32(0).get(tmp).i32(0).i32GtS().select().set(jLo);
+      f.get(pLast).get(window).i32Sub().i32(1).i32Add().set(tmp);
+      f.get(tmp).i32(0).get(tmp).i32(0).i32GtS().select().set(jMid);
+      f.get(pFirst).i32(1).i32Add().set(tmp);
+      f.get(tmp).get(jMid).get(jMid).get(tmp).i32GtS().select().set(jMid);
+    });
+    // Per-lane visible range [lo_i, p_i]; lanes past nq repeat the last query.
+    for (let i = 0; i < 4; i++) {
+      f.get(pFirst).i32(i).get(nq).i32(-1).i32Add().get(nq).i32(i).i32GtS().select().i32Add().set(tmp);
+      if (i === 0) f.get(tmp).i32x4Splat().set(pVec);
+      else f.get(pVec).get(tmp).i32x4ReplaceLane(i).set(pVec);
+      // lo_i = window ? max(0, p_i - window + 1) : 0
+      f.get(tmp).get(window).i32Sub().i32(1).i32Add().set(tmp);
+      f.get(tmp).i32(0).get(tmp).i32(0).i32GtS().get(window).i32(0).i32GtS().i32Mul().select().set(tmp);
+      if (i === 0) f.get(tmp).i32x4Splat().set(loVec);
+      else f.get(loVec).get(tmp).i32x4ReplaceLane(i).set(loVec);
+    }
+    // qT[d] = q[t0 + i, h, d] · scale for lanes i
+    for (let i = 0; i < 4; i++) {
+      // row b·seqQ + t0 + min(i, nq - 1)
+      f.get(b).get(seqQ).i32Mul().get(t0).i32Add();
+      f.i32(i).get(nq).i32(-1).i32Add().get(nq).i32(i).i32GtS().select().i32Add();
+      f.get(qRowB).i32Mul().get(q).i32Add().get(h).get(hd4).i32Mul().i32Add().set(qr[i]);
+    }
+    f.get(qT).set(qp);
+    f.forLoop(d, () => f.i32(0), () => f.get(hd4), 4, () => {
+      for (let i = 0; i < 4; i++) f.get(qp).get(qr[i]).get(d).i32Add().f32Load().get(scale).f32Mul().f32Store(4 * i);
+      f.inc(qp, 16);
+    });
+    if (qTRegs !== null) qTRegs.forEach((r, dd) => f.get(qT).v128Load(16 * dd).set(r));
+    f.get(b).get(kvStride).i32Mul().get(kvRowB).i32Mul().get(g).get(hd4).i32Mul().i32Add().set(tmp);
+    f.get(tmp).get(k).i32Add().set(kB);
+    f.get(tmp).get(v).i32Add().set(vB);
+    // scores, masked only at the edges of the block's key window
+    f.f32(-Infinity).f32x4Splat().set(mvec);
+    scoreKeys(() => f.get(jLo), () => f.get(jMid), true);
+    scoreKeys(() => f.get(jMid), () => f.get(pFirst).i32(1).i32Add(), false);
+    scoreKeys(() => f.get(pFirst).i32(1).i32Add(), () => f.get(jHi), true);
+    // softmax numerators and sums
+    f.f32(0).f32x4Splat().set(sum);
+    f.get(jLo).i32(4).i32Shl().get(S).i32Add().set(sp);
+    f.forLoop(j, () => f.get(jLo), () => f.get(jHi), 1, () => {
+      f.get(sp).v128Load().get(mvec).f32x4Sub().set(acc);
+      emitExp(f, ec, acc, e, t, n);
+      f.get(sp).get(e).v128Store();
+      f.get(sum).get(e).f32x4Add().set(sum);
+      f.inc(sp, 16);
+    });
+    for (let i = 0; i < 4; i++) f.f32(1).get(sum).f32x4ExtractLane(i).f32Div().f32x4Splat().set(inv[i]);
+    // values: 8 dims at a time, then 4
+    if (hdConst !== null) {
+      let c = 0;
+      for (; c + 8 <= hdConst; c += 8) weightedValues(2, c);
+      if (c < hdConst) weightedValues(1, c);
+    } else {
+      f.i32(0).set(dc);
+      f.block(() => {
+        f.loop(() => {
+          f.get(dc).i32(8).i32Add().get(hd).i32GtS().brIf(1);
+          weightedValues(2, null);
+          f.inc(dc, 8).br(0);
+        });
+      });
+      f.get(dc).get(hd).i32LtS().ifThen(() => weightedValues(1, null));
+    }
+  });
+  return f;
+}
+
+/** Head sizes with an unrolled attention function; others use the generic one. */
+export const ATTENTION_HEAD_SIZES = [4, 8, 16, 32, 64, 128];
+
+let cached: Uint8Array | undefined;
+
+/** The module binary (exports `matmul`, `attention` and `attention<hd>`; imports env.mem). */
+export function simdModuleBytes(): Uint8Array {
+  cached ??= buildModule([matmulFn(MATMUL_ROWS, MATMUL_COLS), attentionFn(null), ...ATTENTION_HEAD_SIZES.map(attentionFn)]);
+  return cached;
+}

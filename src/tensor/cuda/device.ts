@@ -1,0 +1,542 @@
+// CudaDevice: the Device interface on an NVIDIA GPU. Tensors live in device memory in the device
+// dtype (bf16 by default; f16 or f32), every op is one of our NVRTC-compiled kernels or a cuBLASLt
+// GEMM, queued on one stream. Nothing waits for the GPU except download, scoreLogits and
+// synchronize. Host integer inputs (ids, positions, targets) are staged through pinned memory.
+
+import type { AttentionShape, ComputeDType, Device, ScoredRows, Tensor } from '../device.js';
+import { CublasLt } from './cublaslt.js';
+import { CudaDriver, type DevicePtr, type GpuInfo, type Handle } from './driver.js';
+import { CudaError } from './errors.js';
+import { KernelLibrary, type ArgSignature, type Kernel, type KernelArg } from './kernels.js';
+import { Nvrtc, gpuArchitecture } from './nvrtc.js';
+import { CudaTensor, Storage, elementBytes, shapeSize } from './tensor.js';
+
+export interface CudaDeviceOptions {
+  /** Storage/compute dtype of weights and activations (accumulation is f32). Default bf16. */
+  dtype?: ComputeDType;
+  /** GPU ordinal. Default 0. */
+  ordinal?: number;
+}
+
+export interface CudaDeviceInfo extends GpuInfo {
+  arch: string;
+  nvrtcVersion: [number, number];
+  nvrtcPath: string;
+  cublasLtVersion: number;
+  cublasLtPath: string;
+  kernelDir: string;
+}
+
+export interface CudaMemoryStats {
+  /** Bytes held by live tensors this device allocated. */
+  tensorBytes: number;
+  /** High-water mark of tensorBytes since creation or resetPeakMemory(). */
+  peakTensorBytes: number;
+  deviceFreeBytes: number;
+  deviceTotalBytes: number;
+}
+
+/** A recorded CUDA event (for timing GPU work). */
+export class CudaEvent {
+  constructor(readonly handle: Handle) {}
+}
+
+/** A captured, instantiated CUDA graph: replays the captured launches with one call. */
+export class CudaGraph {
+  private destroyed = false;
+  constructor(
+    private readonly device: CudaDevice,
+    private readonly graph: Handle,
+    private readonly exec: Handle,
+  ) {}
+
+  launch(): void {
+    if (this.destroyed) throw new Error('CudaGraph: launched after destroy()');
+    this.device.driver.launchGraph(this.exec);
+  }
+
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.device.driver.destroyGraph(this.graph, this.exec);
+  }
+}
+
+const STAGING_BYTES = 4 * 1024 * 1024;
+const UPLOAD_CHUNK_ELEMENTS = 16 * 1024 * 1024;
+const DECODE_MAX_SEQ_Q = 8;
+const PREFILL_QUERY_TILE = 16;
+const PREFILL_KEY_TILE = 32;
+
+/** Pinned host memory mirrored by device memory: small host arrays go up without a pageable copy. */
+class IntStaging {
+  private offset = 0;
+  private readonly host: Int32Array;
+  constructor(
+    private readonly driver: CudaDriver,
+    private readonly hostAddress: bigint,
+    hostBuffer: ArrayBuffer,
+    private readonly deviceAddress: DevicePtr,
+    private readonly capacity: number,
+  ) {
+    this.host = new Int32Array(hostBuffer);
+  }
+
+  /** Copies `values` to the device (queued on the stream); returns their device address. */
+  stage(values: Int32Array, capturing: boolean): DevicePtr {
+    const bytes = Math.ceil((values.length * 4) / 256) * 256;
+    if (bytes > this.capacity) throw new Error(`IntStaging: ${values.length} values exceed the ${this.capacity}-byte staging area`);
+    if (this.offset + bytes > this.capacity) {
+      if (capturing) throw new CudaError('staging area full while capturing a CUDA graph');
+      this.driver.synchronize(); // earlier copies have read their slots
+      this.offset = 0;
+    }
+    const at = this.offset;
+    this.host.set(values, at / 4);
+    this.driver.copyToDevice(this.deviceAddress + BigInt(at), this.hostAddress + BigInt(at), values.length * 4);
+    this.offset += bytes;
+    return this.deviceAddress + BigInt(at);
+  }
+}
+
+function roundUp(n: number, m: number): number {
+  return Math.ceil(n / m) * m;
+}
+
+function fmtShape(t: Tensor): string {
+  return `[${t.shape.join(',')}]`;
+}
+
+export class CudaDevice implements Device {
+  readonly kind = 'cuda' as const;
+  readonly dtype: ComputeDType;
+  readonly driver: CudaDriver;
+  readonly info: CudaDeviceInfo;
+  private readonly nvrtc: Nvrtc;
+  private readonly blas: CublasLt;
+  private readonly kernels: KernelLibrary;
+  private readonly staging: IntStaging;
+  private readonly suffix: string;
+  private capturing = false;
+  private tensorBytes = 0;
+  private peakTensorBytes = 0;
+
+  constructor(opts: CudaDeviceOptions = {}) {
+    this.dtype = opts.dtype ?? 'bf16';
+    if (!['f32', 'bf16', 'f16'].includes(this.dtype)) throw new Error(`CudaDevice: unknown dtype ${String(this.dtype)}`);
+    this.suffix = this.dtype;
+    this.driver = new CudaDriver(opts.ordinal ?? 0);
+    this.nvrtc = new Nvrtc();
+    this.blas = new CublasLt(this.driver);
+    const [major, minor] = this.driver.info.computeCapability;
+    const arch = gpuArchitecture(major, minor);
+    this.kernels = new KernelLibrary(this.driver, this.nvrtc, arch);
+    const pinned = this.driver.allocPinned(STAGING_BYTES);
+    this.staging = new IntStaging(this.driver, pinned.address, pinned.buffer, this.driver.allocPermanent(STAGING_BYTES), STAGING_BYTES);
+    this.info = {
+      ...this.driver.info,
+      arch,
+      nvrtcVersion: this.nvrtc.version,
+      nvrtcPath: this.nvrtc.path,
+      cublasLtVersion: this.blas.version,
+      cublasLtPath: this.blas.path,
+      kernelDir: this.kernels.dir,
+    };
+  }
+
+  // --- memory ---------------------------------------------------------------------------------
+
+  private allocate(shape: readonly number[]): CudaTensor {
+    this.noCapture('allocating a tensor');
+    const bytes = shapeSize(shape) * elementBytes(this.dtype);
+    const ptr = bytes > 0 ? this.driver.allocAsync(bytes) : 0n;
+    this.tensorBytes += bytes;
+    this.peakTensorBytes = Math.max(this.peakTensorBytes, this.tensorBytes);
+    return new CudaTensor(this, this.dtype, ptr, shape, new Storage(ptr, bytes), true);
+  }
+
+  upload(data: Float32Array, shape: readonly number[]): CudaTensor {
+    const n = shapeSize(shape);
+    if (data.length !== n) throw new Error(`upload: ${data.length} values for shape [${shape.join(',')}] (${n})`);
+    const t = this.allocate(shape);
+    if (this.dtype === 'f32') {
+      this.driver.copyToDevice(t.ptr, data, n * 4);
+      return t;
+    }
+    const chunk = Math.min(n, UPLOAD_CHUNK_ELEMENTS);
+    if (chunk === 0) return t;
+    const staging = this.driver.allocAsync(chunk * 4);
+    const convert = this.kernel('convert', `convert_f32_to_${this.suffix}`, 'ppq');
+    for (let off = 0; off < n; off += chunk) {
+      const len = Math.min(chunk, n - off);
+      this.driver.copyToDevice(staging, data.subarray(off, off + len), len * 4);
+      this.launch1d(convert, len, [t.ptr + BigInt(off * 2), staging, len]);
+    }
+    this.driver.freeAsync(staging);
+    return t;
+  }
+
+  /** A new tensor, zero-filled (like the cpu device's). */
+  empty(shape: readonly number[]): CudaTensor {
+    const t = this.allocate(shape);
+    this.driver.memsetZero(t.ptr, t.bytes);
+    return t;
+  }
+
+  download(t: Tensor): Float32Array {
+    const c = this.tensor(t, 'download', 't');
+    this.noCapture('download');
+    const out = new Float32Array(c.size);
+    if (c.size === 0) return out;
+    if (this.dtype === 'f32') {
+      this.driver.copyToHost(out, c.ptr, c.size * 4);
+      return out;
+    }
+    const tmp = this.driver.allocAsync(c.size * 4);
+    this.launch1d(this.kernel('convert', `convert_${this.suffix}_to_f32`, 'ppq'), c.size, [tmp, c.ptr, c.size]);
+    this.driver.copyToHost(out, tmp, c.size * 4);
+    this.driver.freeAsync(tmp);
+    return out;
+  }
+
+  view(t: Tensor, shape: readonly number[]): CudaTensor {
+    const c = this.tensor(t, 'view', 't');
+    const n = shapeSize(shape);
+    if (n !== c.size) throw new Error(`view: ${fmtShape(c)} has ${c.size} elements, [${shape.join(',')}] has ${n}`);
+    return new CudaTensor(this, this.dtype, c.ptr, shape, c.storage, false);
+  }
+
+  rows(t: Tensor, start: number, count: number): CudaTensor {
+    const c = this.tensor(t, 'rows', 't');
+    if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 || start + count > c.rowCount) {
+      throw new Error(`rows: [${start}, ${start + count}) out of ${c.rowCount} rows of ${fmtShape(c)}`);
+    }
+    const ptr = c.ptr + BigInt(start * c.cols * elementBytes(this.dtype));
+    return new CudaTensor(this, this.dtype, ptr, [count, c.cols], c.storage, false);
+  }
+
+  /** Frees the storage of a tensor made by upload/empty (stream-ordered); views are left alone. */
+  free(t: Tensor): void {
+    const c = this.tensor(t, 'free', 't');
+    if (!c.owner || c.storage.freed) return;
+    this.noCapture('free');
+    c.storage.freed = true;
+    if (c.storage.bytes > 0) this.driver.freeAsync(c.storage.ptr);
+    this.tensorBytes -= c.storage.bytes;
+  }
+
+  synchronize(): void {
+    this.noCapture('synchronize');
+    this.driver.synchronize();
+  }
+
+  // --- ops ------------------------------------------------------------------------------------
+
+  embedding(out: Tensor, table: Tensor, ids: Int32Array): void {
+    this.gather('embedding', 'embedding', out, table, ids);
+  }
+
+  addEmbedding(out: Tensor, table: Tensor, ids: Int32Array): void {
+    this.gather('addEmbedding', 'add_embedding', out, table, ids);
+  }
+
+  private gather(op: string, kernelName: string, out: Tensor, table: Tensor, ids: Int32Array): void {
+    const o = this.tensor(out, op, 'out');
+    const tb = this.tensor(table, op, 'table');
+    if (o.cols !== tb.cols || o.rowCount !== ids.length) {
+      throw new Error(`${op}: shape mismatch: out ${fmtShape(o)}, table ${fmtShape(tb)}, ${ids.length} ids`);
+    }
+    for (let i = 0; i < ids.length; i++) {
+      if (!(ids[i] >= 0 && ids[i] < tb.rowCount)) throw new Error(`${op}: id ${ids[i]} at ${i} outside table of ${tb.rowCount} rows`);
+    }
+    if (ids.length === 0) return;
+    const idsPtr = this.staging.stage(ids, this.capturing);
+    const k = this.kernel('embedding', `${kernelName}_${this.suffix}`, 'pppi');
+    this.kernels.launch(k, [ids.length], [rowThreads(tb.cols, 256)], 0, [o.ptr, tb.ptr, idsPtr, tb.cols]);
+  }
+
+  matmul(out: Tensor, x: Tensor, w: Tensor, bias?: Tensor): void {
+    const o = this.tensor(out, 'matmul', 'out');
+    const xc = this.tensor(x, 'matmul', 'x');
+    const wc = this.tensor(w, 'matmul', 'w');
+    const bc = bias !== undefined ? this.tensor(bias, 'matmul', 'bias') : undefined;
+    const M = xc.rowCount, K = xc.cols, N = wc.rowCount;
+    if (wc.cols !== K || o.rowCount !== M || o.cols !== N || (bc !== undefined && bc.size !== N)) {
+      throw new Error(
+        `matmul: shape mismatch: out ${fmtShape(o)}, x ${fmtShape(xc)}, w ${fmtShape(wc)}${bc ? `, bias ${fmtShape(bc)}` : ''} ` +
+          '(expects x [M,K], w [N,K], out [M,N], bias [N])',
+      );
+    }
+    if (overlaps(o, xc) || overlaps(o, wc)) throw new Error('matmul: out overlaps an input');
+    if (K === 0) {
+      // Empty sum: out = bias (or 0).
+      this.driver.memsetZero(o.ptr, o.bytes);
+      if (bc) for (let m = 0; m < M; m++) this.addInPlace(this.rows(o, m, 1), this.view(bc, [1, N]));
+      return;
+    }
+    this.blas.matmul(this.dtype, M, N, K, o.ptr, xc.ptr, wc.ptr, bc?.ptr);
+  }
+
+  addInPlace(x: Tensor, y: Tensor): void {
+    const xc = this.tensor(x, 'addInPlace', 'x');
+    const yc = this.tensor(y, 'addInPlace', 'y');
+    if (xc.size !== yc.size) throw new Error(`addInPlace: shape mismatch: x ${fmtShape(xc)}, y ${fmtShape(yc)}`);
+    this.launch1d(this.kernel('elementwise', `add_inplace_${this.suffix}`, 'ppq'), xc.size, [xc.ptr, yc.ptr, xc.size]);
+  }
+
+  rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number): void {
+    const o = this.tensor(out, 'rmsNorm', 'out');
+    const xc = this.tensor(x, 'rmsNorm', 'x');
+    const wc = this.tensor(weight, 'rmsNorm', 'weight');
+    const C = xc.cols;
+    if (o.size !== xc.size || o.cols !== C || wc.size !== C) {
+      throw new Error(`rmsNorm: shape mismatch: out ${fmtShape(o)}, x ${fmtShape(xc)}, weight ${fmtShape(wc)}`);
+    }
+    const k = this.kernel('norm', `rms_norm_${this.suffix}`, 'pppif');
+    this.kernels.launch(k, [xc.rowCount], [rowThreads(C, 1024)], 0, [o.ptr, xc.ptr, wc.ptr, C, eps]);
+  }
+
+  layerNorm(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor, eps: number): void {
+    const o = this.tensor(out, 'layerNorm', 'out');
+    const xc = this.tensor(x, 'layerNorm', 'x');
+    const wc = this.tensor(weight, 'layerNorm', 'weight');
+    const bc = this.tensor(bias, 'layerNorm', 'bias');
+    const C = xc.cols;
+    if (o.size !== xc.size || o.cols !== C || wc.size !== C || bc.size !== C) {
+      throw new Error(`layerNorm: shape mismatch: out ${fmtShape(o)}, x ${fmtShape(xc)}, weight ${fmtShape(wc)}, bias ${fmtShape(bc)}`);
+    }
+    const k = this.kernel('norm', `layer_norm_${this.suffix}`, 'ppppif');
+    this.kernels.launch(k, [xc.rowCount], [rowThreads(C, 1024)], 0, [o.ptr, xc.ptr, wc.ptr, bc.ptr, C, eps]);
+  }
+
+  rope(x: Tensor, positions: Int32Array, cos: Tensor, sin: Tensor, nHeads: number, headDim: number, rotaryDim: number): void {
+    const xc = this.tensor(x, 'rope', 'x');
+    const cc = this.tensor(cos, 'rope', 'cos');
+    const sc = this.tensor(sin, 'rope', 'sin');
+    const half = rotaryDim / 2;
+    const rows = positions.length;
+    if (!Number.isInteger(half) || half < 0 || rotaryDim > headDim || xc.size !== rows * nHeads * headDim ||
+      cc.cols !== half || sc.cols !== half || cc.rowCount !== sc.rowCount) {
+      throw new Error(`rope: shape mismatch: x ${fmtShape(xc)}, ${rows} positions, cos ${fmtShape(cc)}, sin ${fmtShape(sc)}, ` +
+        `nHeads ${nHeads}, headDim ${headDim}, rotaryDim ${rotaryDim}`);
+    }
+    const maxPos = cc.rowCount;
+    for (let r = 0; r < rows; r++) {
+      const pos = positions[r];
+      if (!(pos >= 0 && pos < maxPos)) throw new Error(`rope: position ${pos} at row ${r} outside the [0, ${maxPos}) table`);
+    }
+    if (rows === 0 || half === 0) return;
+    const posPtr = this.staging.stage(positions, this.capturing);
+    const k = this.kernel('rope', `rope_${this.suffix}`, 'ppppiii');
+    this.kernels.launch(k, [rows], [rowThreads(nHeads * half, 256)], 0, [xc.ptr, posPtr, cc.ptr, sc.ptr, nHeads, headDim, rotaryDim]);
+  }
+
+  attention(out: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): void {
+    const o = this.tensor(out, 'attention', 'out');
+    const qc = this.tensor(q, 'attention', 'q');
+    const kc = this.tensor(k, 'attention', 'k');
+    const vc = this.tensor(v, 'attention', 'v');
+    const { batch, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale } = shape;
+    const window = shape.window ?? 0;
+    const qLen = batch * seqQ * nHead * headDim;
+    const kvTotal = batch * kvStride * nKvHead * headDim;
+    const ints = [batch, seqQ, kvLen, kvStride, nHead, nKvHead, headDim];
+    if (!ints.every((n) => Number.isInteger(n) && n >= 0) || nKvHead < 1 || nHead % nKvHead !== 0 ||
+      seqQ > kvLen || kvLen > kvStride || o.size !== qLen || qc.size !== qLen ||
+      kc.size !== kvTotal || vc.size !== kvTotal ||
+      (shape.window !== undefined && !(Number.isInteger(shape.window) && shape.window >= 1))) {
+      throw new Error(`attention: shape mismatch: out ${fmtShape(o)}, q ${fmtShape(qc)}, k ${fmtShape(kc)}, v ${fmtShape(vc)}, ` +
+        `shape ${JSON.stringify(shape)} (expects q/out [batch*seqQ, nHead*headDim], k/v [batch*kvStride, nKvHead*headDim], ` +
+        'seqQ ≤ kvLen ≤ kvStride, nHead % nKvHead = 0)');
+    }
+    if (headDim > 256) throw new Error(`attention: headDim ${headDim} > 256 is not supported on cuda`);
+    if (overlaps(o, kc) || overlaps(o, vc)) throw new Error('attention: out overlaps k or v');
+    if (batch === 0 || seqQ === 0 || nHead === 0) return;
+    const D = headDim <= 32 ? 32 : headDim <= 64 ? 64 : headDim <= 128 ? 128 : 256;
+    const args: KernelArg[] = [o.ptr, qc.ptr, kc.ptr, vc.ptr, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window];
+    const sig = 'ppppiiiiiifi';
+    if (seqQ < DECODE_MAX_SEQ_Q) {
+      const kern = this.kernel('attention', `attention_decode_${this.suffix}_d${D}`, sig);
+      this.kernels.launch(kern, [batch * seqQ, nHead], [256], 0, args);
+    } else {
+      const kern = this.kernel('attention', `attention_prefill_${this.suffix}_d${D}`, sig);
+      const shared = (PREFILL_KEY_TILE * (D + 1) + PREFILL_KEY_TILE * D + PREFILL_QUERY_TILE * D) * 4;
+      this.kernels.launch(kern, [Math.ceil(seqQ / PREFILL_QUERY_TILE), nHead, batch], [128], shared, args);
+    }
+  }
+
+  writeKv(cache: Tensor, src: Tensor, batch: number, seq: number, start: number, kvStride: number): void {
+    const cc = this.tensor(cache, 'writeKv', 'cache');
+    const sc = this.tensor(src, 'writeKv', 'src');
+    const D = cc.cols;
+    if (sc.cols !== D || sc.size !== batch * seq * D || start < 0 || start + seq > kvStride || cc.rowCount < batch * kvStride) {
+      throw new Error(`writeKv: shape mismatch: cache ${fmtShape(cc)}, src ${fmtShape(sc)}, batch ${batch}, seq ${seq}, ` +
+        `start ${start}, kvStride ${kvStride}`);
+    }
+    const k = this.kernel('embedding', `write_kv_${this.suffix}`, 'ppiiii');
+    this.kernels.launch(k, [batch * seq], [rowThreads(D, 256)], 0, [cc.ptr, sc.ptr, seq, start, kvStride, D]);
+  }
+
+  siluMul(out: Tensor, gate: Tensor, up: Tensor): void {
+    const o = this.tensor(out, 'siluMul', 'out');
+    const g = this.tensor(gate, 'siluMul', 'gate');
+    const u = this.tensor(up, 'siluMul', 'up');
+    if (o.size !== g.size || u.size !== g.size) {
+      throw new Error(`siluMul: shape mismatch: out ${fmtShape(o)}, gate ${fmtShape(g)}, up ${fmtShape(u)}`);
+    }
+    this.launch1d(this.kernel('elementwise', `silu_mul_${this.suffix}`, 'pppq'), o.size, [o.ptr, g.ptr, u.ptr, o.size]);
+  }
+
+  geluTanh(out: Tensor, x: Tensor): void {
+    const o = this.tensor(out, 'geluTanh', 'out');
+    const xc = this.tensor(x, 'geluTanh', 'x');
+    if (o.size !== xc.size) throw new Error(`geluTanh: shape mismatch: out ${fmtShape(o)}, x ${fmtShape(xc)}`);
+    this.launch1d(this.kernel('elementwise', `gelu_tanh_${this.suffix}`, 'ppq'), o.size, [o.ptr, xc.ptr, o.size]);
+  }
+
+  scoreLogits(logits: Tensor, targets: Int32Array, baseline?: Tensor): ScoredRows {
+    const l = this.tensor(logits, 'scoreLogits', 'logits');
+    const b = baseline !== undefined ? this.tensor(baseline, 'scoreLogits', 'baseline') : undefined;
+    this.noCapture('scoreLogits');
+    const rows = l.rowCount, V = l.cols;
+    if (targets.length !== rows || V < 1 || (b !== undefined && (b.rowCount !== rows || b.cols !== V))) {
+      throw new Error(`scoreLogits: shape mismatch: logits ${fmtShape(l)}, ${targets.length} targets` +
+        `${b ? `, baseline ${fmtShape(b)}` : ''}`);
+    }
+    for (let r = 0; r < rows; r++) {
+      if (targets[r] >= V) throw new Error(`scoreLogits: target ${targets[r]} at row ${r} ≥ vocab ${V}`);
+    }
+    const nll = new Float64Array(rows);
+    const argmax = new Int32Array(rows);
+    const scored: ScoredRows = { nll, argmax };
+    if (rows === 0) {
+      if (b) [scored.kld, scored.top1] = [new Float64Array(0), new Uint8Array(0)];
+      return scored;
+    }
+    const targetPtr = this.staging.stage(targets, false);
+    const res = this.driver.allocAsync(rows * 16);
+    const k = this.kernel('score', `score_logits_${this.suffix}`, 'ppppi');
+    this.kernels.launch(k, [rows], [V >= 4096 ? 1024 : 256], 0, [res, l.ptr, b?.ptr ?? 0n, targetPtr, V]);
+    const host = new Float32Array(rows * 4);
+    this.driver.copyToHost(host, res, rows * 16);
+    this.driver.freeAsync(res);
+    const hostInts = new Int32Array(host.buffer);
+    for (let r = 0; r < rows; r++) {
+      nll[r] = host[4 * r];
+      argmax[r] = hostInts[4 * r + 2];
+    }
+    if (b) {
+      const kld = new Float64Array(rows);
+      const top1 = new Uint8Array(rows);
+      for (let r = 0; r < rows; r++) {
+        if (targets[r] < 0) continue; // skipped rows score 0, as on cpu
+        kld[r] = Math.max(0, host[4 * r + 1]);
+        top1[r] = hostInts[4 * r + 2] === hostInts[4 * r + 3] ? 1 : 0;
+      }
+      scored.kld = kld;
+      scored.top1 = top1;
+    }
+    return scored;
+  }
+
+  // --- extras (not in Device) -----------------------------------------------------------------
+
+  /**
+   * Captures the launches `record` queues into a CUDA graph (nothing runs during capture), then
+   * instantiates it. Replaying it with launch() re-runs the same kernels on the same tensors.
+   * Inside `record`: no download/synchronize/scoreLogits, and no allocation of tensors that must
+   * outlive the graph. Host arrays passed to ops (ids, positions) are re-read from their staging
+   * slot at each replay, so captured steps should take such inputs from device tensors.
+   */
+  captureGraph(record: () => void): CudaGraph {
+    this.noCapture('captureGraph');
+    this.driver.beginCapture();
+    this.capturing = true;
+    try {
+      record();
+    } catch (e) {
+      this.capturing = false;
+      this.driver.abortCapture();
+      throw e;
+    }
+    this.capturing = false;
+    const [graph, exec] = this.driver.endCapture();
+    return new CudaGraph(this, graph, exec);
+  }
+
+  /** Records an event on the stream now (for timing with elapsedMs). */
+  recordEvent(event?: CudaEvent): CudaEvent {
+    const e = event ?? new CudaEvent(this.driver.createEvent());
+    this.driver.recordEvent(e.handle);
+    return e;
+  }
+
+  /** GPU milliseconds between two recorded events; waits for `end`. */
+  elapsedMs(start: CudaEvent, end: CudaEvent): number {
+    return this.driver.elapsedMs(start.handle, end.handle);
+  }
+
+  destroyEvent(event: CudaEvent): void {
+    this.driver.destroyEvent(event.handle);
+  }
+
+  /** Copies src into dst (same element count) on the stream. */
+  copy(dst: Tensor, src: Tensor): void {
+    const d = this.tensor(dst, 'copy', 'dst');
+    const s = this.tensor(src, 'copy', 'src');
+    if (d.size !== s.size) throw new Error(`copy: dst ${fmtShape(d)} and src ${fmtShape(s)} differ in size`);
+    this.driver.copyDeviceToDevice(d.ptr, s.ptr, d.bytes);
+  }
+
+  memoryStats(): CudaMemoryStats {
+    const { freeBytes, totalBytes } = this.driver.memoryInfo();
+    return { tensorBytes: this.tensorBytes, peakTensorBytes: this.peakTensorBytes, deviceFreeBytes: freeBytes, deviceTotalBytes: totalBytes };
+  }
+
+  resetPeakMemory(): void {
+    this.peakTensorBytes = this.tensorBytes;
+  }
+
+  /** Kernel compiles vs. disk-cache hits in this process, and cached GEMM plans. */
+  compileStats(): { compiled: number; cached: number; gemmPlans: number } {
+    return { ...this.nvrtc.stats, gemmPlans: this.blas.planCount };
+  }
+
+  // --- helpers --------------------------------------------------------------------------------
+
+  private tensor(t: Tensor, op: string, name: string): CudaTensor {
+    if (!(t instanceof CudaTensor)) throw new Error(`${op}: ${name} is not a cuda tensor`);
+    if (t.device !== this) throw new Error(`${op}: ${name} belongs to another CudaDevice`);
+    if (t.storage.freed) throw new Error(`${op}: ${name} was freed`);
+    return t;
+  }
+
+  private noCapture(op: string): void {
+    if (this.capturing) throw new CudaError(`${op} is not allowed while capturing a CUDA graph`);
+  }
+
+  private kernel(family: string, name: string, signature: ArgSignature): Kernel {
+    return this.kernels.get(family, name, signature);
+  }
+
+  /** Grid-stride elementwise launch over n elements. */
+  private launch1d(k: Kernel, n: number, args: KernelArg[]): void {
+    if (n === 0) return;
+    const threads = 256;
+    const blocks = Math.min(Math.ceil(n / threads), this.info.multiprocessors * 16);
+    this.kernels.launch(k, [blocks], [threads], 0, args);
+  }
+}
+
+/** Threads for a one-block-per-row kernel: enough for the row (a multiple of 32), at most `max`. */
+function rowThreads(cols: number, max: number): number {
+  return Math.min(max, Math.max(32, roundUp(cols, 32)));
+}
+
+function overlaps(a: CudaTensor, b: CudaTensor): boolean {
+  return a.storage === b.storage && a.ptr < b.ptr + BigInt(b.bytes) && b.ptr < a.ptr + BigInt(a.bytes);
+}
+
+export function createCudaDevice(opts?: CudaDeviceOptions): CudaDevice {
+  return new CudaDevice(opts);
+}

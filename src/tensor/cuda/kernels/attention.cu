@@ -1,0 +1,205 @@
+// Causal GQA attention with online softmax (flash-attention style): no seqQ x kvLen matrix is ever
+// stored. q/out rows are [batch*seqQ, nHead*headDim]; k/v rows are [batch*kvStride, nKvHead*headDim].
+// Query t of a sequence sits at position kvLen - seqQ + t and sees keys kp <= p (and kp > p - window
+// when window > 0). Scores, softmax and P.V accumulate in f32. D is headDim rounded up to a multiple
+// of 32 (dims past headDim are zero).
+//
+// prefill: block = (16-query tile, head, batch); 4 warps x 4 query rows. K/V tiles of 32 keys are
+//   staged in shared memory (as f32) and shared by the 16 queries; when scoring, lane j owns key j.
+// decode:  block = (query row, head); 8 warps split the keys, each keeps its own running max/sum/
+//   output, merged through shared memory at the end. Used when seqQ is small.
+#include "common.cuh"
+
+namespace prefill {
+constexpr int NW = 4;
+constexpr int QPW = 4;
+constexpr int QT = NW * QPW;
+constexpr int KT = 32;
+}  // namespace prefill
+
+template <typename T, int D>
+__device__ __forceinline__ void attention_prefill(T* out, const T* q, const T* k, const T* v, int seqQ, int kvLen,
+                                                  int kvStride, int nHead, int nKvHead, int headDim, float scale,
+                                                  int window) {
+  using namespace prefill;
+  constexpr int DP = D + 1;  // padded K rows: lanes reading different keys hit different banks
+  constexpr int DL = D / 32;
+  extern __shared__ float smem[];
+  float* ks = smem;          // [KT][DP]
+  float* vs = ks + KT * DP;  // [KT][D]
+  float* qs = vs + KT * D;   // [QT][D]
+  const int b = blockIdx.z, h = blockIdx.y, t0 = blockIdx.x * QT;
+  const int kvh = h / (nHead / nKvHead);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const long long qStride = (long long)nHead * headDim, kStride = (long long)nKvHead * headDim;
+  const int posBase = kvLen - seqQ;
+
+  for (int i = threadIdx.x; i < QT * D; i += blockDim.x) {
+    const int r = i / D, d = i % D, t = t0 + r;
+    float val = 0.f;
+    if (t < seqQ && d < headDim) val = to_float(q[((long long)b * seqQ + t) * qStride + (long long)h * headDim + d]);
+    qs[i] = val;
+  }
+
+  float m[QPW], l[QPW], acc[QPW][DL];
+#pragma unroll
+  for (int r = 0; r < QPW; ++r) {
+    m[r] = -INF_F;
+    l[r] = 0.f;
+#pragma unroll
+    for (int i = 0; i < DL; ++i) acc[r][i] = 0.f;
+  }
+
+  const int tLast = imin(t0 + QT, seqQ) - 1;
+  const int pFirst = posBase + t0, pLast = posBase + tLast;
+  const int kBegin = window > 0 ? imax(0, pFirst - window + 1) : 0;
+  const int kEnd = pLast + 1;
+
+  for (int k0 = kBegin; k0 < kEnd; k0 += KT) {
+    __syncthreads();  // the previous tile is consumed (and qs is written before the first)
+    for (int i = threadIdx.x; i < KT * D; i += blockDim.x) {
+      const int j = i / D, d = i % D, kp = k0 + j;
+      float kv = 0.f, vv = 0.f;
+      if (kp < kEnd && d < headDim) {
+        const long long off = ((long long)b * kvStride + kp) * kStride + (long long)kvh * headDim + d;
+        kv = to_float(k[off]);
+        vv = to_float(v[off]);
+      }
+      ks[j * DP + d] = kv;
+      vs[j * D + d] = vv;
+    }
+    __syncthreads();
+
+#pragma unroll
+    for (int r = 0; r < QPW; ++r) {
+      const int row = warp * QPW + r, t = t0 + row;
+      if (t >= seqQ) continue;
+      const int p = posBase + t, kp = k0 + lane;
+      const bool valid = kp <= p && (window <= 0 || kp > p - window);
+      float s = -INF_F;
+      if (valid) {
+        const float* qr = qs + row * D;
+        const float* kr = ks + lane * DP;
+        float dot = 0.f;
+#pragma unroll 8
+        for (int d = 0; d < D; ++d) dot += qr[d] * kr[d];
+        s = dot * scale;
+      }
+      const float mNew = fmaxf(m[r], warp_max(s));
+      if (mNew == -INF_F) continue;  // no visible key for this row yet (uniform across the warp)
+      const float alpha = expf(m[r] - mNew);
+      const float pj = valid ? expf(s - mNew) : 0.f;
+      l[r] = l[r] * alpha + warp_sum(pj);
+      m[r] = mNew;
+#pragma unroll
+      for (int i = 0; i < DL; ++i) acc[r][i] *= alpha;
+      for (int j = 0; j < KT; ++j) {
+        const float pb = __shfl_sync(FULL_MASK, pj, j);
+#pragma unroll
+        for (int i = 0; i < DL; ++i) acc[r][i] += pb * vs[j * D + lane + 32 * i];
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < QPW; ++r) {
+    const int t = t0 + warp * QPW + r;
+    if (t >= seqQ) continue;
+    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    T* o = out + ((long long)b * seqQ + t) * qStride + (long long)h * headDim;
+#pragma unroll
+    for (int i = 0; i < DL; ++i) {
+      const int d = lane + 32 * i;
+      if (d < headDim) o[d] = from_float<T>(acc[r][i] * inv);
+    }
+  }
+}
+
+namespace decode {
+constexpr int NW = 8;
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void attention_decode(T* out, const T* q, const T* k, const T* v, int seqQ, int kvLen,
+                                                 int kvStride, int nHead, int nKvHead, int headDim, float scale,
+                                                 int window) {
+  constexpr int NW = decode::NW;
+  constexpr int DL = D / 32;
+  __shared__ float smM[NW], smL[NW];
+  __shared__ float smAcc[NW][D];
+  const int bt = blockIdx.x, b = bt / seqQ, t = bt % seqQ, h = blockIdx.y;
+  const int kvh = h / (nHead / nKvHead);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const long long qStride = (long long)nHead * headDim, kStride = (long long)nKvHead * headDim;
+  const int p = kvLen - seqQ + t;
+  const int kBegin = window > 0 ? imax(0, p - window + 1) : 0;
+
+  const T* qp = q + (long long)bt * qStride + (long long)h * headDim;
+  float qr[DL], acc[DL];
+#pragma unroll
+  for (int i = 0; i < DL; ++i) {
+    const int d = lane + 32 * i;
+    qr[i] = d < headDim ? to_float(qp[d]) : 0.f;
+    acc[i] = 0.f;
+  }
+  float m = -INF_F, l = 0.f;
+  for (int kp = kBegin + warp; kp <= p; kp += NW) {
+    const long long off = ((long long)b * kvStride + kp) * kStride + (long long)kvh * headDim;
+    float part = 0.f;
+#pragma unroll
+    for (int i = 0; i < DL; ++i) {
+      const int d = lane + 32 * i;
+      if (d < headDim) part += qr[i] * to_float(k[off + d]);
+    }
+    const float s = warp_sum(part) * scale;
+    const float mNew = fmaxf(m, s);
+    const float alpha = expf(m - mNew), pj = expf(s - mNew);
+    l = l * alpha + pj;
+    m = mNew;
+#pragma unroll
+    for (int i = 0; i < DL; ++i) {
+      const int d = lane + 32 * i;
+      if (d < headDim) acc[i] = acc[i] * alpha + pj * to_float(v[off + d]);
+    }
+  }
+  if (lane == 0) {
+    smM[warp] = m;
+    smL[warp] = l;
+  }
+#pragma unroll
+  for (int i = 0; i < DL; ++i) smAcc[warp][lane + 32 * i] = acc[i];
+  __syncthreads();
+
+  float M = -INF_F;
+#pragma unroll
+  for (int w = 0; w < NW; ++w) M = fmaxf(M, smM[w]);
+  float L = 0.f;
+#pragma unroll
+  for (int w = 0; w < NW; ++w)
+    if (smM[w] != -INF_F) L += smL[w] * expf(smM[w] - M);
+  const float inv = L > 0.f ? 1.f / L : 0.f;
+  T* o = out + (long long)bt * qStride + (long long)h * headDim;
+  for (int d = threadIdx.x; d < headDim; d += blockDim.x) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w)
+      if (smM[w] != -INF_F) sum += smAcc[w][d] * expf(smM[w] - M);
+    o[d] = from_float<T>(sum * inv);
+  }
+}
+
+#define ATTENTION_ARGS(T)                                                                                     \
+  T *out, const T *q, const T *k, const T *v, int seqQ, int kvLen, int kvStride, int nHead, int nKvHead, int headDim, \
+      float scale, int window
+#define ATTENTION_PASS out, q, k, v, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window
+
+#define DEF_ATTENTION_D(T, S, D)                                                                             \
+  extern "C" __global__ void __launch_bounds__(prefill::NW * 32) attention_prefill_##S##_d##D(ATTENTION_ARGS(T)) { \
+    attention_prefill<T, D>(ATTENTION_PASS);                                                                 \
+  }                                                                                                          \
+  extern "C" __global__ void __launch_bounds__(decode::NW * 32) attention_decode_##S##_d##D(ATTENTION_ARGS(T)) {   \
+    attention_decode<T, D>(ATTENTION_PASS);                                                                  \
+  }
+#define DEF_ATTENTION(T, S) \
+  DEF_ATTENTION_D(T, S, 32) DEF_ATTENTION_D(T, S, 64) DEF_ATTENTION_D(T, S, 128) DEF_ATTENTION_D(T, S, 256)
+FOR_EACH_DTYPE(DEF_ATTENTION)

@@ -1,0 +1,71 @@
+// Shared by every kernel family: storage types, conversions, reductions. No CUDA headers are
+// included (NVRTC compiles these without an include path): bf16/f16 are 16-bit structs converted
+// with PTX. Kernels are instantiated per storage type with extern "C" names ending _f32/_bf16/_f16.
+#pragma once
+
+typedef unsigned short u16;
+struct bf16_t { u16 x; };
+struct f16_t { u16 x; };
+
+#define INF_F __int_as_float(0x7f800000)
+#define FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(bf16_t v) { return __uint_as_float(((unsigned)v.x) << 16); }
+__device__ __forceinline__ float to_float(f16_t v) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.x));
+  return f;
+}
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16_t from_float<bf16_t>(float v) {
+  bf16_t r;
+#if __CUDA_ARCH__ >= 800
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.x) : "f"(v));
+#else
+  unsigned u = __float_as_uint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    r.x = (u16)((u >> 16) | 0x40u);  // quiet NaN
+  } else {
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    r.x = (u16)(u >> 16);
+  }
+#endif
+  return r;
+}
+template <> __device__ __forceinline__ f16_t from_float<f16_t>(float v) {
+  f16_t r;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.x) : "f"(v));
+  return r;
+}
+
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+  return v;
+}
+
+// Sum over the block, returned to every thread. blockDim.x must be a multiple of 32.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[32];
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  __syncthreads();  // a previous call may still be reading `partial`
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  return warp_sum(lane < warps ? partial[lane] : 0.f);
+}
+
+// Instantiates `MACRO(T, suffix)` for every storage type.
+#define FOR_EACH_DTYPE(MACRO) MACRO(float, f32) MACRO(bf16_t, bf16) MACRO(f16_t, f16)

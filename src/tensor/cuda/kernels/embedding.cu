@@ -1,0 +1,39 @@
+// Row gathers and scatters: token embeddings, learned positions, KV-cache appends. One block per row.
+#include "common.cuh"
+
+// out[r,:] = table[ids[r],:]
+template <typename T>
+__device__ __forceinline__ void embedding(T* out, const T* table, const int* ids, int cols) {
+  const T* src = table + (long long)ids[blockIdx.x] * cols;
+  T* dst = out + (long long)blockIdx.x * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = src[c];
+}
+
+// out[r,:] += table[ids[r],:]
+template <typename T>
+__device__ __forceinline__ void add_embedding(T* out, const T* table, const int* ids, int cols) {
+  const T* src = table + (long long)ids[blockIdx.x] * cols;
+  T* dst = out + (long long)blockIdx.x * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = from_float<T>(to_float(dst[c]) + to_float(src[c]));
+}
+
+// cache[b*kvStride + start + t, :] = src[b*seq + t, :]   (block r = b*seq + t)
+template <typename T>
+__device__ __forceinline__ void write_kv(T* cache, const T* src, int seq, int start, int kvStride, int cols) {
+  const int r = blockIdx.x, b = r / seq, t = r % seq;
+  const T* from = src + (long long)r * cols;
+  T* to = cache + ((long long)b * kvStride + start + t) * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) to[c] = from[c];
+}
+
+#define DEF_EMBEDDING(T, S)                                                                                  \
+  extern "C" __global__ void embedding_##S(T* out, const T* table, const int* ids, int cols) {              \
+    embedding<T>(out, table, ids, cols);                                                                     \
+  }                                                                                                          \
+  extern "C" __global__ void add_embedding_##S(T* out, const T* table, const int* ids, int cols) {          \
+    add_embedding<T>(out, table, ids, cols);                                                                 \
+  }                                                                                                          \
+  extern "C" __global__ void write_kv_##S(T* cache, const T* src, int seq, int start, int kvStride, int cols) { \
+    write_kv<T>(cache, src, seq, start, kvStride, cols);                                                     \
+  }
+FOR_EACH_DTYPE(DEF_EMBEDDING)

@@ -1,0 +1,42 @@
+// Row normalizations, one block per row, f32 accumulation.
+#include "common.cuh"
+
+// out = x / sqrt(mean(x^2) + eps) * w
+template <typename T>
+__device__ __forceinline__ void rms_norm(T* out, const T* x, const T* w, int cols, float eps) {
+  const long long base = (long long)blockIdx.x * cols;
+  float ss = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float v = to_float(x[base + c]);
+    ss += v * v;
+  }
+  const float inv = 1.f / sqrtf(block_sum(ss) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x)
+    out[base + c] = from_float<T>(to_float(x[base + c]) * inv * to_float(w[c]));
+}
+
+// out = (x - mean) / sqrt(var + eps) * w + b  (two passes: mean, then centered variance)
+template <typename T>
+__device__ __forceinline__ void layer_norm(T* out, const T* x, const T* w, const T* b, int cols, float eps) {
+  const long long base = (long long)blockIdx.x * cols;
+  float s = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) s += to_float(x[base + c]);
+  const float mean = block_sum(s) / cols;
+  float sq = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float d = to_float(x[base + c]) - mean;
+    sq += d * d;
+  }
+  const float inv = 1.f / sqrtf(block_sum(sq) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x)
+    out[base + c] = from_float<T>((to_float(x[base + c]) - mean) * inv * to_float(w[c]) + to_float(b[c]));
+}
+
+#define DEF_NORM(T, S)                                                                                       \
+  extern "C" __global__ void rms_norm_##S(T* out, const T* x, const T* w, int cols, float eps) {            \
+    rms_norm<T>(out, x, w, cols, eps);                                                                       \
+  }                                                                                                          \
+  extern "C" __global__ void layer_norm_##S(T* out, const T* x, const T* w, const T* b, int cols, float eps) { \
+    layer_norm<T>(out, x, w, b, cols, eps);                                                                  \
+  }
+FOR_EACH_DTYPE(DEF_NORM)
