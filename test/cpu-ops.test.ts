@@ -384,7 +384,7 @@ describe.each([
   });
 
   it('split every parallel op across threads (threads=2 only)', () => {
-    const ops = simd ? [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] : [1, 2, 3, 4, 5, 6, 7, 8];
+    const ops = simd ? [1, 2, 4, 6, 8, 9, 10, 11, 12, 13] : [1, 2, 3, 4, 5, 6, 7, 8];
     expect([...splitOps].sort((a, b) => a - b)).toEqual(threads === 1 ? [] : ops);
   });
 });

@@ -6,7 +6,7 @@ import { availableParallelism } from 'node:os';
 import type { AttentionShape, Device, ScoredRows, Tensor } from '../device.js';
 import {
   OP_ADD, OP_ATTENTION, OP_ATTENTION_SIMD, OP_GELU, OP_LAYERNORM, OP_MATMUL, OP_MATMUL_SIMD, OP_RMSNORM, OP_SCORE,
-  OP_SILUMUL, createSimdContext, runKernel, type SimdContext,
+  OP_SILUMUL, OP_SILUMUL_SIMD, OP_ADD_SIMD, OP_RMSNORM_SIMD, createSimdContext, runKernel, type SimdContext,
 } from './kernels.js';
 import { simdModuleBytes } from './wasm/simd-kernels.js';
 import { WorkerPool } from './pool.js';
@@ -159,7 +159,7 @@ export class CpuDevice implements Device {
     const xc = this.cpu(x, 'addInPlace', 'x');
     const yc = this.cpu(y, 'addInPlace', 'y');
     if (xc.length !== yc.length) throw new Error(`addInPlace: shape mismatch: x ${fmtShape(xc)}, y ${fmtShape(yc)}`);
-    this.elementwise(OP_ADD, [xc.base, yc.base], [xc.offset, yc.offset], xc.length, 1);
+    this.elementwise(this.simd ? OP_ADD_SIMD : OP_ADD, [xc.base, yc.base], [xc.offset, yc.offset], xc.length, 1);
   }
 
   rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number): void {
@@ -170,7 +170,7 @@ export class CpuDevice implements Device {
     if (o.length !== xc.length || o.cols !== C || wc.length !== C) {
       throw new Error(`rmsNorm: shape mismatch: out ${fmtShape(o)}, x ${fmtShape(xc)}, weight ${fmtShape(wc)}`);
     }
-    this.byRows(OP_RMSNORM, [o.base, xc.base, wc.base], [o.offset, xc.offset, wc.offset, C, eps], xc.rowCount, 3 * C);
+    this.byRows(this.simd ? OP_RMSNORM_SIMD : OP_RMSNORM, [o.base, xc.base, wc.base], [o.offset, xc.offset, wc.offset, C, eps], xc.rowCount, 3 * C);
   }
 
   layerNorm(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor, eps: number): void {
@@ -272,7 +272,7 @@ export class CpuDevice implements Device {
     if (o.length !== g.length || u.length !== g.length) {
       throw new Error(`siluMul: shape mismatch: out ${fmtShape(o)}, gate ${fmtShape(g)}, up ${fmtShape(u)}`);
     }
-    this.elementwise(OP_SILUMUL, [o.base, g.base, u.base], [o.offset, g.offset, u.offset], o.length, 8);
+    this.elementwise(this.simd ? OP_SILUMUL_SIMD : OP_SILUMUL, [o.base, g.base, u.base], [o.offset, g.offset, u.offset], o.length, 8);
   }
 
   geluTanh(out: Tensor, x: Tensor): void {

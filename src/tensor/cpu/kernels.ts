@@ -21,6 +21,9 @@ export const OP_ADD = 7;
 export const OP_SCORE = 8;
 export const OP_MATMUL_SIMD = 9;
 export const OP_ATTENTION_SIMD = 10;
+export const OP_SILUMUL_SIMD = 11;
+export const OP_ADD_SIMD = 12;
+export const OP_RMSNORM_SIMD = 13;
 
 interface WasmMemory {
   readonly buffer: ArrayBuffer;
@@ -34,7 +37,11 @@ export interface SimdContext {
   matmul: (x: number, wp: number, bias: number, o: number, M: number, Np: number, K: number) => void;
   /** attention functions by head size; key 0 is the generic one. */
   attention: Map<number, (...args: number[]) => void>;
+  siluMul: (g: number, u: number, o: number, n: number) => void;
+  add: (x: number, y: number, n: number) => void;
+  rmsNorm: (x: number, w: number, o: number, rows: number, C: number, eps: number) => void;
 }
+
 
 /** Instantiates the SIMD module with a fresh memory. */
 export function createSimdContext(bytes: Uint8Array): SimdContext {
@@ -51,7 +58,11 @@ export function createSimdContext(bytes: Uint8Array): SimdContext {
   for (const name of Object.keys(inst.exports)) {
     if (name.startsWith('attention')) attention.set(Number(name.slice(9)), inst.exports[name] as (...args: number[]) => void);
   }
-  return { mem, f32: new Float32Array(mem.buffer), matmul: inst.exports.matmul as SimdContext['matmul'], attention };
+  const ex = inst.exports;
+  return {
+    mem, f32: new Float32Array(mem.buffer), attention, matmul: ex.matmul as SimdContext['matmul'],
+    siluMul: ex.siluMul as SimdContext['siluMul'], add: ex.add as SimdContext['add'], rmsNorm: ex.rmsNorm as SimdContext['rmsNorm'],
+  };
 }
 
 /** Grows the context's memory to at least `floats` floats; returns its current float view. */
@@ -447,6 +458,57 @@ export function scoreKernel(
   }
 }
 
+// The elementwise SIMD kernels copy 16384 floats per operand per step (64 KiB: stays in L2).
+
+/** siluMulKernel through the SIMD module, in chunks. */
+export function simdSiluMulKernel(
+  ctx: SimdContext, o: Float32Array, oOff: number, g: Float32Array, gOff: number, u: Float32Array, uOff: number,
+  e0: number, e1: number,
+): void {
+  const CH = 16384;
+  const mem = simdReserve(ctx, 3 * CH);
+  for (let s = e0; s < e1; s += CH) {
+    const n = Math.min(CH, e1 - s);
+    mem.set(g.subarray(gOff + s, gOff + s + n), 0);
+    mem.set(u.subarray(uOff + s, uOff + s + n), CH);
+    ctx.siluMul(0, CH * 4, 2 * CH * 4, (n + 3) & ~3);
+    o.set(mem.subarray(2 * CH, 2 * CH + n), oOff + s);
+  }
+}
+
+/** addKernel through the SIMD module, in chunks. */
+export function simdAddKernel(ctx: SimdContext, x: Float32Array, xOff: number, y: Float32Array, yOff: number, e0: number, e1: number): void {
+  const CH = 16384;
+  const mem = simdReserve(ctx, 2 * CH);
+  for (let s = e0; s < e1; s += CH) {
+    const n = Math.min(CH, e1 - s);
+    mem.set(x.subarray(xOff + s, xOff + s + n), 0);
+    mem.set(y.subarray(yOff + s, yOff + s + n), CH);
+    ctx.add(0, CH * 4, (n + 3) & ~3);
+    x.set(mem.subarray(0, n), xOff + s);
+  }
+}
+
+/** rmsNormKernel through the SIMD module (float32 sums, as HF Llama), in chunks of rows. */
+export function simdRmsNormKernel(
+  ctx: SimdContext, o: Float32Array, oOff: number, x: Float32Array, xOff: number, w: Float32Array, wOff: number,
+  C: number, eps: number, r0: number, r1: number,
+): void {
+  const rowsPerChunk = Math.max(1, Math.floor(16384 / C));
+  const span = rowsPerChunk * C;
+  const wP = 0;
+  const xP = (C + 3) & ~3;
+  const oP = xP + ((span + 3) & ~3);
+  const mem = simdReserve(ctx, oP + span);
+  mem.set(w.subarray(wOff, wOff + C), wP);
+  for (let r = r0; r < r1; r += rowsPerChunk) {
+    const rows = Math.min(rowsPerChunk, r1 - r);
+    mem.set(x.subarray(xOff + r * C, xOff + (r + rows) * C), xP);
+    ctx.rmsNorm(xP * 4, wP * 4, oP * 4, rows, C, eps);
+    o.set(mem.subarray(oP, oP + rows * C), oOff + r * C);
+  }
+}
+
 /**
  * Runs one op's work range. The single entry point of the worker threads; the main thread uses
  * it too, so both sides read the same argument layout: f[i] are float storages, p numeric
@@ -491,6 +553,15 @@ export function runKernel(
       simdAttentionKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, f[3], p[3] | 0,
         p[4] | 0, p[5] | 0, p[6] | 0, p[7] | 0, p[8] | 0, p[9] | 0, p[10], p[11] | 0, lo, hi);
       break;
+    case 11: // OP_SILUMUL_SIMD
+      simdSiluMulKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, lo, hi);
+      break;
+    case 12: // OP_ADD_SIMD
+      simdAddKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, lo, hi);
+      break;
+    case 13: // OP_RMSNORM_SIMD
+      simdRmsNormKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, p[3] | 0, p[4], lo, hi);
+      break;
     default:
       throw new Error(`cpu kernel: unknown op ${op}`);
   }
@@ -499,5 +570,5 @@ export function runKernel(
 /** Every function the worker source needs, in dependency order (runKernel last). */
 export const KERNEL_FUNCTIONS: readonly ((...args: never[]) => void)[] = [
   matmulKernel, attentionKernel, rmsNormKernel, layerNormKernel, siluMulKernel, geluTanhKernel,
-  addKernel, scoreKernel, createSimdContext, simdReserve, simdMatmulKernel, simdAttentionKernel, runKernel,
+  addKernel, scoreKernel, createSimdContext, simdReserve, simdMatmulKernel, simdAttentionKernel, simdSiluMulKernel, simdAddKernel, simdRmsNormKernel, runKernel,
 ];

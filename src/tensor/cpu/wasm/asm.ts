@@ -82,6 +82,7 @@ export class Fn {
   i32Mul(): this { return this.op(0x6c); }
   i32DivS(): this { return this.op(0x6d); }
   i32RemS(): this { return this.op(0x6f); }
+  i32And(): this { return this.op(0x71); }
   i32Shl(): this { return this.op(0x74); }
   i32ShrS(): this { return this.op(0x75); }
   i32Eqz(): this { return this.op(0x45); }
@@ -93,7 +94,9 @@ export class Fn {
   // f32 scalar
   f32Load(offset = 0): this { return this.mem(0x2a, 2, offset, false); }
   f32Store(offset = 0): this { return this.mem(0x38, 2, offset, false); }
+  f32Add(): this { return this.op(0x92); }
   f32Mul(): this { return this.op(0x94); }
+  f32Sqrt(): this { return this.op(0x91); }
   f32Div(): this { return this.op(0x95); }
   f32ConvertI32S(): this { return this.op(0xb2); }
 
@@ -120,6 +123,9 @@ export class Fn {
   f32x4Mul(): this { return this.simd(0xe6); }
   f32x4Div(): this { return this.simd(0xe7); }
   f32x4Max(): this { return this.simd(0xe9); }
+  f32x4Abs(): this { return this.simd(0xe0); }
+  f32x4Neg(): this { return this.simd(0xe1); }
+  f32x4Ge(): this { return this.simd(0x46); }
   i32x4TruncSatF32x4S(): this { return this.simd(0xf8); }
 
   // control flow

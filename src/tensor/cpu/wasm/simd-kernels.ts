@@ -280,13 +280,87 @@ function attentionFn(hdConst: number | null): Fn {
   return f;
 }
 
+/** siluMul(g, u, o, n): o = g / (1 + e^-g) · u for n (a multiple of 4) floats. */
+function siluMulFn(): Fn {
+  const f = new Fn('siluMul', [I32, I32, I32, I32]);
+  const [g, u, o, n] = [0, 1, 2, 3];
+  const i = f.local(I32), gv = f.local(V128), x = f.local(V128), e = f.local(V128), t = f.local(V128), m = f.local(V128);
+  const one = f.local(V128);
+  const ec = expConstants(f);
+  f.f32(1).f32x4Splat().set(one);
+  f.forLoop(i, () => f.i32(0), () => f.get(n).i32(2).i32Shl(), 16, () => {
+    f.get(g).get(i).i32Add().v128Load().set(gv);
+    // e = e^-|g|; sigmoid(g) = (g ≥ 0 ? 1 : e) / (1 + e)
+    f.get(gv).f32x4Abs().f32x4Neg().set(x);
+    emitExp(f, ec, x, e, t, m);
+    f.get(o).get(i).i32Add();
+    f.get(gv).get(u).get(i).i32Add().v128Load().f32x4Mul();
+    f.get(one).get(e).get(gv).f32(0).f32x4Splat().f32x4Ge().v128Bitselect().f32x4Mul();
+    f.get(one).get(e).f32x4Add().f32x4Div();
+    f.v128Store();
+  });
+  return f;
+}
+
+/** add(x, y, n): x += y for n (a multiple of 4) floats. */
+function addFn(): Fn {
+  const f = new Fn('add', [I32, I32, I32]);
+  const [x, y, n] = [0, 1, 2];
+  const i = f.local(I32);
+  f.forLoop(i, () => f.i32(0), () => f.get(n).i32(2).i32Shl(), 16, () => {
+    f.get(x).get(i).i32Add();
+    f.get(x).get(i).i32Add().v128Load().get(y).get(i).i32Add().v128Load().f32x4Add();
+    f.v128Store();
+  });
+  return f;
+}
+
+/** rmsNorm(x, w, o, rows, C, eps): o[r] = x[r] · (1 / sqrt(mean(x[r]²) + eps)) · w, in float32. */
+function rmsNormFn(): Fn {
+  const f = new Fn('rmsNorm', [I32, I32, I32, I32, I32, F32]);
+  const [x, w, o, rows, C, eps] = [0, 1, 2, 3, 4, 5];
+  const r = f.local(I32), c = f.local(I32), xr = f.local(I32), or = f.local(I32), C4b = f.local(I32), Cb = f.local(I32);
+  const ss = f.local(F32), inv = f.local(F32), acc = f.local(V128), v = f.local(V128), invv = f.local(V128);
+  f.get(C).i32(2).i32Shl().set(Cb);
+  f.get(C).i32(-4).i32And().i32(2).i32Shl().set(C4b);
+  f.forLoop(r, () => f.i32(0), () => f.get(rows), 1, () => {
+    f.get(r).get(Cb).i32Mul().tee(xr).get(o).i32Add().set(or);
+    f.get(xr).get(x).i32Add().set(xr);
+    f.f32(0).f32x4Splat().set(acc);
+    f.forLoop(c, () => f.i32(0), () => f.get(C4b), 16, () => {
+      f.get(xr).get(c).i32Add().v128Load().tee(v).get(v).f32x4Mul().get(acc).f32x4Add().set(acc);
+    });
+    f.get(acc).f32x4ExtractLane(0).get(acc).f32x4ExtractLane(1).f32Add();
+    f.get(acc).f32x4ExtractLane(2).get(acc).f32x4ExtractLane(3).f32Add().f32Add().set(ss);
+    f.forLoop(c, () => f.get(C4b), () => f.get(Cb), 4, () => {
+      f.get(xr).get(c).i32Add().f32Load().tee(inv).get(inv).f32Mul().get(ss).f32Add().set(ss);
+    });
+    f.f32(1).get(ss).get(C).f32ConvertI32S().f32Div().get(eps).f32Add().f32Sqrt().f32Div().set(inv);
+    f.get(inv).f32x4Splat().set(invv);
+    f.forLoop(c, () => f.i32(0), () => f.get(C4b), 16, () => {
+      f.get(or).get(c).i32Add();
+      f.get(xr).get(c).i32Add().v128Load().get(invv).f32x4Mul().get(w).get(c).i32Add().v128Load().f32x4Mul();
+      f.v128Store();
+    });
+    f.forLoop(c, () => f.get(C4b), () => f.get(Cb), 4, () => {
+      f.get(or).get(c).i32Add();
+      f.get(xr).get(c).i32Add().f32Load().get(inv).f32Mul().get(w).get(c).i32Add().f32Load().f32Mul();
+      f.f32Store();
+    });
+  });
+  return f;
+}
+
 /** Head sizes with an unrolled attention function; others use the generic one. */
 export const ATTENTION_HEAD_SIZES = [4, 8, 16, 32, 64, 128];
 
 let cached: Uint8Array | undefined;
 
-/** The module binary (exports `matmul`, `attention` and `attention<hd>`; imports env.mem). */
+/** The module binary (exports matmul, attention, attention<hd>, siluMul, add, rmsNorm; imports env.mem). */
 export function simdModuleBytes(): Uint8Array {
-  cached ??= buildModule([matmulFn(MATMUL_ROWS, MATMUL_COLS), attentionFn(null), ...ATTENTION_HEAD_SIZES.map(attentionFn)]);
+  cached ??= buildModule([
+    matmulFn(MATMUL_ROWS, MATMUL_COLS), attentionFn(null), ...ATTENTION_HEAD_SIZES.map(attentionFn), siluMulFn(), addFn(),
+    rmsNormFn(),
+  ]);
   return cached;
 }
