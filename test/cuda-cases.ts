@@ -6,6 +6,7 @@
 // the only differences are the GPU's arithmetic and its output rounding. Errors are measured as
 // max |gpu - cpu| / max |cpu| over the output.
 
+import type { CudaDevice } from '../src/tensor/cuda/index.js';
 import type { AttentionShape, ComputeDType, Device, Tensor } from '../src/tensor/device.js';
 
 export interface Check {
@@ -325,14 +326,15 @@ function attentionCase(label: string, s: Omit<AttentionShape, 'scale'>): OpCase 
   };
 }
 
-function scoreCase(rows: number, V: number): OpCase {
-  const name = `scoreLogits rows ${rows} V ${V}`;
+/** Baseline = logits + uniform noise of ±noise: small noise is the quantized-vs-original case (tiny KLD). */
+function scoreCase(rows: number, V: number, noiseScale = 1): OpCase {
+  const name = `scoreLogits rows ${rows} V ${V} noise ${noiseScale}`;
   return {
     name,
     run(cpu, gpu, dtype) {
       const inp = new Inputs(rows + V, dtype);
       const logits = inp.floats(rows * V, 8);
-      const noise = inp.floats(rows * V, 1);
+      const noise = inp.floats(rows * V, noiseScale);
       const base = roundTo(dtype, logits.map((x, i) => x + noise[i]));
       const targets = inp.ints(rows, V);
       targets[1] = -1;
@@ -342,11 +344,12 @@ function scoreCase(rows: number, V: number): OpCase {
       const want = cpu.scoreLogits(cl, targets, cb);
       const got = gpu.scoreLogits(gl, targets, gb);
       const plain = gpu.scoreLogits(gl, targets);
-      // nll/kld are computed in f32 on the GPU (f64 on cpu) from identical inputs: tight in every dtype.
+      // Identical inputs on both sides and f64 sums on the GPU: tight in every dtype.
+      const f64 = (a: Float64Array | undefined) => Float32Array.from(a ?? []);
       const checks = [
-        compare(`${name} nll`, dtype, Float32Array.from(got.nll), Float32Array.from(want.nll), 2e-6),
-        compare(`${name} nll (no baseline)`, dtype, Float32Array.from(plain.nll), Float32Array.from(want.nll), 2e-6),
-        compare(`${name} kld`, dtype, Float32Array.from(got.kld ?? []), Float32Array.from(want.kld ?? []), 1e-5),
+        compare(`${name} nll`, dtype, f64(got.nll), f64(want.nll), 1e-6),
+        compare(`${name} nll (no baseline)`, dtype, f64(plain.nll), f64(want.nll), 1e-6),
+        compare(`${name} kld`, dtype, f64(got.kld), f64(want.kld), noiseScale < 0.1 ? 1e-4 : 1e-6),
       ];
       // argmax: the same logit value (ties can pick either index only if values are equal)
       let argBad = 0;
@@ -392,6 +395,7 @@ export function opCases(): OpCase[] {
     attentionCase('head 256', { batch: 1, seqQ: 45, kvLen: 45, kvStride: 45, nHead: 2, nKvHead: 1, headDim: 256 }),
     scoreCase(11, 1037),
     scoreCase(6, 32000),
+    scoreCase(5, 50000, 0.02),
   ];
 }
 
@@ -411,5 +415,82 @@ export function runCases(cpu: Device, gpu: Device, dtype: ComputeDType, filter?:
       checks.push({ case: c.name, dtype, error: Infinity, tol: 0, ok: false, note: `threw: ${(e as Error).message}` });
     }
   }
+  return { checks, failures: checks.filter((c) => !c.ok).map((c) => `${c.dtype} ${c.case}: ${c.note ?? `error ${c.error}`}`) };
+}
+
+// --- GPU-only extras: the *At ops (per-step values read on the device) against the plain ops -----
+
+/** Runs on the GPU alone: each *At op must equal the plain op (already checked against cpu) bit for bit. */
+export function runAtCases(gpu: CudaDevice, dtype: ComputeDType): CaseRun {
+  const checks: Check[] = [];
+  const exact = (name: string, got: Float32Array, want: Float32Array) => checks.push(compare(name, dtype, got, want, 0));
+  const guard = (name: string, fn: () => void) => {
+    try {
+      fn();
+    } catch (e) {
+      checks.push({ case: name, dtype, error: Infinity, tol: 0, ok: false, note: `threw: ${(e as Error).message}` });
+    }
+  };
+  const inp = new Inputs(77, dtype);
+
+  for (const [seqQ, kvLens, kvStride] of [[1, [29, 17, 5], 33], [3, [29, 3, 12], 33], [9, [40, 9, 23], 40]] as const) {
+    const name = `attentionAt ragged seqQ ${seqQ} kvLens [${kvLens.join(',')}] stride ${kvStride}`;
+    guard(name, () => {
+      const batch = kvLens.length, nHead = 4, nKvHead = 2, headDim = 64;
+      const q = gpu.upload(inp.floats(batch * seqQ * nHead * headDim, 2), [batch * seqQ, nHead * headDim]);
+      const k = gpu.upload(inp.floats(batch * kvStride * nKvHead * headDim, 2), [batch * kvStride, nKvHead * headDim]);
+      const v = gpu.upload(inp.floats(batch * kvStride * nKvHead * headDim), [batch * kvStride, nKvHead * headDim]);
+      const got = gpu.empty([batch * seqQ, nHead * headDim]);
+      const want = gpu.empty([batch * seqQ, nHead * headDim]);
+      const lens = gpu.allocInts(batch);
+      gpu.setInts(lens, Int32Array.from(kvLens));
+      const base = { seqQ, kvStride, nHead, nKvHead, headDim, scale: 0.125 };
+      gpu.attentionAt(got, q, k, v, { ...base, batch, kvLen: Math.max(...kvLens) }, lens);
+      kvLens.forEach((kvLen, b) => {
+        gpu.attention(gpu.rows(want, b * seqQ, seqQ), gpu.rows(q, b * seqQ, seqQ), gpu.rows(k, b * kvStride, kvStride),
+          gpu.rows(v, b * kvStride, kvStride), { ...base, batch: 1, kvLen });
+      });
+      exact(name, gpu.download(got), gpu.download(want));
+      gpu.freeInts(lens);
+      for (const t of [q, k, v, got, want]) gpu.free(t);
+    });
+  }
+
+  guard('writeKvAt starts [5,0,17]', () => {
+    const starts = [5, 0, 17], seq = 2, kvStride = 20, D = 24;
+    const init = inp.floats(starts.length * kvStride * D);
+    const src = gpu.upload(inp.floats(starts.length * seq * D), [starts.length * seq, D]);
+    const got = gpu.upload(init, [starts.length * kvStride, D]);
+    const want = gpu.upload(init, [starts.length * kvStride, D]);
+    const s = gpu.allocInts(3);
+    gpu.setInts(s, Int32Array.from(starts));
+    gpu.writeKvAt(got, src, starts.length, seq, s, kvStride);
+    starts.forEach((start, b) => {
+      gpu.writeKv(gpu.rows(want, b * kvStride, kvStride), gpu.rows(src, b * seq, seq), 1, seq, start, kvStride);
+    });
+    exact('writeKvAt starts [5,0,17]', gpu.download(got), gpu.download(want));
+    gpu.freeInts(s);
+    for (const t of [src, got, want]) gpu.free(t);
+  });
+
+  guard('embeddingAt + ropeAt', () => {
+    const ids = Int32Array.from([3, 99, 0, 57]), pos = Int32Array.from([7, 0, 31, 12]);
+    const table = gpu.upload(inp.floats(100 * 48), [100, 48]);
+    const cos = gpu.upload(inp.floats(32 * 8), [32, 8]);
+    const sin = gpu.upload(inp.floats(32 * 8), [32, 8]);
+    const got = gpu.empty([4, 48]), want = gpu.empty([4, 48]);
+    const idsDev = gpu.allocInts(4), posDev = gpu.allocInts(4);
+    gpu.setInts(idsDev, ids);
+    gpu.setInts(posDev, pos);
+    gpu.embeddingAt(got, table, idsDev);
+    gpu.embedding(want, table, ids);
+    exact('embeddingAt', gpu.download(got), gpu.download(want));
+    gpu.ropeAt(got, posDev, 4, cos, sin, 3, 16, 16);
+    gpu.rope(want, pos, cos, sin, 3, 16, 16);
+    exact('ropeAt', gpu.download(got), gpu.download(want));
+    gpu.freeInts(idsDev);
+    gpu.freeInts(posDev);
+    for (const t of [table, cos, sin, got, want]) gpu.free(t);
+  });
   return { checks, failures: checks.filter((c) => !c.ok).map((c) => `${c.dtype} ${c.case}: ${c.note ?? `error ${c.error}`}`) };
 }

@@ -6,7 +6,7 @@ import { createDevice } from '../src/tensor/index.js';
 import { createCpuDevice } from '../src/tensor/cpu/index.js';
 import { CudaDevice, CudaUnavailableError } from '../src/tensor/cuda/index.js';
 import type { ComputeDType } from '../src/tensor/device.js';
-import { opCases } from './cuda-cases.js';
+import { opCases, runAtCases } from './cuda-cases.js';
 
 function probeCuda(): string | null {
   try {
@@ -34,6 +34,11 @@ describe.skipIf(unavailable !== null)('cuda ops match the cpu device', () => {
           }
         });
       }
+      it('the *At ops (device-side ids/positions/kvLens) equal the plain ops', () => {
+        const run = runAtCases(gpu!, dtype);
+        expect(run.failures).toEqual([]);
+        expect(run.checks.length).toBeGreaterThan(0);
+      });
     });
   }
 });

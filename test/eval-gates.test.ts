@@ -21,8 +21,11 @@ describe('gates', () => {
   });
 
   it('refuses a gate on a metric the run does not compute', () => {
-    expect(() => checkGatesComputable([parseGate('kld_mean<0.1')], ['ppl', 'nll', 'tokens_per_s'])).toThrow(/kld_mean is not computed/);
-    expect(() => checkGatesComputable([parseGate('ppl<10')], ['ppl'])).not.toThrow();
+    for (const metric of ['ppl_ratio', 'kld_mean', 'kld_p99', 'top1']) {
+      expect(() => checkGatesComputable([parseGate(`${metric}<0.1`)], false)).toThrow(`${metric} compares against a baseline; add --baseline`);
+      expect(() => checkGatesComputable([parseGate(`${metric}<0.1`)], true)).not.toThrow();
+    }
+    expect(() => checkGatesComputable([parseGate('ppl<10'), parseGate('tokens_per_s>1')], false)).not.toThrow();
   });
 
   it('evaluates every gate, passing and failing', () => {

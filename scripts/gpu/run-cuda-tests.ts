@@ -9,7 +9,7 @@ import path from 'node:path';
 import { createCpuDevice } from '../../src/tensor/cpu/index.js';
 import { CudaDevice } from '../../src/tensor/cuda/index.js';
 import type { ComputeDType } from '../../src/tensor/device.js';
-import { runCases, type Check } from '../../test/cuda-cases.js';
+import { runAtCases, runCases, type Check } from '../../test/cuda-cases.js';
 import { runSmoke } from './smoke.js';
 
 const args = process.argv.slice(2);
@@ -35,6 +35,11 @@ for (const dtype of ['f32', 'bf16', 'f16'] as ComputeDType[]) {
   const gpu = selfTest ? createCpuDevice({ threads: 2 }) : new CudaDevice({ dtype });
   const t0 = performance.now();
   const run = runCases(cpu, gpu, dtype, only ? (n) => n.includes(only) : undefined);
+  if (gpu instanceof CudaDevice) {
+    const at = runAtCases(gpu, dtype);
+    run.checks.push(...at.checks);
+    run.failures.push(...at.failures);
+  }
   const ms = performance.now() - t0;
   for (const c of run.checks) {
     all.push({ ...c, ms });

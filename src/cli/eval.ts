@@ -4,8 +4,8 @@
 import chalk from 'chalk';
 import type { Command } from 'commander';
 import { LlmoptError, UsageError } from '../errors.js';
-import { checkGatesComputable, evaluateGates, GATE_METRICS, parseGate, type GateResult } from '../eval/gates.js';
-import { buildEvalReport, computableMetrics, gateMetrics, type EvalReport } from '../eval/report.js';
+import { BASELINE_METRICS, checkGatesComputable, evaluateGates, GATE_METRICS, parseGate, type GateMetric, type GateResult } from '../eval/gates.js';
+import { buildEvalReport, gateMetrics, type EvalReport } from '../eval/report.js';
 import { runEval } from '../eval/run.js';
 import { openDevice } from './device.js';
 import { formatFloat, formatInt, renderTable } from './format.js';
@@ -47,7 +47,9 @@ function renderHuman(r: EvalReport): string[] {
     `protocol  ${chalk.bold(p.name)}: ${protocolText}`,
     `          window ${p.window}, stride ${p.stride}, ${formatInt(p.windows)} windows, ${formatInt(p.tokens_scored)} tokens scored`,
     `device    ${p.device}, ${p.dtype}, batch ${p.batch}`,
-    `time      ${m.wall_s.toFixed(2)} s wall, ${m.forward_s.toFixed(2)} s forward, ${formatInt(Math.round(m.tokens_per_s))} tokens/s`,
+    `time      ${m.wall_s.toFixed(2)} s wall, ${m.forward_s.toFixed(2)} s model forward` +
+      (m.baseline_forward_s !== undefined ? ` + ${m.baseline_forward_s.toFixed(2)} s baseline` : '') +
+      `, ${formatInt(Math.round(m.tokens_per_s))} tokens/s`,
     '',
   ];
   if (r.baseline === null) {
@@ -76,7 +78,7 @@ function renderGates(gates: readonly GateResult[]): string[] {
 
 async function evalCommand(model: string, flags: EvalFlags): Promise<number> {
   const gates = flags.gate.map(parseGate);
-  checkGatesComputable(gates, computableMetrics(flags.baseline !== undefined));
+  checkGatesComputable(gates, flags.baseline !== undefined);
   if (flags.keepLast && flags.stride !== undefined) throw new UsageError('--keep-last applies to chunks; --stride windows always reach the end of the data');
   const seqLen = integerFlag('--seq-len', flags.seqLen, 1);
   const stride = integerFlag('--stride', flags.stride, 1);
@@ -117,8 +119,8 @@ async function evalCommand(model: string, flags: EvalFlags): Promise<number> {
 
 export function registerEval(program: Command, exit: ExitCodeSink): void {
   const metrics = Object.entries(GATE_METRICS)
-    .map(([k, v]) => `${k}: ${v}`)
-    .join('; ');
+    .map(([k, v]) => `${k} (${v}${BASELINE_METRICS.includes(k as GateMetric) ? ', needs --baseline' : ''})`)
+    .join(', ');
   program
     .command('eval')
     .description('perplexity under a named protocol; KLD and top-1 agreement against a baseline; gates for CI')

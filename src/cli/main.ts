@@ -8,6 +8,7 @@ import { LlmoptError } from '../errors.js';
 import { registerEval } from './eval.js';
 import { EXIT_OK, EXIT_USAGE, type ExitCodeSink } from './exit.js';
 import { registerInspect } from './inspect.js';
+import { registerPrune } from './prune.js';
 
 function packageVersion(): string {
   // src/cli/main.ts and dist/cli/main.js both sit two levels below the package root.
@@ -24,6 +25,7 @@ function buildProgram(exit: ExitCodeSink): Command {
     .showSuggestionAfterError(true);
   registerInspect(program);
   registerEval(program, exit);
+  registerPrune(program, packageVersion());
   return program;
 }
 

@@ -1,7 +1,7 @@
 // The eval result as one JSON-ready object: protocol, metrics, gates. `--json` prints it as is; the
 // human output renders the same object, so the two never disagree.
 
-import type { GateMetric, GateResult, MetricValues } from './gates.js';
+import type { GateResult, MetricValues } from './gates.js';
 import type { PerplexityResult } from './perplexity.js';
 import { protocolName, protocolStride, type Protocol } from './windows.js';
 
@@ -61,11 +61,6 @@ export function gateMetrics(r: PerplexityResult): MetricValues {
     Object.assign(values, { ppl_ratio: r.baseline.pplRatio, kld_mean: r.baseline.kldMean, kld_p99: r.baseline.kldP99, top1: r.baseline.top1 });
   }
   return values;
-}
-
-/** Metrics a run computes before it runs: everything, or everything but the baseline comparisons. */
-export function computableMetrics(withBaseline: boolean): GateMetric[] {
-  return withBaseline ? ['ppl', 'nll', 'ppl_ratio', 'kld_mean', 'kld_p99', 'top1', 'tokens_per_s'] : ['ppl', 'nll', 'tokens_per_s'];
 }
 
 export function buildEvalReport(run: EvalRun, gates: GateResult[]): EvalReport {

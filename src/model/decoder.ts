@@ -19,13 +19,16 @@
 //   layers.N.self_attn.o_proj.input   attention output, input of o_proj           [rows, heads*headDim]
 //   layers.N.mlp.gate_proj.input      normed input of gate/up_proj (GPT-2: c_fc)  [rows, hidden]
 //   layers.N.mlp.down_proj.input      silu(gate)*up (GPT-2: gelu(c_fc)), input of down_proj [rows, intermediate]
+//   layers.N.self_attn.key_states     keys after rotary, as the KV cache stores them  [rows, kvHeads*headDim]
+//   layers.N.self_attn.value_states   values, as the KV cache stores them            [rows, kvHeads*headDim]
 //   layers.N.output                   residual stream leaving layer N             [rows, hidden]
 //   final_norm.output                 final norm output, input of lm_head         [rows, hidden]
 // A hook sees a device tensor that is only valid during the call (copy it out with device.download
-// or a device op if it must be kept). Rows are [batch, seq] flattened.
+// or a device op if it must be kept). Rows are [batch, seq] flattened. Hooks see activations before
+// any simulated quantization (weights.quant), as calibration observers do.
 
 import { LlmoptError } from '../errors.js';
-import type { AttentionShape, Device, Tensor } from '../tensor/device.js';
+import type { AttentionShape, Device, FakeQuantSpec, Tensor } from '../tensor/device.js';
 import { layerSlidingWindow, rotaryDim } from './config.js';
 import { ropeTables } from './rope.js';
 import type { ModelSpec } from './spec.js';
@@ -41,6 +44,8 @@ export const hookNames = {
   oProjInput: (i: number) => `layers.${i}.self_attn.o_proj.input`,
   gateProjInput: (i: number) => `layers.${i}.mlp.gate_proj.input`,
   downProjInput: (i: number) => `layers.${i}.mlp.down_proj.input`,
+  keyStates: (i: number) => `layers.${i}.self_attn.key_states`,
+  valueStates: (i: number) => `layers.${i}.self_attn.value_states`,
   layerOutput: (i: number) => `layers.${i}.output`,
   finalNormOutput: 'final_norm.output',
 } as const;
@@ -241,9 +246,11 @@ export class Decoder {
     const d = this.device;
     const s = this.spec;
     const w = this.weights.layers[i]!;
+    const quant = this.weights.quant?.[i];
     const { batch, seq, rows } = ws;
     this.norm(ws.xn, hidden, w.attnNorm, w.attnNormBias);
     hooks?.[hookNames.qProjInput(i)]?.(ws.xn);
+    this.fakeQuant(ws.xn, quant?.qkvInput);
 
     if (s.qkNorm) {
       d.matmul(ws.qRaw!, ws.xn, w.q, w.qBias);
@@ -261,6 +268,12 @@ export class Decoder {
       const pos = positionIds(batch, seq, startPos);
       d.rope(ws.q, pos, rope.cos, rope.sin, s.numHeads, s.headDim, this.rotaryDim);
       d.rope(ws.k, pos, rope.cos, rope.sin, s.numKvHeads, s.headDim, this.rotaryDim);
+    }
+    hooks?.[hookNames.keyStates(i)]?.(ws.k);
+    hooks?.[hookNames.valueStates(i)]?.(ws.v);
+    if (quant?.kvCache !== undefined) {
+      this.fakeQuant(ws.k, { format: 'fp8_e4m3', scale: quant.kvCache.kScale });
+      this.fakeQuant(ws.v, { format: 'fp8_e4m3', scale: quant.kvCache.vScale });
     }
 
     let keys = ws.k;
@@ -288,6 +301,7 @@ export class Decoder {
     };
     d.attention(ws.att, ws.q, keys, values, shape);
     hooks?.[hookNames.oProjInput(i)]?.(ws.att);
+    this.fakeQuant(ws.att, quant?.oInput);
     d.matmul(ws.proj, ws.att, w.o, w.oBias);
     d.addInPlace(hidden, ws.proj);
   }
@@ -296,8 +310,10 @@ export class Decoder {
   mlpBlock(i: number, hidden: Tensor, ws: Workspace, hooks?: ActivationHooks): void {
     const d = this.device;
     const w: LayerWeights = this.weights.layers[i]!;
+    const quant = this.weights.quant?.[i];
     this.norm(ws.xn, hidden, w.mlpNorm, w.mlpNormBias);
     hooks?.[hookNames.gateProjInput(i)]?.(ws.xn);
+    this.fakeQuant(ws.xn, quant?.gateUpInput);
     if (this.spec.activation === 'silu') {
       d.matmul(ws.gate!, ws.xn, w.gate!, w.gateBias);
       d.matmul(ws.up, ws.xn, w.up, w.upBias);
@@ -307,6 +323,7 @@ export class Decoder {
       d.geluTanh(ws.act, ws.up);
     }
     hooks?.[hookNames.downProjInput(i)]?.(ws.act);
+    this.fakeQuant(ws.act, quant?.downInput);
     d.matmul(ws.proj, ws.act, w.down, w.downBias);
     d.addInPlace(hidden, ws.proj);
   }
@@ -354,6 +371,15 @@ export class Decoder {
       this.rope = undefined;
     }
     if (opts.weights) freeDecoderWeights(this.device, this.weights);
+  }
+
+  /** Simulated quantization of an activation in place (quantized checkpoints); no spec = nothing to do. */
+  private fakeQuant(x: Tensor, spec: FakeQuantSpec | undefined): void {
+    if (spec === undefined) return;
+    if (this.device.fakeQuantRows === undefined) {
+      throw new LlmoptError(`the ${this.device.kind} device cannot run this quantized checkpoint yet (no fakeQuantRows for its activation/KV quantization); use --device cpu`);
+    }
+    this.device.fakeQuantRows(x, spec);
   }
 
   private norm(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | undefined): void {

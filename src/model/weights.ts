@@ -2,19 +2,39 @@
 // Every weight is read as float32 (the io layer decodes F16/BF16/… on read) and uploaded once.
 // Linear weights end up [out_features, in_features] (nn.Linear layout); GPT-2's Conv1D weights
 // ([in, out]) are transposed and its fused c_attn is split into q, k, v.
+//
+// compressed-tensors checkpoints (llmopt quantize, llm-compressor) load dequantized to float32, and
+// what the quantized model does to activations is simulated: each Linear input is fake-quantized
+// per token (dynamic) or with its static input_scale, and an FP8 KV cache stores keys/values as
+// E4M3 with k_scale/v_scale (DecoderWeights.quant, applied by the decoder through fakeQuantRows).
 
 import path from 'node:path';
 import { LlmoptError } from '../errors.js';
-import type { Device, Tensor } from '../tensor/device.js';
+import type { Device, FakeQuantSpec, Tensor } from '../tensor/device.js';
+import { dequantizeLinear, parseCompressedTensorsConfig, schemeFor, type CtConfig, type QuantArgsJson } from './compressed-tensors.js';
 import type { ModelSpec } from './spec.js';
 
 /** What weight loading needs from a checkpoint (CheckpointTensors implements it). */
 export interface WeightSource {
   has(name: string): boolean;
-  info(name: string): { shape: readonly number[] };
+  info(name: string): { shape: readonly number[]; dtype: string };
   readFloat32(name: string): Float32Array;
+  /** Raw little-endian bytes (packed int32 weights do not survive a float32 round trip). */
+  readBytes(name: string): Uint8Array;
   /** The files tensors are read from, for error messages. */
   files(): string[];
+}
+
+/** How a quantized layer treats activations; the decoder applies each spec in place before the matmuls. */
+export interface LayerQuantSim {
+  /** Input of q/k/v_proj (one tensor, so fused q/k/v share one spec; static scale = max of theirs, as vLLM fuses). */
+  qkvInput?: FakeQuantSpec;
+  oInput?: FakeQuantSpec;
+  /** Input of gate/up_proj. */
+  gateUpInput?: FakeQuantSpec;
+  downInput?: FakeQuantSpec;
+  /** FP8 KV cache: keys after rotary and values stored as E4M3 with these per-tensor scales. */
+  kvCache?: { kScale: number; vScale: number };
 }
 
 export interface LayerWeights {
@@ -56,6 +76,8 @@ export interface DecoderWeights {
   finalNormBias?: Tensor;
   /** [vocab, hidden]; the same tensor as embed when the embeddings are tied. */
   lmHead: Tensor;
+  /** Per layer, simulated activation/KV quantization; absent (or undefined entries) = none. */
+  quant?: (LayerQuantSim | undefined)[];
 }
 
 /** True when config.json says the checkpoint is quantized (compressed-tensors, GPTQ, AWQ, …). */
@@ -95,6 +117,28 @@ class TensorReader {
     return this.device.upload(this.host(name, shape), shape);
   }
 
+  /** A Linear weight [outF, inF] under `prefix`, dequantized when the checkpoint stores it quantized. */
+  linear(prefix: string, outF: number, inF: number, quant: CtConfig | undefined): Tensor {
+    if (quant === undefined) return this.upload(`${prefix}.weight`, [outF, inF]);
+    const w = dequantizeLinear(this.src, prefix, outF, inF, schemeFor(quant, prefix)?.weights, this.where());
+    return this.device.upload(w, [outF, inF]);
+  }
+
+  /** A scalar tensor's value (scales), trying each name in turn. */
+  scalar(names: readonly string[]): number {
+    const name = names.find((n) => this.src.has(n));
+    if (name === undefined) throw new LlmoptError(`${this.where()}: missing tensor "${names[0]}" (the quantization config needs it)`);
+    const v = this.src.readFloat32(name);
+    if (v.length !== 1) throw new LlmoptError(`${this.where()}: tensor "${name}" has ${v.length} values, expected one (a per-tensor scale)`);
+    if (!(v[0]! > 0 && Number.isFinite(v[0]!))) throw new LlmoptError(`${this.where()}: tensor "${name}" = ${v[0]}, expected a positive scale`);
+    return v[0]!;
+  }
+
+  configFile(): string {
+    const files = this.src.files();
+    return path.join(files.length > 0 ? path.dirname(files[0]!) : '.', 'config.json');
+  }
+
   /** A Conv1D weight stored [inF, outF], uploaded as [outF, inF]. */
   uploadTransposed(name: string, inF: number, outF: number): Tensor {
     return this.device.upload(transpose(this.host(name, [inF, outF]), inF, outF), [outF, inF]);
@@ -111,17 +155,21 @@ function transpose(a: Float32Array, rows: number, cols: number): Float32Array {
 
 /** Loads every weight the spec needs from `src` onto `device`. Nothing is kept on the host. */
 export function loadDecoderWeights(spec: ModelSpec, src: WeightSource, device: Device): DecoderWeights {
-  if (isQuantizedConfig(spec)) {
-    throw new LlmoptError('quantized checkpoints are not supported by the decoder yet (config.json has quantization_config)');
-  }
   const r = new TensorReader(src, device);
+  let quant: CtConfig | undefined;
+  if (isQuantizedConfig(spec)) {
+    quant = parseCompressedTensorsConfig(spec.rawConfig.quantization_config, r.configFile());
+    if (spec.architecture === 'gpt2') throw new LlmoptError(`${r.configFile()}: quantized GPT-2 checkpoints are not supported (only the Llama family)`);
+    const withOutputs = quant.schemes.find((g) => g.outputActivations !== undefined);
+    if (withOutputs) throw new LlmoptError(`${r.configFile()}: quantization_config.config_groups.${withOutputs.name} quantizes output activations, which llmopt cannot run`);
+  }
   const uploaded: Tensor[] = [];
   const track = <T extends Tensor | undefined>(t: T): T => {
     if (t !== undefined) uploaded.push(t);
     return t;
   };
   try {
-    return spec.architecture === 'gpt2' ? loadGpt2(spec, r, device, track) : loadLlamaFamily(spec, r, track);
+    return spec.architecture === 'gpt2' ? loadGpt2(spec, r, device, track) : loadLlamaFamily(spec, r, track, quant);
   } catch (e) {
     for (const t of uploaded) device.free(t);
     throw e;
@@ -130,7 +178,7 @@ export function loadDecoderWeights(spec: ModelSpec, src: WeightSource, device: D
 
 type Track = <T extends Tensor | undefined>(t: T) => T;
 
-function loadLlamaFamily(spec: ModelSpec, r: TensorReader, track: Track): DecoderWeights {
+function loadLlamaFamily(spec: ModelSpec, r: TensorReader, track: Track, quant?: CtConfig): DecoderWeights {
   // Base-model checkpoints (LlamaModel rather than LlamaForCausalLM) have no "model." prefix.
   const p = !r.has('model.embed_tokens.weight') && r.has('embed_tokens.weight') ? '' : 'model.';
   const H = spec.hiddenSize;
@@ -139,33 +187,82 @@ function loadLlamaFamily(spec: ModelSpec, r: TensorReader, track: Track): Decode
   const I = spec.intermediateSize;
   const embed = track(r.upload(`${p}embed_tokens.weight`, [spec.vocabSize, H]));
   const layers: LayerWeights[] = [];
+  const layerQuant: (LayerQuantSim | undefined)[] = [];
   for (let i = 0; i < spec.numLayers; i++) {
     const l = `${p}layers.${i}.`;
     const bias = (name: string, n: number, on: boolean) => (on ? track(r.upload(`${l}${name}.bias`, [n])) : undefined);
+    const linear = (name: string, outF: number, inF: number) => track(r.linear(`${l}${name}`, outF, inF, quant));
     layers.push({
       attnNorm: track(r.upload(`${l}input_layernorm.weight`, [H])),
-      q: track(r.upload(`${l}self_attn.q_proj.weight`, [qDim, H])),
-      k: track(r.upload(`${l}self_attn.k_proj.weight`, [kvDim, H])),
-      v: track(r.upload(`${l}self_attn.v_proj.weight`, [kvDim, H])),
+      q: linear('self_attn.q_proj', qDim, H),
+      k: linear('self_attn.k_proj', kvDim, H),
+      v: linear('self_attn.v_proj', kvDim, H),
       qBias: bias('self_attn.q_proj', qDim, spec.qkvBias),
       kBias: bias('self_attn.k_proj', kvDim, spec.qkvBias),
       vBias: bias('self_attn.v_proj', kvDim, spec.qkvBias),
-      o: track(r.upload(`${l}self_attn.o_proj.weight`, [H, qDim])),
+      o: linear('self_attn.o_proj', H, qDim),
       oBias: bias('self_attn.o_proj', H, spec.oBias),
       qNorm: spec.qkNorm ? track(r.upload(`${l}self_attn.q_norm.weight`, [spec.headDim])) : undefined,
       kNorm: spec.qkNorm ? track(r.upload(`${l}self_attn.k_norm.weight`, [spec.headDim])) : undefined,
       mlpNorm: track(r.upload(`${l}post_attention_layernorm.weight`, [H])),
-      gate: track(r.upload(`${l}mlp.gate_proj.weight`, [I, H])),
+      gate: linear('mlp.gate_proj', I, H),
       gateBias: bias('mlp.gate_proj', I, spec.mlpBias),
-      up: track(r.upload(`${l}mlp.up_proj.weight`, [I, H])),
+      up: linear('mlp.up_proj', I, H),
       upBias: bias('mlp.up_proj', I, spec.mlpBias),
-      down: track(r.upload(`${l}mlp.down_proj.weight`, [H, I])),
+      down: linear('mlp.down_proj', H, I),
       downBias: bias('mlp.down_proj', H, spec.mlpBias),
     });
+    if (quant !== undefined) layerQuant.push(layerQuantSim(r, quant, l));
   }
   const finalNorm = track(r.upload(`${p}norm.weight`, [H]));
   const lmHead = spec.tieWordEmbeddings ? embed : track(r.upload('lm_head.weight', [spec.vocabSize, H]));
-  return { embed, layers, finalNorm, lmHead };
+  return { embed, layers, finalNorm, lmHead, ...(quant !== undefined ? { quant: layerQuant } : {}) };
+}
+
+/** compressed-tensors activation args → the fake quantization the decoder runs, or why it cannot. */
+function activationFormat(args: QuantArgsJson, what: string, file: string): FakeQuantSpec['format'] {
+  if (args.num_bits === 8 && args.type === 'float') return 'fp8_e4m3';
+  if (args.num_bits === 8 && args.type === 'int') return 'int8';
+  throw new LlmoptError(`${file}: ${what}: ${args.num_bits}-bit ${args.type} activations are not supported (int8 and fp8 are)`);
+}
+
+/** The fake quantization of one Linear input shared by `modules` (e.g. q/k/v_proj), from their schemes. */
+function inputQuantSim(r: TensorReader, quant: CtConfig, layerPrefix: string, modules: readonly string[]): FakeQuantSpec | undefined {
+  const file = r.configFile();
+  const names = modules.map((m) => `${layerPrefix}${m}`);
+  const args = names.map((n) => schemeFor(quant, n)?.inputActivations);
+  const first = args[0];
+  const same = args.every((a) => (a === undefined) === (first === undefined) && (a === undefined || (a.type === first!.type && a.num_bits === first!.num_bits && a.dynamic === first!.dynamic && a.strategy === first!.strategy)));
+  if (!same) throw new LlmoptError(`${file}: ${names.join(', ')} share one input and must quantize it alike`);
+  if (first === undefined) return undefined;
+  const what = `input activations of ${names[0]}`;
+  const format = activationFormat(first, what, file);
+  if (!first.symmetric) throw new LlmoptError(`${file}: ${what}: asymmetric activation quantization is not supported`);
+  if (first.dynamic === true && first.strategy === 'token') return { format };
+  if (first.dynamic === false && first.strategy === 'tensor') {
+    return { format, scale: Math.max(...names.map((n) => r.scalar([`${n}.input_scale`]))) };
+  }
+  throw new LlmoptError(`${file}: ${what}: ${first.dynamic === false ? 'static' : 'dynamic'} ${first.strategy} quantization is not supported (dynamic per-token and static per-tensor are)`);
+}
+
+function layerQuantSim(r: TensorReader, quant: CtConfig, l: string): LayerQuantSim {
+  const sim: LayerQuantSim = {
+    qkvInput: inputQuantSim(r, quant, l, ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']),
+    oInput: inputQuantSim(r, quant, l, ['self_attn.o_proj']),
+    gateUpInput: inputQuantSim(r, quant, l, ['mlp.gate_proj', 'mlp.up_proj']),
+    downInput: inputQuantSim(r, quant, l, ['mlp.down_proj']),
+  };
+  const kv = quant.kvCacheScheme;
+  if (kv !== undefined) {
+    if (kv.type !== 'float' || kv.num_bits !== 8 || kv.dynamic !== false || kv.strategy !== 'tensor') {
+      throw new LlmoptError(`${r.configFile()}: kv_cache_scheme: only a static per-tensor FP8 KV cache is supported`);
+    }
+    sim.kvCache = {
+      kScale: r.scalar([`${l}self_attn.k_scale`, `${l}self_attn.k_proj.output_scale`]),
+      vScale: r.scalar([`${l}self_attn.v_scale`, `${l}self_attn.v_proj.output_scale`]),
+    };
+  }
+  return sim;
 }
 
 function loadGpt2(spec: ModelSpec, r: TensorReader, device: Device, track: Track): DecoderWeights {

@@ -35,6 +35,21 @@ export interface AttentionShape {
   window?: number;
 }
 
+/**
+ * Simulated (fake) quantization of activations, x ← dequantize(quantize(x)), as compressed-tensors'
+ * forward pass does for a Linear's input (symmetric, zero point 0).
+ */
+export interface FakeQuantSpec {
+  /** 'int8': round half to even, saturate to [-128, 127]. 'fp8_e4m3': RNE to E4M3, saturate to ±448. */
+  format: 'int8' | 'fp8_e4m3';
+  /**
+   * Static per-tensor scale. Absent: dynamic, one scale per row (per token) =
+   * absmax(row) / ((qmax − qmin) / 2), i.e. /127.5 for int8 and /448 for fp8 (compressed-tensors'
+   * calculate_qparams); a zero row gets the float32 epsilon as its scale.
+   */
+  scale?: number;
+}
+
 export interface Device {
   readonly kind: 'cpu' | 'cuda';
   /** Storage/compute dtype for weights and activations. Accumulation is always float32. */
@@ -90,6 +105,12 @@ export interface Device {
    * Sums run in float64 on the host side of the result.
    */
   scoreLogits(logits: Tensor, targets: Int32Array, baseline?: Tensor): ScoredRows;
+  /**
+   * In place on x seen as [rows, cols]: each value becomes its quantized-then-dequantized self
+   * (quantized checkpoints' activation and FP8 KV-cache simulation). Optional until every backend
+   * has it; the decoder reports a clear error when a checkpoint needs it and the device lacks it.
+   */
+  fakeQuantRows?(x: Tensor, spec: FakeQuantSpec): void;
 }
 
 export interface ScoredRows {

@@ -3,10 +3,11 @@
 // WorkerPool (storages are then SharedArrayBuffers).
 
 import { availableParallelism } from 'node:os';
-import type { AttentionShape, Device, ScoredRows, Tensor } from '../device.js';
+import type { AttentionShape, Device, FakeQuantSpec, ScoredRows, Tensor } from '../device.js';
+import { fakeQuantRowsKernel } from './fake-quant.js';
 import {
   OP_ADD, OP_ATTENTION, OP_ATTENTION_SIMD, OP_GELU, OP_LAYERNORM, OP_MATMUL, OP_MATMUL_SIMD, OP_RMSNORM, OP_SCORE,
-  OP_SILUMUL, OP_SILUMUL_SIMD, OP_ADD_SIMD, OP_RMSNORM_SIMD, createSimdContext, runKernel, type SimdContext,
+  OP_SILUMUL, OP_SILUMUL_SIMD, OP_ADD_SIMD, OP_RMSNORM_SIMD, OP_SCORE_SIMD, createSimdContext, runKernel, type SimdContext,
 } from './kernels.js';
 import { simdModuleBytes } from './wasm/simd-kernels.js';
 import { WorkerPool } from './pool.js';
@@ -300,8 +301,9 @@ export class CpuDevice implements Device {
     const res = parallel ? pool.doubles(4 * rows) : new Float64Array(4 * rows);
     const p = [l.offset, b?.offset ?? 0, b ? 1 : 0, 0, 0, rows, V];
     const arrays = [l.base, b?.base ?? this.noFloats];
-    if (parallel) pool.run(OP_SCORE, arrays, ints, res, p, splitRange(rows, pool.size, 1), 0);
-    else this.runHere(OP_SCORE, arrays, p, 0, rows, 0, 0, 0, ints, res);
+    const op = this.simd ? OP_SCORE_SIMD : OP_SCORE;
+    if (parallel) pool.run(op, arrays, ints, res, p, splitRange(rows, pool.size, 1), 0);
+    else this.runHere(op, arrays, p, 0, rows, 0, 0, 0, ints, res);
     const argmax = new Int32Array(rows);
     for (let r = 0; r < rows; r++) argmax[r] = res[2 * rows + r];
     const scored: ScoredRows = { nll: res.slice(0, rows), argmax };
@@ -312,6 +314,11 @@ export class CpuDevice implements Device {
       scored.top1 = top1;
     }
     return scored;
+  }
+
+  fakeQuantRows(x: Tensor, spec: FakeQuantSpec): void {
+    const c = this.cpu(x, 'fakeQuantRows', 'x');
+    fakeQuantRowsKernel(c.data, c.rowCount, c.cols, spec);
   }
 
   // --- helpers --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ export const OP_ATTENTION_SIMD = 10;
 export const OP_SILUMUL_SIMD = 11;
 export const OP_ADD_SIMD = 12;
 export const OP_RMSNORM_SIMD = 13;
+export const OP_SCORE_SIMD = 14;
 
 interface WasmMemory {
   readonly buffer: ArrayBuffer;
@@ -35,11 +36,13 @@ export interface SimdContext {
   mem: WasmMemory;
   f32: Float32Array;
   matmul: (x: number, wp: number, bias: number, o: number, M: number, Np: number, K: number) => void;
+  pack: (w: number, wp: number, Np: number, K: number) => void;
   /** attention functions by head size; key 0 is the generic one. */
   attention: Map<number, (...args: number[]) => void>;
   siluMul: (g: number, u: number, o: number, n: number) => void;
   add: (x: number, y: number, n: number) => void;
   rmsNorm: (x: number, w: number, o: number, rows: number, C: number, eps: number) => void;
+  score: (l: number, b: number, hasBase: number, rows: number, Vp: number, res: number) => void;
 }
 
 
@@ -61,7 +64,9 @@ export function createSimdContext(bytes: Uint8Array): SimdContext {
   const ex = inst.exports;
   return {
     mem, f32: new Float32Array(mem.buffer), attention, matmul: ex.matmul as SimdContext['matmul'],
+    pack: ex.pack as SimdContext['pack'],
     siluMul: ex.siluMul as SimdContext['siluMul'], add: ex.add as SimdContext['add'], rmsNorm: ex.rmsNorm as SimdContext['rmsNorm'],
+    score: ex.score as SimdContext['score'],
   };
 }
 
@@ -77,7 +82,9 @@ export function simdReserve(ctx: SimdContext, floats: number): Float32Array {
 
 /**
  * matmulKernel's rows [r0, r1), all columns, through the SIMD module: x rows are copied in
- * (padded to the row block with zeros), w packed into column blocks, the result copied out.
+ * (padded to the row block with zeros); then, per chunk of columns (at most ~256K floats of
+ * w, so wasm memory stays bounded for a 128K vocabulary), w is packed into column blocks,
+ * the kernel runs and the chunk of the result is copied out.
  */
 export function simdMatmulKernel(
   ctx: SimdContext, o: Float32Array, oOff: number, x: Float32Array, xOff: number, w: Float32Array, wOff: number,
@@ -88,33 +95,28 @@ export function simdMatmulKernel(
   const rows = r1 - r0;
   if (rows <= 0) return;
   const Mp = Math.ceil(rows / R) * R;
-  const Np = Math.ceil(N / W) * W;
+  const Nc = Math.min(Math.ceil(N / W) * W, Math.max(W, Math.floor(262144 / K / W) * W));
   const xP = 0;
-  const wP = (xP + Mp * K + 3) & ~3;
-  const bP = (wP + Np * K + 3) & ~3;
-  const oP = bP + Np;
-  const mem = simdReserve(ctx, oP + Mp * Np);
+  const rawP = (xP + Mp * K + 3) & ~3;
+  const wP = (rawP + Nc * K + 3) & ~3;
+  const bP = (wP + Nc * K + 3) & ~3;
+  const oP = bP + Nc;
+  const mem = simdReserve(ctx, oP + Mp * Nc);
   mem.set(x.subarray(xOff + r0 * K, xOff + r1 * K), xP);
   mem.fill(0, xP + rows * K, xP + Mp * K);
-  for (let cb = 0; cb < Np; cb += W) {
-    const blk = wP + cb * K;
-    for (let c = 0; c < W; c++) {
-      const col = cb + c;
-      if (col < N) {
-        const src = wOff + col * K;
-        for (let k = 0; k < K; k++) mem[blk + k * W + c] = w[src + k];
-      } else {
-        for (let k = 0; k < K; k++) mem[blk + k * W + c] = 0;
-      }
+  for (let c0 = 0; c0 < N; c0 += Nc) {
+    const nc = Math.min(Nc, N - c0);
+    const ncp = Math.ceil(nc / W) * W;
+    mem.set(w.subarray(wOff + c0 * K, wOff + (c0 + nc) * K), rawP);
+    mem.fill(0, rawP + nc * K, rawP + ncp * K);
+    ctx.pack(rawP * 4, wP * 4, ncp, K);
+    for (let c = 0; c < ncp; c++) mem[bP + c] = hasBias !== 0 && c < nc ? b[bOff + c0 + c] : 0;
+    ctx.matmul(xP * 4, wP * 4, bP * 4, oP * 4, Mp, ncp, K);
+    if (ncp === N) {
+      o.set(mem.subarray(oP, oP + rows * N), oOff + r0 * N);
+    } else {
+      for (let r = 0; r < rows; r++) o.set(mem.subarray(oP + r * ncp, oP + r * ncp + nc), oOff + (r0 + r) * N + c0);
     }
-  }
-  for (let c = 0; c < Np; c++) mem[bP + c] = hasBias !== 0 && c < N ? b[bOff + c] : 0;
-  ctx.matmul(xP * 4, wP * 4, bP * 4, oP * 4, Mp, Np, K);
-  const out = ctx.f32;
-  if (Np === N) {
-    o.set(out.subarray(oP, oP + rows * N), oOff + r0 * N);
-  } else {
-    for (let r = 0; r < rows; r++) o.set(out.subarray(oP + r * Np, oP + r * Np + N), oOff + (r0 + r) * N);
   }
 }
 
@@ -510,6 +512,56 @@ export function simdRmsNormKernel(
 }
 
 /**
+ * scoreKernel through the SIMD module: maxima, argmaxes and the sums of exponentials per row
+ * come from wasm (f32 exponentials, f64 sums); logs and the per-row results are formed here.
+ */
+export function simdScoreKernel(
+  ctx: SimdContext, l: Float32Array, lOff: number, bl: Float32Array, bOff: number, hasBase: number,
+  tg: Int32Array, tOff: number, res: Float64Array, resOff: number, rows: number, V: number,
+  r0: number, r1: number,
+): void {
+  const Vp = (V + 3) & ~3;
+  const per = Math.max(1, Math.floor(65536 / Vp));
+  const lP = 0;
+  const bP = lP + per * Vp;
+  const rP = bP + (hasBase !== 0 ? per * Vp : 0);
+  const mem = simdReserve(ctx, rP + per * 16);
+  for (let r = r0; r < r1; r += per) {
+    const n = Math.min(per, r1 - r);
+    for (let i = 0; i < n; i++) {
+      const src = (r + i) * V;
+      mem.set(l.subarray(lOff + src, lOff + src + V), lP + i * Vp);
+      if (Vp > V) mem.fill(-1e30, lP + i * Vp + V, lP + (i + 1) * Vp);
+      if (hasBase !== 0) {
+        mem.set(bl.subarray(bOff + src, bOff + src + V), bP + i * Vp);
+        if (Vp > V) mem.fill(-1e30, bP + i * Vp + V, bP + (i + 1) * Vp);
+      }
+    }
+    ctx.score(lP * 4, bP * 4, hasBase, n, Vp, rP * 4);
+    const out = new Float64Array(ctx.mem.buffer, rP * 4, n * 8);
+    for (let i = 0; i < n; i++) {
+      const row = r + i;
+      const o = i * 8;
+      res[resOff + 2 * rows + row] = out[o + 2];
+      const target = tg[tOff + row];
+      if (target < 0) {
+        res[resOff + row] = 0;
+        res[resOff + rows + row] = 0;
+        res[resOff + 3 * rows + row] = 0;
+        continue;
+      }
+      const lse = out[o] + Math.log(out[o + 1]);
+      res[resOff + row] = lse - l[lOff + row * V + target];
+      if (hasBase !== 0) {
+        const kl = out[o + 5] / out[o + 4] - (out[o + 3] + Math.log(out[o + 4])) + lse;
+        res[resOff + rows + row] = kl > 0 ? kl : 0;
+        res[resOff + 3 * rows + row] = out[o + 2] === out[o + 6] ? 1 : 0;
+      }
+    }
+  }
+}
+
+/**
  * Runs one op's work range. The single entry point of the worker threads; the main thread uses
  * it too, so both sides read the same argument layout: f[i] are float storages, p numeric
  * parameters (offsets first), [lo, hi) the unit range and, for matmul, [c0, c1) the columns.
@@ -562,6 +614,9 @@ export function runKernel(
     case 13: // OP_RMSNORM_SIMD
       simdRmsNormKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, p[3] | 0, p[4], lo, hi);
       break;
+    case 14: // OP_SCORE_SIMD
+      simdScoreKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, p[2] | 0, i32, p[3] | 0, f64, p[4] | 0, p[5] | 0, p[6] | 0, lo, hi);
+      break;
     default:
       throw new Error(`cpu kernel: unknown op ${op}`);
   }
@@ -570,5 +625,5 @@ export function runKernel(
 /** Every function the worker source needs, in dependency order (runKernel last). */
 export const KERNEL_FUNCTIONS: readonly ((...args: never[]) => void)[] = [
   matmulKernel, attentionKernel, rmsNormKernel, layerNormKernel, siluMulKernel, geluTanhKernel,
-  addKernel, scoreKernel, createSimdContext, simdReserve, simdMatmulKernel, simdAttentionKernel, simdSiluMulKernel, simdAddKernel, simdRmsNormKernel, runKernel,
+  addKernel, scoreKernel, createSimdContext, simdReserve, simdMatmulKernel, simdAttentionKernel, simdSiluMulKernel, simdAddKernel, simdRmsNormKernel, simdScoreKernel, runKernel,
 ];

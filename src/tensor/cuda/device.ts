@@ -41,6 +41,16 @@ export class CudaEvent {
   constructor(readonly handle: Handle) {}
 }
 
+/** A device buffer of int32 values (token ids, positions, KV lengths) for the *At ops. */
+export class CudaInts {
+  freed = false;
+  constructor(
+    readonly device: CudaDevice,
+    readonly ptr: DevicePtr,
+    readonly length: number,
+  ) {}
+}
+
 /** A captured, instantiated CUDA graph: replays the captured launches with one call. */
 export class CudaGraph {
   private destroyed = false;
@@ -84,6 +94,19 @@ class IntStaging {
 
   /** Copies `values` to the device (queued on the stream); returns their device address. */
   stage(values: Int32Array, capturing: boolean): DevicePtr {
+    const at = this.reserve(values, capturing);
+    this.driver.copyToDevice(this.deviceAddress + BigInt(at), this.hostAddress + BigInt(at), values.length * 4);
+    return this.deviceAddress + BigInt(at);
+  }
+
+  /** Copies `values` to `dst` on the device (queued on the stream). */
+  copyTo(dst: DevicePtr, values: Int32Array): void {
+    const at = this.reserve(values, false);
+    this.driver.copyToDevice(dst, this.hostAddress + BigInt(at), values.length * 4);
+  }
+
+  /** A pinned slot holding `values`; returns its byte offset. */
+  private reserve(values: Int32Array, capturing: boolean): number {
     const bytes = Math.ceil((values.length * 4) / 256) * 256;
     if (bytes > this.capacity) throw new Error(`IntStaging: ${values.length} values exceed the ${this.capacity}-byte staging area`);
     if (this.offset + bytes > this.capacity) {
@@ -93,9 +116,8 @@ class IntStaging {
     }
     const at = this.offset;
     this.host.set(values, at / 4);
-    this.driver.copyToDevice(this.deviceAddress + BigInt(at), this.hostAddress + BigInt(at), values.length * 4);
     this.offset += bytes;
-    return this.deviceAddress + BigInt(at);
+    return at;
   }
 }
 
@@ -332,10 +354,14 @@ export class CudaDevice implements Device {
   }
 
   attention(out: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): void {
-    const o = this.tensor(out, 'attention', 'out');
-    const qc = this.tensor(q, 'attention', 'q');
-    const kc = this.tensor(k, 'attention', 'k');
-    const vc = this.tensor(v, 'attention', 'v');
+    this.launchAttention('attention', out, q, k, v, shape, 0n);
+  }
+
+  private launchAttention(op: string, out: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape, kvLens: DevicePtr): void {
+    const o = this.tensor(out, op, 'out');
+    const qc = this.tensor(q, op, 'q');
+    const kc = this.tensor(k, op, 'k');
+    const vc = this.tensor(v, op, 'v');
     const { batch, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale } = shape;
     const window = shape.window ?? 0;
     const qLen = batch * seqQ * nHead * headDim;
@@ -345,16 +371,16 @@ export class CudaDevice implements Device {
       seqQ > kvLen || kvLen > kvStride || o.size !== qLen || qc.size !== qLen ||
       kc.size !== kvTotal || vc.size !== kvTotal ||
       (shape.window !== undefined && !(Number.isInteger(shape.window) && shape.window >= 1))) {
-      throw new Error(`attention: shape mismatch: out ${fmtShape(o)}, q ${fmtShape(qc)}, k ${fmtShape(kc)}, v ${fmtShape(vc)}, ` +
+      throw new Error(`${op}: shape mismatch: out ${fmtShape(o)}, q ${fmtShape(qc)}, k ${fmtShape(kc)}, v ${fmtShape(vc)}, ` +
         `shape ${JSON.stringify(shape)} (expects q/out [batch*seqQ, nHead*headDim], k/v [batch*kvStride, nKvHead*headDim], ` +
         'seqQ ≤ kvLen ≤ kvStride, nHead % nKvHead = 0)');
     }
-    if (headDim > 256) throw new Error(`attention: headDim ${headDim} > 256 is not supported on cuda`);
-    if (overlaps(o, kc) || overlaps(o, vc)) throw new Error('attention: out overlaps k or v');
+    if (headDim > 256) throw new Error(`${op}: headDim ${headDim} > 256 is not supported on cuda`);
+    if (overlaps(o, kc) || overlaps(o, vc)) throw new Error(`${op}: out overlaps k or v`);
     if (batch === 0 || seqQ === 0 || nHead === 0) return;
     const D = headDim <= 32 ? 32 : headDim <= 64 ? 64 : headDim <= 128 ? 128 : 256;
-    const args: KernelArg[] = [o.ptr, qc.ptr, kc.ptr, vc.ptr, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window];
-    const sig = 'ppppiiiiiifi';
+    const args: KernelArg[] = [o.ptr, qc.ptr, kc.ptr, vc.ptr, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window, kvLens];
+    const sig = 'ppppiiiiiifip';
     if (seqQ < DECODE_MAX_SEQ_Q) {
       const kern = this.kernel('attention', `attention_decode_${this.suffix}_d${D}`, sig);
       this.kernels.launch(kern, [batch * seqQ, nHead], [256], 0, args);
@@ -366,15 +392,19 @@ export class CudaDevice implements Device {
   }
 
   writeKv(cache: Tensor, src: Tensor, batch: number, seq: number, start: number, kvStride: number): void {
-    const cc = this.tensor(cache, 'writeKv', 'cache');
-    const sc = this.tensor(src, 'writeKv', 'src');
+    this.launchWriteKv('writeKv', cache, src, batch, seq, start, kvStride, 0n);
+  }
+
+  private launchWriteKv(op: string, cache: Tensor, src: Tensor, batch: number, seq: number, start: number, kvStride: number, starts: DevicePtr): void {
+    const cc = this.tensor(cache, op, 'cache');
+    const sc = this.tensor(src, op, 'src');
     const D = cc.cols;
     if (sc.cols !== D || sc.size !== batch * seq * D || start < 0 || start + seq > kvStride || cc.rowCount < batch * kvStride) {
-      throw new Error(`writeKv: shape mismatch: cache ${fmtShape(cc)}, src ${fmtShape(sc)}, batch ${batch}, seq ${seq}, ` +
+      throw new Error(`${op}: shape mismatch: cache ${fmtShape(cc)}, src ${fmtShape(sc)}, batch ${batch}, seq ${seq}, ` +
         `start ${start}, kvStride ${kvStride}`);
     }
-    const k = this.kernel('embedding', `write_kv_${this.suffix}`, 'ppiiii');
-    this.kernels.launch(k, [batch * seq], [rowThreads(D, 256)], 0, [cc.ptr, sc.ptr, seq, start, kvStride, D]);
+    const k = this.kernel('embedding', `write_kv_${this.suffix}`, 'ppiiiip');
+    this.kernels.launch(k, [batch * seq], [rowThreads(D, 256)], 0, [cc.ptr, sc.ptr, seq, start, kvStride, D, starts]);
   }
 
   siluMul(out: Tensor, gate: Tensor, up: Tensor): void {
@@ -414,24 +444,27 @@ export class CudaDevice implements Device {
       return scored;
     }
     const targetPtr = this.staging.stage(targets, false);
-    const res = this.driver.allocAsync(rows * 16);
-    const k = this.kernel('score', `score_logits_${this.suffix}`, 'ppppi');
-    this.kernels.launch(k, [rows], [V >= 4096 ? 1024 : 256], 0, [res, l.ptr, b?.ptr ?? 0n, targetPtr, V]);
-    const host = new Float32Array(rows * 4);
-    this.driver.copyToHost(host, res, rows * 16);
+    // One allocation: rows × {nll, kld} as f64, then rows × {argmax, baseline argmax} as int32.
+    const res = this.driver.allocAsync(rows * 24);
+    const resArg = res + BigInt(rows * 16);
+    const k = this.kernel('score', `score_logits_${this.suffix}`, 'pppppi');
+    this.kernels.launch(k, [rows], [V >= 4096 ? 1024 : 256], 0, [res, resArg, l.ptr, b?.ptr ?? 0n, targetPtr, V]);
+    const host = new ArrayBuffer(rows * 24);
+    this.driver.copyToHost(new Uint8Array(host), res, rows * 24);
     this.driver.freeAsync(res);
-    const hostInts = new Int32Array(host.buffer);
+    const values = new Float64Array(host, 0, rows * 2);
+    const args = new Int32Array(host, rows * 16, rows * 2);
     for (let r = 0; r < rows; r++) {
-      nll[r] = host[4 * r];
-      argmax[r] = hostInts[4 * r + 2];
+      nll[r] = values[2 * r];
+      argmax[r] = args[2 * r];
     }
     if (b) {
       const kld = new Float64Array(rows);
       const top1 = new Uint8Array(rows);
       for (let r = 0; r < rows; r++) {
         if (targets[r] < 0) continue; // skipped rows score 0, as on cpu
-        kld[r] = Math.max(0, host[4 * r + 1]);
-        top1[r] = hostInts[4 * r + 2] === hostInts[4 * r + 3] ? 1 : 0;
+        kld[r] = Math.max(0, values[2 * r + 1]);
+        top1[r] = args[2 * r] === args[2 * r + 1] ? 1 : 0;
       }
       scored.kld = kld;
       scored.top1 = top1;
@@ -440,6 +473,76 @@ export class CudaDevice implements Device {
   }
 
   // --- extras (not in Device) -----------------------------------------------------------------
+
+  /** A device buffer of n int32 (zero-filled): per-step inputs read by the *At ops. */
+  allocInts(n: number): CudaInts {
+    this.noCapture('allocInts');
+    if (!Number.isInteger(n) || n < 1) throw new Error(`allocInts: n must be an integer ≥ 1, got ${n}`);
+    const ptr = this.driver.allocAsync(n * 4);
+    this.driver.memsetZero(ptr, n * 4);
+    return new CudaInts(this, ptr, n);
+  }
+
+  /** Queues a copy of `values` into `dst` (stream-ordered: a graph launched after it sees them). */
+  setInts(dst: CudaInts, values: Int32Array): void {
+    this.noCapture('setInts');
+    this.ints(dst, 'setInts', 'dst');
+    if (values.length > dst.length) throw new Error(`setInts: ${values.length} values for a buffer of ${dst.length}`);
+    this.staging.copyTo(dst.ptr, values);
+  }
+
+  freeInts(t: CudaInts): void {
+    this.noCapture('freeInts');
+    if (t.freed) return;
+    t.freed = true;
+    this.driver.freeAsync(t.ptr);
+  }
+
+  /** embedding with the ids read on the device (ids[0..out rows)); ids must be valid table rows. */
+  embeddingAt(out: Tensor, table: Tensor, ids: CudaInts): void {
+    const o = this.tensor(out, 'embeddingAt', 'out');
+    const tb = this.tensor(table, 'embeddingAt', 'table');
+    this.ints(ids, 'embeddingAt', 'ids');
+    if (o.cols !== tb.cols || o.rowCount > ids.length) {
+      throw new Error(`embeddingAt: shape mismatch: out ${fmtShape(o)}, table ${fmtShape(tb)}, ${ids.length} ids`);
+    }
+    const k = this.kernel('embedding', `embedding_${this.suffix}`, 'pppi');
+    this.kernels.launch(k, [o.rowCount], [rowThreads(tb.cols, 256)], 0, [o.ptr, tb.ptr, ids.ptr, tb.cols]);
+  }
+
+  /** rope with row r's position read on the device (positions[r]); positions must be < cos rows. */
+  ropeAt(x: Tensor, positions: CudaInts, rows: number, cos: Tensor, sin: Tensor, nHeads: number, headDim: number, rotaryDim: number): void {
+    const xc = this.tensor(x, 'ropeAt', 'x');
+    const cc = this.tensor(cos, 'ropeAt', 'cos');
+    const sc = this.tensor(sin, 'ropeAt', 'sin');
+    this.ints(positions, 'ropeAt', 'positions');
+    const half = rotaryDim / 2;
+    if (!Number.isInteger(half) || half < 0 || rotaryDim > headDim || xc.size !== rows * nHeads * headDim || rows > positions.length ||
+      cc.cols !== half || sc.cols !== half || cc.rowCount !== sc.rowCount) {
+      throw new Error(`ropeAt: shape mismatch: x ${fmtShape(xc)}, ${rows} rows of ${positions.length} positions, cos ${fmtShape(cc)}, ` +
+        `sin ${fmtShape(sc)}, nHeads ${nHeads}, headDim ${headDim}, rotaryDim ${rotaryDim}`);
+    }
+    if (rows === 0 || half === 0) return;
+    const k = this.kernel('rope', `rope_${this.suffix}`, 'ppppiii');
+    this.kernels.launch(k, [rows], [rowThreads(nHeads * half, 256)], 0, [xc.ptr, positions.ptr, cc.ptr, sc.ptr, nHeads, headDim, rotaryDim]);
+  }
+
+  /** writeKv with sequence b's start row read on the device (starts[b]); starts[b] + seq ≤ kvStride. */
+  writeKvAt(cache: Tensor, src: Tensor, batch: number, seq: number, starts: CudaInts, kvStride: number): void {
+    this.ints(starts, 'writeKvAt', 'starts');
+    if (starts.length < batch) throw new Error(`writeKvAt: ${starts.length} starts for batch ${batch}`);
+    this.launchWriteKv('writeKvAt', cache, src, batch, seq, 0, kvStride, starts.ptr);
+  }
+
+  /**
+   * attention with sequence b's kvLen read on the device (kvLens[b], ragged batches allowed);
+   * shape.kvLen is the largest any sequence may have (checked against kvStride on the host).
+   */
+  attentionAt(out: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape, kvLens: CudaInts): void {
+    this.ints(kvLens, 'attentionAt', 'kvLens');
+    if (kvLens.length < shape.batch) throw new Error(`attentionAt: ${kvLens.length} kvLens for batch ${shape.batch}`);
+    this.launchAttention('attentionAt', out, q, k, v, shape, kvLens.ptr);
+  }
 
   /**
    * Captures the launches `record` queues into a CUDA graph (nothing runs during capture), then
@@ -508,6 +611,12 @@ export class CudaDevice implements Device {
     if (!(t instanceof CudaTensor)) throw new Error(`${op}: ${name} is not a cuda tensor`);
     if (t.device !== this) throw new Error(`${op}: ${name} belongs to another CudaDevice`);
     if (t.storage.freed) throw new Error(`${op}: ${name} was freed`);
+    return t;
+  }
+
+  private ints(t: CudaInts, op: string, name: string): CudaInts {
+    if (!(t instanceof CudaInts) || t.device !== this) throw new Error(`${op}: ${name} is not an int buffer of this device`);
+    if (t.freed) throw new Error(`${op}: ${name} was freed`);
     return t;
   }
 

@@ -1,6 +1,6 @@
 // The CUDA backend: koffi bindings to libcuda, NVRTC and cuBLASLt; kernels in ./kernels/*.cu.
 export {
-  CudaDevice, CudaEvent, CudaGraph, createCudaDevice,
+  CudaDevice, CudaEvent, CudaGraph, CudaInts, createCudaDevice,
   type CudaDeviceInfo, type CudaDeviceOptions, type CudaMemoryStats,
 } from './device.js';
 export { CudaTensor } from './tensor.js';

@@ -4,8 +4,9 @@
 
 export const I32 = 0x7f;
 export const F32 = 0x7d;
+export const F64 = 0x7c;
 export const V128 = 0x7b;
-export type ValType = typeof I32 | typeof F32 | typeof V128;
+export type ValType = typeof I32 | typeof F32 | typeof F64 | typeof V128;
 
 function uleb(out: number[], n: number): void {
   do {
@@ -73,6 +74,13 @@ export class Fn {
     f32View.setFloat32(0, x, true);
     return this.op(0x43, ...f32Bytes);
   }
+  f64(x: number): this {
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setFloat64(0, x, true);
+    return this.op(0x44, ...b);
+  }
+  /** An i64 constant (|n| < 2^31). */
+  i64(n: number): this { this.code.push(0x42); sleb(this.code, n | 0); return this; }
   drop(): this { return this.op(0x1a); }
   select(): this { return this.op(0x1b); }
 
@@ -99,6 +107,14 @@ export class Fn {
   f32Sqrt(): this { return this.op(0x91); }
   f32Div(): this { return this.op(0x95); }
   f32ConvertI32S(): this { return this.op(0xb2); }
+  f32Max(): this { return this.op(0x97); }
+  f32Ne(): this { return this.op(0x5c); }
+
+  // f64 scalar
+  f64Store(offset = 0): this { return this.mem(0x39, 3, offset, false); }
+  f64Add(): this { return this.op(0xa0); }
+  f64PromoteF32(): this { return this.op(0xbb); }
+  f64ConvertI32S(): this { return this.op(0xb7); }
 
   // v128 / f32x4
   v128Load(offset = 0): this { return this.mem(0x00, 4, offset, true); }
@@ -106,6 +122,25 @@ export class Fn {
   /** Loads one f32 and splats it to all 4 lanes. */
   loadSplat(offset = 0): this { return this.mem(0x09, 2, offset, true); }
   f32x4Splat(): this { return this.simd(0x13); }
+  /** (a, any) → lanes [a2, a3, a0, a1] of a (i8x16.shuffle; its second operand goes unused). */
+  f32x4SwapHalves(): this {
+    this.code.push(0xfd);
+    uleb(this.code, 0x0d); // i8x16.shuffle of the vector with itself
+    this.code.push(8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    return this;
+  }
+  /** f64x2 of lanes 0 and 1 of an f32x4. */
+  f64x2PromoteLow(): this { return this.simd(0x5f); }
+  f64x2Splat(): this { return this.simd(0x14); }
+  f64x2Add(): this { return this.simd(0xf0); }
+  f64x2Sub(): this { return this.simd(0xf1); }
+  f64x2Mul(): this { return this.simd(0xf2); }
+  /** Pseudo-max as x86 maxpd. */
+  f64x2Pmax(): this { return this.simd(0xf7); }
+  i64x2Splat(): this { return this.simd(0x12); }
+  i64x2Add(): this { return this.simd(0xce); }
+  i64x2Shl(): this { return this.simd(0xcb); }
+  f64x2ExtractLane(lane: number): this { return this.simd(0x21, lane); }
   i32x4Splat(): this { return this.simd(0x11); }
   f32x4ExtractLane(lane: number): this { return this.simd(0x1f, lane); }
   f32x4ReplaceLane(lane: number): this { return this.simd(0x20, lane); }
@@ -115,18 +150,16 @@ export class Fn {
   v128And(): this { return this.simd(0x4e); }
   /** (a, b, mask) → mask ? a : b, bitwise. */
   v128Bitselect(): this { return this.simd(0x52); }
-  f32x4Nearest(): this { return this.simd(0x6a); }
   i32x4Shl(): this { return this.simd(0xab); }
   i32x4Add(): this { return this.simd(0xae); }
   f32x4Add(): this { return this.simd(0xe4); }
   f32x4Sub(): this { return this.simd(0xe5); }
   f32x4Mul(): this { return this.simd(0xe6); }
   f32x4Div(): this { return this.simd(0xe7); }
-  f32x4Max(): this { return this.simd(0xe9); }
-  f32x4Abs(): this { return this.simd(0xe0); }
-  f32x4Neg(): this { return this.simd(0xe1); }
-  f32x4Ge(): this { return this.simd(0x46); }
-  i32x4TruncSatF32x4S(): this { return this.simd(0xf8); }
+  /** Pseudo-max b < a ? a : b … as x86 maxps (wasm's f32x4.max costs several instructions). */
+  f32x4Pmax(): this { return this.simd(0xeb); }
+  /** Pseudo-min b < a ? b : a … as x86 minps. */
+  f32x4Pmin(): this { return this.simd(0xea); }
 
   // control flow
   /** block … end; `br(depth)` inside leaves it (depth 0 = this block). */

@@ -56,10 +56,13 @@ function matmulFn(R: number, W: number): Fn {
 
 /** Constants of emitExp, hoisted into v128 locals by `expConstants`. */
 interface ExpConstants {
-  log2e: number; minExp: number; ln2: number; bias: number; coef: number[];
+  log2e: number; negLog2e: number; minExp: number; maxExp: number; ln2: number; magic: number; bias: number;
+  coef: number[];
 }
 
 const EXP_COEFFICIENTS = [1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1, 1];
+/** 1.5 · 2^23: adding it rounds an f32 to an integer held in the low mantissa bits. */
+const ROUND_MAGIC = 12582912;
 
 function expConstants(f: Fn): ExpConstants {
   const splat = (x: number) => {
@@ -68,27 +71,54 @@ function expConstants(f: Fn): ExpConstants {
     return l;
   };
   const bias = f.local(V128);
-  f.i32(127).i32x4Splat().set(bias);
+  f.i32(127 - 0x4b400000).i32x4Splat().set(bias);
   return {
-    log2e: splat(Math.LOG2E), minExp: splat(-127), ln2: splat(Math.LN2), bias,
+    log2e: splat(Math.LOG2E), negLog2e: splat(-Math.LOG2E), minExp: splat(-127), maxExp: splat(128), ln2: splat(Math.LN2),
+    magic: splat(ROUND_MAGIC), bias,
     coef: EXP_COEFFICIENTS.map(splat),
   };
 }
 
 /**
- * Emits e^x for the f32x4 in local `x` (every lane ≤ 0, -inf allowed) into local `out`:
- * 2^n · 2^f with n = nearest(x·log2 e) clamped to ≥ -127 (which yields exactly 0) and 2^f,
- * |f| ≤ 1/2, from its degree-6 Taylor series in f·ln 2 (relative error ≈ 1e-7).
+ * pack(w, wp, Np, K): wp [Np / COLS][K][COLS] = w [Np, K] regrouped in blocks of MATMUL_COLS
+ * columns (Np a multiple of COLS; the caller zero-pads w's rows). Reads COLS rows in step.
  */
-function emitExp(f: Fn, c: ExpConstants, x: number, out: number, t: number, n: number): void {
-  f.get(x).get(c.log2e).f32x4Mul().get(c.minExp).f32x4Max().set(t);
-  f.get(t).f32x4Nearest().set(n);
-  f.get(t).get(n).f32x4Sub().get(c.ln2).f32x4Mul().set(t);
+function packFn(W: number): Fn {
+  const f = new Fn('pack', [I32, I32, I32, I32]);
+  const [w, wp, Np, K] = [0, 1, 2, 3];
+  const cb = f.local(I32), k = f.local(I32), dst = f.local(I32), K4 = f.local(I32);
+  const src = Array.from({ length: W }, () => f.local(I32));
+  f.get(K).i32(2).i32Shl().set(K4);
+  f.get(wp).set(dst);
+  f.forLoop(cb, () => f.i32(0), () => f.get(Np), W, () => {
+    for (let c = 0; c < W; c++) f.get(cb).i32(c).i32Add().get(K4).i32Mul().get(w).i32Add().set(src[c]);
+    f.forLoop(k, () => f.i32(0), () => f.get(K4), 4, () => {
+      for (let c = 0; c < W; c++) f.get(dst).get(src[c]).get(k).i32Add().f32Load().f32Store(4 * c);
+      f.inc(dst, 4 * W);
+    });
+  });
+  return f;
+}
+
+/**
+ * Emits e^x (or e^-x with `negate`) for the f32x4 in local `x` into local `out`: 2^n · 2^f with
+ * t = ±x·log2 e clamped to [-127, 128], n = round(t) (via ROUND_MAGIC, whose bits also give n
+ * as an integer), f = t - n, |f| ≤ 1/2, and 2^f from the degree-6 Taylor series of e^(f ln 2)
+ * (relative error ≈ 1e-7). n = -127 builds the exponent bits 0 (exactly 0), n = 128 those of
+ * +inf. Only single-instruction ops (pmax/pmin, no float→int conversion): V8 expands wasm's
+ * f32x4.max and i32x4.trunc_sat into several instructions each.
+ */
+function emitExp(f: Fn, c: ExpConstants, x: number, out: number, t: number, n: number, negate = false): void {
+  f.get(c.minExp).get(x).get(negate ? c.negLog2e : c.log2e).f32x4Mul().f32x4Pmax();
+  if (negate) f.get(c.maxExp).f32x4Pmin();
+  f.set(t);
+  f.get(t).get(c.magic).f32x4Add().set(n); // bits: 0x4b400000 + round(t)
+  f.get(t).get(n).get(c.magic).f32x4Sub().f32x4Sub().get(c.ln2).f32x4Mul().set(t);
   // Horner: Σ y^k / k!, k ≤ 6
   f.get(c.coef[0]);
   for (let i = 1; i < c.coef.length; i++) f.get(t).f32x4Mul().get(c.coef[i]).f32x4Add();
   // × 2^n, built from the exponent bits ((n + 127) << 23)
-  f.get(n).i32x4TruncSatF32x4S().get(c.bias).i32x4Add().i32(23).i32x4Shl().f32x4Mul().set(out);
+  f.get(n).get(c.bias).i32x4Add().i32(23).i32x4Shl().f32x4Mul().set(out);
 }
 
 /**
@@ -160,7 +190,7 @@ function attentionFn(hdConst: number | null): Fn {
         f.v128Bitselect().set(acc);
       }
       f.get(sp).get(acc).v128Store();
-      f.get(mvec).get(acc).f32x4Max().set(mvec);
+      f.get(acc).get(mvec).f32x4Pmax().set(mvec);
       f.get(kp).get(kvRowB).i32Add().set(kp);
       f.inc(sp, 16);
     });
@@ -280,22 +310,19 @@ function attentionFn(hdConst: number | null): Fn {
   return f;
 }
 
-/** siluMul(g, u, o, n): o = g / (1 + e^-g) · u for n (a multiple of 4) floats. */
+/** siluMul(g, u, o, n): o = g · u / (1 + e^-g) for n (a multiple of 4) floats. */
 function siluMulFn(): Fn {
   const f = new Fn('siluMul', [I32, I32, I32, I32]);
   const [g, u, o, n] = [0, 1, 2, 3];
-  const i = f.local(I32), gv = f.local(V128), x = f.local(V128), e = f.local(V128), t = f.local(V128), m = f.local(V128);
+  const i = f.local(I32), gv = f.local(V128), e = f.local(V128), t = f.local(V128), m = f.local(V128);
   const one = f.local(V128);
   const ec = expConstants(f);
   f.f32(1).f32x4Splat().set(one);
   f.forLoop(i, () => f.i32(0), () => f.get(n).i32(2).i32Shl(), 16, () => {
     f.get(g).get(i).i32Add().v128Load().set(gv);
-    // e = e^-|g|; sigmoid(g) = (g ≥ 0 ? 1 : e) / (1 + e)
-    f.get(gv).f32x4Abs().f32x4Neg().set(x);
-    emitExp(f, ec, x, e, t, m);
+    emitExp(f, ec, gv, e, t, m, true);
     f.get(o).get(i).i32Add();
     f.get(gv).get(u).get(i).i32Add().v128Load().f32x4Mul();
-    f.get(one).get(e).get(gv).f32(0).f32x4Splat().f32x4Ge().v128Bitselect().f32x4Mul();
     f.get(one).get(e).f32x4Add().f32x4Div();
     f.v128Store();
   });
@@ -351,16 +378,150 @@ function rmsNormFn(): Fn {
   return f;
 }
 
+/** Constants of emitExp64, hoisted into v128 locals. */
+interface Exp64Constants {
+  minX: number; log2e: number; magic: number; ln2Hi: number; ln2Lo: number; bias: number; coef: number[];
+}
+
+function exp64Constants(f: Fn): Exp64Constants {
+  const splat = (x: number) => {
+    const l = f.local(V128);
+    f.f64(x).f64x2Splat().set(l);
+    return l;
+  };
+  const bias = f.local(V128);
+  f.i64(1023).i64x2Splat().set(bias);
+  const coef: number[] = [];
+  let fact = 1;
+  for (let k = 1; k <= 12; k++) fact *= k;
+  for (let k = 12; k >= 0; k--) {
+    coef.push(splat(1 / fact));
+    fact = k > 0 ? fact / k : 1;
+  }
+  return {
+    // fdlibm's split of ln 2 (ln2Hi has 32 trailing zero bits, so n · ln2Hi is exact)
+    minX: splat(-708), log2e: splat(Math.LOG2E), magic: splat(6755399441055744), ln2Hi: splat(6.93147180369123816490e-1),
+    ln2Lo: splat(1.90821492927058770002e-10), bias, coef,
+  };
+}
+
+/**
+ * Emits e^x in float64 for the f64x2 in local `x` (lanes ≤ 0) into local `out`: x clamped to
+ * ≥ -708, n = round(x log2 e) via the 1.5 · 2^52 rounding constant, y = x - n ln 2 (Cody-Waite,
+ * two parts), e^y from its degree-12 Taylor series (|y| ≤ 0.35: error ≈ 1e-16), times 2^n
+ * from exponent bits. The low 12 bits of the rounded constant's bits are n + 2^51's, so
+ * ((bits + 1023) << 52) is 2^n.
+ */
+function emitExp64(f: Fn, c: Exp64Constants, x: number, out: number, y: number, n: number, nm: number): void {
+  f.get(c.minX).get(x).f64x2Pmax().set(y);
+  f.get(y).get(c.log2e).f64x2Mul().get(c.magic).f64x2Add().set(nm);
+  f.get(nm).get(c.magic).f64x2Sub().set(n);
+  f.get(y).get(n).get(c.ln2Hi).f64x2Mul().f64x2Sub().get(n).get(c.ln2Lo).f64x2Mul().f64x2Sub().set(y);
+  f.get(c.coef[0]);
+  for (let i = 1; i < c.coef.length; i++) f.get(y).f64x2Mul().get(c.coef[i]).f64x2Add();
+  f.get(nm).get(c.bias).i64x2Add().i32(52).i64x2Shl().f64x2Mul().set(out);
+}
+
+/**
+ * score(l, b, hasBase, rows, Vp, res): per row r of logits l [rows, Vp] (and baseline b), with
+ * Vp a multiple of 4 (rows padded with a very negative finite value), writes 8 doubles at
+ * res + 64 r: max l, Σ e^(l - max l), argmax l (first), and with a baseline: max b,
+ * Σ e^(b - max b), Σ e^(b - max b) · (b - l), argmax b. All in float64 (f64x2 lanes), so the
+ * results match the scalar reference to rounding: a KL divergence of 1e-5 keeps its digits.
+ */
+function scoreFn(): Fn {
+  const f = new Fn('score', [I32, I32, I32, I32, I32, I32]);
+  const [l, bl, hasBase, rows, Vp, res] = [0, 1, 2, 3, 4, 5];
+  const r = f.local(I32), i = f.local(I32), lr = f.local(I32), br = f.local(I32), rp = f.local(I32), Vb = f.local(I32);
+  const m = f.local(F32), mb = f.local(F32);
+  const V = () => f.local(V128);
+  const mv = V(), mbv = V(), m64 = V(), mb64 = V(), lv = V(), bv = V();
+  const lLo = V(), lHi = V(), bLo = V(), bHi = V(), eLo = V(), eHi = V(), y = V(), n = V(), nm = V();
+  const s = V(), sb = V(), t = V();
+  const ec = exp64Constants(f);
+  const maxOf = (row: number, out: number, vec: number, vec64: number) => {
+    f.f32(-Infinity).f32x4Splat().set(vec);
+    f.forLoop(i, () => f.i32(0), () => f.get(Vb), 16, () => {
+      f.get(row).get(i).i32Add().v128Load().get(vec).f32x4Pmax().set(vec);
+    });
+    f.get(vec).f32x4ExtractLane(0).get(vec).f32x4ExtractLane(1).f32Max();
+    f.get(vec).f32x4ExtractLane(2).get(vec).f32x4ExtractLane(3).f32Max().f32Max().set(out);
+    f.get(out).f64PromoteF32().f64x2Splat().set(vec64);
+  };
+  /** First index of `value` in row (or Vp if absent, e.g. NaN), as f64, stored at res offset. */
+  const argmaxOf = (row: number, value: number, offset: number) => {
+    f.i32(0).set(i);
+    f.block(() => f.loop(() => {
+      f.get(i).get(Vb).i32GeS().brIf(1);
+      f.get(row).get(i).i32Add().f32Load().get(value).f32Ne().i32Eqz().brIf(1);
+      f.inc(i, 4).br(0);
+    }));
+    f.get(rp).get(i).i32(2).i32ShrS().f64ConvertI32S().f64Store(offset);
+  };
+  /** The 4 floats at row + i as two f64x2 (lo, hi). */
+  const load64 = (row: number, lo: number, hi: number, tmp: number) => {
+    f.get(row).get(i).i32Add().v128Load().tee(tmp).f64x2PromoteLow().set(lo);
+    f.get(tmp).get(tmp).f32x4SwapHalves().f64x2PromoteLow().set(hi);
+  };
+  /** acc += e^(lo - max) + e^(hi - max); leaves the exponentials in eLo, eHi. */
+  const expSum = (lo: number, hi: number, max64: number, acc: number) => {
+    f.get(lo).get(max64).f64x2Sub().set(eLo);
+    emitExp64(f, ec, eLo, eLo, y, n, nm);
+    f.get(hi).get(max64).f64x2Sub().set(eHi);
+    emitExp64(f, ec, eHi, eHi, y, n, nm);
+    f.get(acc).get(eLo).f64x2Add().get(eHi).f64x2Add().set(acc);
+  };
+  const storeSum = (acc: number, offset: number) => {
+    f.get(rp).get(acc).f64x2ExtractLane(0).get(acc).f64x2ExtractLane(1).f64Add().f64Store(offset);
+  };
+  const zero = (...vs: number[]) => vs.forEach((v) => f.f64(0).f64x2Splat().set(v));
+  f.get(Vp).i32(2).i32Shl().set(Vb);
+  f.forLoop(r, () => f.i32(0), () => f.get(rows), 1, () => {
+    f.get(r).get(Vb).i32Mul().tee(lr).get(bl).i32Add().set(br);
+    f.get(lr).get(l).i32Add().set(lr);
+    f.get(r).i32(6).i32Shl().get(res).i32Add().set(rp);
+    maxOf(lr, m, mv, m64);
+    f.get(rp).get(m).f64PromoteF32().f64Store(0);
+    argmaxOf(lr, m, 16);
+    zero(s);
+    f.get(hasBase).i32Eqz().ifThen(() => {
+      f.forLoop(i, () => f.i32(0), () => f.get(Vb), 16, () => {
+        load64(lr, lLo, lHi, lv);
+        expSum(lLo, lHi, m64, s);
+      });
+    });
+    f.get(hasBase).ifThen(() => {
+      maxOf(br, mb, mbv, mb64);
+      f.get(rp).get(mb).f64PromoteF32().f64Store(24);
+      argmaxOf(br, mb, 48);
+      zero(sb, t);
+      f.forLoop(i, () => f.i32(0), () => f.get(Vb), 16, () => {
+        load64(lr, lLo, lHi, lv);
+        load64(br, bLo, bHi, bv);
+        expSum(lLo, lHi, m64, s);
+        expSum(bLo, bHi, mb64, sb);
+        // t += e_b · (b - l)
+        f.get(t).get(eLo).get(bLo).get(lLo).f64x2Sub().f64x2Mul().f64x2Add();
+        f.get(eHi).get(bHi).get(lHi).f64x2Sub().f64x2Mul().f64x2Add().set(t);
+      });
+      storeSum(sb, 32);
+      storeSum(t, 40);
+    });
+    storeSum(s, 8);
+  });
+  return f;
+}
+
 /** Head sizes with an unrolled attention function; others use the generic one. */
 export const ATTENTION_HEAD_SIZES = [4, 8, 16, 32, 64, 128];
 
 let cached: Uint8Array | undefined;
 
-/** The module binary (exports matmul, attention, attention<hd>, siluMul, add, rmsNorm; imports env.mem). */
+/** The module binary (exports matmul, pack, attention, attention<hd>, siluMul, add, rmsNorm, score; imports env.mem). */
 export function simdModuleBytes(): Uint8Array {
   cached ??= buildModule([
-    matmulFn(MATMUL_ROWS, MATMUL_COLS), attentionFn(null), ...ATTENTION_HEAD_SIZES.map(attentionFn), siluMulFn(), addFn(),
-    rmsNormFn(),
+    matmulFn(MATMUL_ROWS, MATMUL_COLS), packFn(MATMUL_COLS), attentionFn(null), ...ATTENTION_HEAD_SIZES.map(attentionFn), siluMulFn(), addFn(),
+    rmsNormFn(), scoreFn(),
   ]);
   return cached;
 }

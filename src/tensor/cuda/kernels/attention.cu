@@ -1,7 +1,8 @@
 // Causal GQA attention with online softmax (flash-attention style): no seqQ x kvLen matrix is ever
 // stored. q/out rows are [batch*seqQ, nHead*headDim]; k/v rows are [batch*kvStride, nKvHead*headDim].
-// Query t of a sequence sits at position kvLen - seqQ + t and sees keys kp <= p (and kp > p - window
-// when window > 0). Scores, softmax and P.V accumulate in f32. D is headDim rounded up to a multiple
+// Query t of sequence b sits at position kvLen_b - seqQ + t and sees keys kp <= p (and kp > p - window
+// when window > 0), where kvLen_b = kvLens[b] when the kvLens pointer is given (per-sequence lengths
+// read on the device: ragged batches, and decode steps replayed from a CUDA graph), else kvLen. Scores, softmax and P.V accumulate in f32. D is headDim rounded up to a multiple
 // of 32 (dims past headDim are zero).
 //
 // prefill: block = (16-query tile, head, batch); 4 warps x 4 query rows. K/V tiles of 32 keys are
@@ -20,7 +21,7 @@ constexpr int KT = 32;
 template <typename T, int D>
 __device__ __forceinline__ void attention_prefill(T* out, const T* q, const T* k, const T* v, int seqQ, int kvLen,
                                                   int kvStride, int nHead, int nKvHead, int headDim, float scale,
-                                                  int window) {
+                                                  int window, const int* kvLens) {
   using namespace prefill;
   constexpr int DP = D + 1;  // padded K rows: lanes reading different keys hit different banks
   constexpr int DL = D / 32;
@@ -32,7 +33,7 @@ __device__ __forceinline__ void attention_prefill(T* out, const T* q, const T* k
   const int kvh = h / (nHead / nKvHead);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const long long qStride = (long long)nHead * headDim, kStride = (long long)nKvHead * headDim;
-  const int posBase = kvLen - seqQ;
+  const int posBase = (kvLens != nullptr ? kvLens[b] : kvLen) - seqQ;
 
   for (int i = threadIdx.x; i < QT * D; i += blockDim.x) {
     const int r = i / D, d = i % D, t = t0 + r;
@@ -122,7 +123,7 @@ constexpr int NW = 8;
 template <typename T, int D>
 __device__ __forceinline__ void attention_decode(T* out, const T* q, const T* k, const T* v, int seqQ, int kvLen,
                                                  int kvStride, int nHead, int nKvHead, int headDim, float scale,
-                                                 int window) {
+                                                 int window, const int* kvLens) {
   constexpr int NW = decode::NW;
   constexpr int DL = D / 32;
   __shared__ float smM[NW], smL[NW];
@@ -131,7 +132,7 @@ __device__ __forceinline__ void attention_decode(T* out, const T* q, const T* k,
   const int kvh = h / (nHead / nKvHead);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const long long qStride = (long long)nHead * headDim, kStride = (long long)nKvHead * headDim;
-  const int p = kvLen - seqQ + t;
+  const int p = (kvLens != nullptr ? kvLens[b] : kvLen) - seqQ + t;
   const int kBegin = window > 0 ? imax(0, p - window + 1) : 0;
 
   const T* qp = q + (long long)bt * qStride + (long long)h * headDim;
@@ -190,8 +191,8 @@ __device__ __forceinline__ void attention_decode(T* out, const T* q, const T* k,
 
 #define ATTENTION_ARGS(T)                                                                                     \
   T *out, const T *q, const T *k, const T *v, int seqQ, int kvLen, int kvStride, int nHead, int nKvHead, int headDim, \
-      float scale, int window
-#define ATTENTION_PASS out, q, k, v, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window
+      float scale, int window, const int *kvLens
+#define ATTENTION_PASS out, q, k, v, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window, kvLens
 
 #define DEF_ATTENTION_D(T, S, D)                                                                             \
   extern "C" __global__ void __launch_bounds__(prefill::NW * 32) attention_prefill_##S##_d##D(ATTENTION_ARGS(T)) { \

@@ -17,12 +17,14 @@ __device__ __forceinline__ void add_embedding(T* out, const T* table, const int*
   for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = from_float<T>(to_float(dst[c]) + to_float(src[c]));
 }
 
-// cache[b*kvStride + start + t, :] = src[b*seq + t, :]   (block r = b*seq + t)
+// cache[b*kvStride + start_b + t, :] = src[b*seq + t, :]   (block r = b*seq + t), where start_b =
+// starts[b] when the starts pointer is given (read on the device), else start.
 template <typename T>
-__device__ __forceinline__ void write_kv(T* cache, const T* src, int seq, int start, int kvStride, int cols) {
+__device__ __forceinline__ void write_kv(T* cache, const T* src, int seq, int start, int kvStride, int cols, const int* starts) {
   const int r = blockIdx.x, b = r / seq, t = r % seq;
+  const int s = starts != nullptr ? starts[b] : start;
   const T* from = src + (long long)r * cols;
-  T* to = cache + ((long long)b * kvStride + start + t) * cols;
+  T* to = cache + ((long long)b * kvStride + s + t) * cols;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) to[c] = from[c];
 }
 
@@ -33,7 +35,8 @@ __device__ __forceinline__ void write_kv(T* cache, const T* src, int seq, int st
   extern "C" __global__ void add_embedding_##S(T* out, const T* table, const int* ids, int cols) {          \
     add_embedding<T>(out, table, ids, cols);                                                                 \
   }                                                                                                          \
-  extern "C" __global__ void write_kv_##S(T* cache, const T* src, int seq, int start, int kvStride, int cols) { \
-    write_kv<T>(cache, src, seq, start, kvStride, cols);                                                     \
+  extern "C" __global__ void write_kv_##S(T* cache, const T* src, int seq, int start, int kvStride, int cols,  \
+                                          const int* starts) {                                               \
+    write_kv<T>(cache, src, seq, start, kvStride, cols, starts);                                             \
   }
 FOR_EACH_DTYPE(DEF_EMBEDDING)

@@ -1,18 +1,19 @@
-// Per-row scoring of logits [rows, V] against targets, one block per row, f32 math (KLD sums in f64):
+// Per-row scoring of logits [rows, V] against targets, one block per row. Maxima and exponentials
+// in f32; their sums, log-sum-exps, nll and the KLD sum in f64:
 //   nll    = logsumexp(x) - x[target]   (0 when target < 0)
 //   kld    = sum_c p_base(c) (log p_base(c) - log p_model(c))   (when a baseline is given)
 //   argmax of x and of the baseline (lowest index on ties)
-// res[row] = { nll, kld, argmax (int bits), baseline argmax (int bits, -1 without baseline) }.
+// res[2 row] = nll, res[2 row + 1] = kld; resArg[2 row] = argmax, resArg[2 row + 1] = baseline argmax (-1 without).
 #include "common.cuh"
 
 struct RowStats {
   float m;     // running max
-  float s;     // sum of exp(x - m)
+  double s;    // sum of exp(x - m), in f64 so that log-sum-exps are good to ~1e-9
   float best;  // argmax value
   int arg;     // argmax index
 };
 
-__device__ __forceinline__ RowStats stats_init() { return RowStats{-INF_F, 0.f, -INF_F, 0x7fffffff}; }
+__device__ __forceinline__ RowStats stats_init() { return RowStats{-INF_F, 0.0, -INF_F, 0x7fffffff}; }
 
 __device__ __forceinline__ void stats_add(RowStats& a, float v, int c) {
   if (v > a.best) {  // columns arrive in increasing order per thread: first max wins
@@ -21,10 +22,10 @@ __device__ __forceinline__ void stats_add(RowStats& a, float v, int c) {
   }
   if (v == -INF_F) return;
   if (v > a.m) {
-    a.s = a.s * expf(a.m - v) + 1.f;
+    a.s = a.s * exp((double)a.m - (double)v) + 1.0;
     a.m = v;
   } else {
-    a.s += expf(v - a.m);
+    a.s += (double)expf(v - a.m);
   }
 }
 
@@ -40,7 +41,7 @@ __device__ __forceinline__ void stats_merge(RowStats& a, const RowStats& b) {
     return;
   }
   const float M = fmaxf(a.m, b.m);
-  a.s = a.s * expf(a.m - M) + b.s * expf(b.m - M);
+  a.s = a.s * exp((double)a.m - (double)M) + b.s * exp((double)b.m - (double)M);
   a.m = M;
 }
 
@@ -82,44 +83,47 @@ __device__ __forceinline__ double block_sum_f64(double v) {
 }
 
 template <typename T>
-__device__ __forceinline__ void score_logits(float* res, const T* logits, const T* base, const int* targets, int V) {
+__device__ __forceinline__ void score_logits(double* res, int* resArg, const T* logits, const T* base, const int* targets,
+                                             int V) {
   const long long off = (long long)blockIdx.x * V;
   const T* x = logits + off;
   RowStats a = stats_init();
   for (int c = threadIdx.x; c < V; c += blockDim.x) stats_add(a, to_float(x[c]), c);
   a = block_stats(a);
-  const float lse = a.m + logf(a.s);
+  // log-sum-exps in f64: an f32 lse (~10) would carry ~1e-6 absolute error into every nll and kld.
+  const double lse = (double)a.m + log(a.s);
+  const int target = targets[blockIdx.x];
 
-  float kld = 0.f;
+  double kld = 0.0;
   int argBase = -1;
   if (base != nullptr) {
     const T* y = base + off;
     RowStats bs = stats_init();
     for (int c = threadIdx.x; c < V; c += blockDim.x) stats_add(bs, to_float(y[c]), c);
     bs = block_stats(bs);
-    const float lseBase = bs.m + logf(bs.s);
-    double kl = 0.0;
+    const double lseBase = (double)bs.m + log(bs.s);
+    // KL(base || model) = sum_c p_base(c) (y_c - x_c) - lseBase + lse, with p_base = exp(y_c - lseBase).
+    double t = 0.0;
     for (int c = threadIdx.x; c < V; c += blockDim.x) {
-      const float lb = to_float(y[c]) - lseBase;
-      if (lb == -INF_F) continue;
-      const float lm = to_float(x[c]) - lse;
-      kl += (double)expf(lb) * (double)(lb - lm);
+      const float yc = to_float(y[c]);
+      if (yc == -INF_F) continue;
+      const double p = exp((double)yc - lseBase);
+      t += p * (double)(yc - to_float(x[c]));
     }
-    kld = (float)block_sum_f64(kl);
+    kld = block_sum_f64(t) - lseBase + lse;
     argBase = bs.arg;
   }
   if (threadIdx.x == 0) {
-    const int target = targets[blockIdx.x];
-    float* r = res + 4ll * blockIdx.x;
-    r[0] = target >= 0 ? lse - to_float(x[target]) : 0.f;
-    r[1] = kld;
-    r[2] = __int_as_float(a.arg);
-    r[3] = __int_as_float(argBase);
+    res[2ll * blockIdx.x] = target >= 0 ? lse - (double)to_float(x[target]) : 0.0;
+    res[2ll * blockIdx.x + 1] = kld;
+    resArg[2ll * blockIdx.x] = a.arg;
+    resArg[2ll * blockIdx.x + 1] = argBase;
   }
 }
 
-#define DEF_SCORE(T, S)                                                                                      \
-  extern "C" __global__ void score_logits_##S(float* res, const T* logits, const T* base, const int* targets, int V) { \
-    score_logits<T>(res, logits, base, targets, V);                                                          \
+#define DEF_SCORE(T, S)                                                                                        \
+  extern "C" __global__ void score_logits_##S(double* res, int* resArg, const T* logits, const T* base,         \
+                                              const int* targets, int V) {                                     \
+    score_logits<T>(res, resArg, logits, base, targets, V);                                                    \
   }
 FOR_EACH_DTYPE(DEF_SCORE)
