@@ -6,7 +6,7 @@
 // Usage: node bench/cpu-eval.js [--threads 1,2] [--max-tokens N]
 
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { availableParallelism, cpus } from 'node:os';
+import { availableParallelism, cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runEval } from '../dist/eval/run.js';
@@ -29,6 +29,7 @@ const threadCounts = (flag('--threads') ?? [1, 2, 4, 8].filter((t) => t === 1 ||
   .map(Number);
 const maxTokens = flag('--max-tokens') !== undefined ? Number(flag('--max-tokens')) : undefined;
 
+const loadBefore = loadavg()[0];
 const rows = [];
 for (const threads of threadCounts) {
   const device = createCpuDevice({ threads });
@@ -66,7 +67,8 @@ const result = {
   model: 'stories260K',
   data: 'tinystories-valid.txt',
   max_tokens: maxTokens ?? null,
-  machine: { cpu: cpus()[0]?.model ?? 'unknown', cores, node: process.version, platform: `${process.platform}-${process.arch}` },
+  // Other processes compete for the cores on shared machines: the 1-minute load average says how much.
+  machine: { cpu: cpus()[0]?.model ?? 'unknown', cores, node: process.version, platform: `${process.platform}-${process.arch}`, loadavg_1m_before: loadBefore },
   rows,
 };
 writeFileSync(out, JSON.stringify(result, null, 2) + '\n');

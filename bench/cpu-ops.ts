@@ -1,6 +1,9 @@
 // Micro-benchmark of the CPU backend's hot ops on stories260K shapes, 1 thread vs the pool,
 // plus a synthetic stories260K forward (the decoder's op sequence) in tokens/s.
-// Run: npx tsc --outDir /tmp/cpu-bench -p bench/tsconfig.cpu-bench.json && node /tmp/cpu-bench/bench/cpu-ops.js
+// Run:
+//   npx tsc -p tsconfig.json --noEmit false --outDir /tmp/cpu-bench
+//   node /tmp/cpu-bench/bench/cpu-ops.js [matmul|attention|elementwise|forward]
+// (env THREADS=1 or 2 runs one thread count; CPU_TIME=1 times by process CPU time).
 
 import { createCpuDevice, type CpuDevice } from '../src/tensor/cpu/index.js';
 import type { AttentionShape, Tensor } from '../src/tensor/device.js';

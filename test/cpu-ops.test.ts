@@ -1,11 +1,14 @@
 // Every CpuDevice op against a naive float64 reference, on seeded random inputs of awkward
-// shapes, with 1 thread and with 2 (shapes large enough that the 2-thread device splits them).
+// shapes, with 1 thread and with 2 (shapes large enough that the 2-thread device splits them),
+// on the JS kernels (simd: false) and on the WebAssembly SIMD ones.
 
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { OP_ADD } from '../src/tensor/cpu/kernels.js';
 import { WorkerPool } from '../src/tensor/cpu/pool.js';
 import { CpuDevice, CpuTensor, createCpuDevice } from '../src/tensor/cpu/index.js';
 import type { AttentionShape, Tensor } from '../src/tensor/device.js';
 
+/** mulberry32: uniform in [0, 1). */
 function rng(seed: number): () => number {
   let s = seed >>> 0;
   return () => {
@@ -17,7 +20,8 @@ function rng(seed: number): () => number {
   };
 }
 
-function randn(n: number, seed: number, scale = 1): Float32Array {
+/** n values uniform in [-scale, scale). */
+function randu(n: number, seed: number, scale = 1): Float32Array {
   const r = rng(seed);
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) out[i] = (r() * 2 - 1) * scale;
@@ -171,7 +175,7 @@ describe.each([
   });
 
   it('upload/download/view/rows share and copy storage as documented', () => {
-    const data = randn(5 * 3, 1);
+    const data = randu(5 * 3, 1);
     const t = dev.upload(data, [5, 3]);
     data[0] = 99; // upload copied
     expect(dev.download(t)[0]).not.toBe(99);
@@ -196,14 +200,14 @@ describe.each([
   });
 
   it('embedding and addEmbedding gather rows', () => {
-    const table = randn(37 * 13, 2);
+    const table = randu(37 * 13, 2);
     const ids = randInts(19, 37, 3);
     const out = dev.empty([19, 13]);
     dev.embedding(out, up(table, [37, 13]), ids);
     const ref = new Float64Array(19 * 13);
     for (let i = 0; i < 19; i++) for (let c = 0; c < 13; c++) ref[i * 13 + c] = table[ids[i] * 13 + c];
     expectClose(dev.download(out), ref, 0, 0);
-    const pos = randn(23 * 13, 4);
+    const pos = randu(23 * 13, 4);
     const posIds = Int32Array.from({ length: 19 }, (_, i) => i + 3);
     dev.addEmbedding(out, up(pos, [23, 13]), posIds);
     for (let i = 0; i < 19; i++) for (let c = 0; c < 13; c++) ref[i * 13 + c] += pos[(i + 3) * 13 + c];
@@ -216,9 +220,9 @@ describe.each([
     [2048 / 16, 64, 172, false], [9, 300, 2048, true],
   ];
   it.each(matmulShapes)('matmul M=%i N=%i K=%i bias=%s', (M, N, K, bias) => {
-    const x = randn(M * K, M * 7 + 1);
-    const w = randn(N * K, N * 13 + 2);
-    const b = bias ? randn(N, 5) : null;
+    const x = randu(M * K, M * 7 + 1);
+    const w = randu(N * K, N * 13 + 2);
+    const b = bias ? randu(N, 5) : null;
     const out = dev.empty([M, N]);
     dev.matmul(out, up(x, [M, K]), up(w, [N, K]), b ? up(b, [N]) : undefined);
     expectClose(dev.download(out), refMatmul(x, w, b, M, N, K));
@@ -226,10 +230,10 @@ describe.each([
 
   it('matmul reads and writes row views at an offset', () => {
     const M = 21, N = 19, K = 33;
-    const xAll = randn((M + 4) * K, 8);
-    const w = randn(N * K, 9);
+    const xAll = randu((M + 4) * K, 8);
+    const w = randu(N * K, 9);
     const outAll = dev.empty([M + 3, N]);
-    const before = randn((M + 3) * N, 10);
+    const before = randu((M + 3) * N, 10);
     (outAll as CpuTensor).data.set(before);
     const xv = dev.rows(up(xAll, [M + 4, K]), 4, M);
     const ov = dev.rows(outAll, 1, M);
@@ -245,16 +249,16 @@ describe.each([
     expect(() => dev.matmul(dev.empty([3, 4]), dev.empty([3, 5]), dev.empty([4, 5]), dev.empty([3]))).toThrow(/matmul/);
   });
 
-  it.each([[1, 1], [3, 7], [1100, 65]])('addInPlace n=%i×%i', (R, C) => {
-    const x = randn(R * C, 11), y = randn(R * C, 12);
+  it.each([[1, 1], [3, 7], [4100, 65]])('addInPlace n=%i×%i', (R, C) => {
+    const x = randu(R * C, 11), y = randu(R * C, 12);
     const xt = up(x, [R, C]);
     dev.addInPlace(xt, up(y, [R, C]));
     expectClose(dev.download(xt), Float64Array.from(x, (v, i) => v + y[i]));
     expect(() => dev.addInPlace(xt, dev.empty([R, C + 1]))).toThrow(/addInPlace/);
   });
 
-  it.each([[1, 1], [3, 7], [517, 64], [9, 301]])('rmsNorm rows=%i C=%i (also in place)', (R, C) => {
-    const x = randn(R * C, 13, 3), w = randn(C, 14);
+  it.each([[1, 1], [3, 7], [517, 64], [1400, 64], [9, 301]])('rmsNorm rows=%i C=%i (also in place)', (R, C) => {
+    const x = randu(R * C, 13, 3), w = randu(C, 14);
     const out = dev.empty([R, C]);
     dev.rmsNorm(out, up(x, [R, C]), up(w, [C]), 1e-5);
     const ref = refRmsNorm(x, w, C, 1e-5);
@@ -266,7 +270,7 @@ describe.each([
   });
 
   it.each([[1, 2], [5, 7], [400, 96]])('layerNorm rows=%i C=%i', (R, C) => {
-    const x = randn(R * C, 15, 2), w = randn(C, 16), b = randn(C, 17);
+    const x = randu(R * C, 15, 2), w = randu(C, 16), b = randu(C, 17);
     for (let i = 0; i < x.length; i++) x[i] += 0.7; // a non-zero mean
     const out = dev.empty([R, C]);
     dev.layerNorm(out, up(x, [R, C]), up(w, [C]), up(b, [C]), 1e-5);
@@ -278,7 +282,7 @@ describe.each([
     [1, 1, 2, 2], [5, 3, 8, 8], [7, 2, 10, 6], [33, 8, 16, 16],
   ])('rope rows=%i heads=%i headDim=%i rotaryDim=%i', (rows, nH, hd, rd) => {
     const maxPos = 50;
-    const x = randn(rows * nH * hd, 18);
+    const x = randu(rows * nH * hd, 18);
     const pos = randInts(rows, maxPos, 19);
     const angles = Float64Array.from({ length: maxPos * (rd / 2) }, (_, i) => Math.floor(i / (rd / 2)) * 10000 ** (-(i % (rd / 2)) / (rd / 2)));
     const cos = Float32Array.from(angles, Math.cos), sin = Float32Array.from(angles, Math.sin);
@@ -303,9 +307,9 @@ describe.each([
     ['big parallel', { batch: 2, seqQ: 37, kvLen: 50, kvStride: 53, nHead: 8, nKvHead: 4, headDim: 12, scale: 0.3, window: 40 }],
   ];
   it.each(attnCases)('attention %s', (_name, s) => {
-    const q = randn(s.batch * s.seqQ * s.nHead * s.headDim, 20, 2);
-    const k = randn(s.batch * s.kvStride * s.nKvHead * s.headDim, 21, 2);
-    const v = randn(s.batch * s.kvStride * s.nKvHead * s.headDim, 22);
+    const q = randu(s.batch * s.seqQ * s.nHead * s.headDim, 20, 2);
+    const k = randu(s.batch * s.kvStride * s.nKvHead * s.headDim, 21, 2);
+    const v = randu(s.batch * s.kvStride * s.nKvHead * s.headDim, 22);
     const out = dev.empty([s.batch * s.seqQ, s.nHead * s.headDim]);
     dev.attention(out, up(q, [s.batch * s.seqQ, s.nHead * s.headDim]), up(k, [s.batch * s.kvStride, s.nKvHead * s.headDim]),
       up(v, [s.batch * s.kvStride, s.nKvHead * s.headDim]), s);
@@ -314,7 +318,7 @@ describe.each([
 
   it('attention is stable for large scores and rejects bad geometry', () => {
     const s: AttentionShape = { batch: 1, seqQ: 5, kvLen: 5, kvStride: 5, nHead: 2, nKvHead: 1, headDim: 4, scale: 1 };
-    const q = randn(5 * 8, 23, 60), k = randn(5 * 4, 24, 60), v = randn(5 * 4, 25);
+    const q = randu(5 * 8, 23, 60), k = randu(5 * 4, 24, 60), v = randu(5 * 4, 25);
     const out = dev.empty([5, 8]);
     dev.attention(out, up(q, [5, 8]), up(k, [5, 4]), up(v, [5, 4]), s);
     const got = dev.download(out);
@@ -326,8 +330,8 @@ describe.each([
 
   it('writeKv appends rows per sequence at start', () => {
     const batch = 3, seq = 4, start = 2, kvStride = 9, D = 5;
-    const cacheInit = randn(batch * kvStride * D, 26);
-    const src = randn(batch * seq * D, 27);
+    const cacheInit = randu(batch * kvStride * D, 26);
+    const src = randu(batch * seq * D, 27);
     const cache = up(cacheInit, [batch * kvStride, D]);
     dev.writeKv(cache, up(src, [batch * seq, D]), batch, seq, start, kvStride);
     const ref = Float64Array.from(cacheInit);
@@ -339,7 +343,7 @@ describe.each([
   });
 
   it.each([[1], [11], [40000]])('siluMul and geluTanh n=%i', (n) => {
-    const g = randn(n, 28, 6), u = randn(n, 29);
+    const g = randu(n, 28, 6), u = randu(n, 29);
     const out = dev.empty([n]);
     dev.siluMul(out, up(g, [n]), up(u, [n]));
     expectClose(dev.download(out), Float64Array.from(g, (x, i) => (x / (1 + Math.exp(-x))) * u[i]));
@@ -350,7 +354,7 @@ describe.each([
   });
 
   it.each([[1, 3], [9, 17], [300, 512]])('scoreLogits rows=%i V=%i', (rows, V) => {
-    const logits = randn(rows * V, 30, 8), base = randn(rows * V, 31, 8);
+    const logits = randu(rows * V, 30, 8), base = randu(rows * V, 31, 8);
     for (let i = 0; i < rows * V; i += 3) base[i] = logits[i] + 0.01; // correlated, like a quantized model
     const targets = randInts(rows, V, 32);
     if (rows > 1) targets[1] = -1;
@@ -386,8 +390,8 @@ describe.each([
 
   it('scoreLogits measures a small KL between close logits accurately', () => {
     const rows = 40, V = 1001;
-    const logits = randn(rows * V, 33, 8);
-    const noise = randn(rows * V, 34, 0.01);
+    const logits = randu(rows * V, 33, 8);
+    const noise = randu(rows * V, 34, 0.01);
     const base = logits.map((x, i) => x + noise[i]);
     const targets = randInts(rows, V, 35);
     const got = dev.scoreLogits(up(logits, [rows, V]), targets, up(base, [rows, V]));
@@ -415,11 +419,27 @@ describe('CpuDevice', () => {
     expect(() => createCpuDevice({ threads: 0 })).toThrow(/threads/);
   });
 
+  it('a failing job throws on the calling thread and leaves the pool usable', () => {
+    const pool = new WorkerPool(2, null, null);
+    try {
+      const chunks = new Int32Array(8 * 4);
+      expect(() => pool.run(999, [], null, null, [], chunks, 0)).toThrow(/unknown op 999/);
+      expect(() => pool.run(999, [], null, null, [], chunks, 0)).toThrow(/unknown op 999/);
+      const x = new Float32Array(new SharedArrayBuffer(64 * 4)).fill(1);
+      const y = new Float32Array(new SharedArrayBuffer(64 * 4)).fill(2);
+      for (let i = 0; i < 8; i++) chunks.set([i * 8, i * 8 + 8, 0, 0], i * 4);
+      pool.run(OP_ADD, [x, y], null, null, [0, 0], chunks, 0);
+      expect(Array.from(x)).toEqual(new Array(64).fill(3));
+    } finally {
+      pool.close();
+    }
+  });
+
   it('gives the same results with 1 and 2 threads on a stories260K-sized step', () => {
     const results = [1, 2].map((threads) => {
       const d = createCpuDevice({ threads, simd: true });
-      const x = d.upload(randn(512 * 64, 40), [512, 64]);
-      const w = d.upload(randn(172 * 64, 41), [172, 64]);
+      const x = d.upload(randu(512 * 64, 40), [512, 64]);
+      const w = d.upload(randu(172 * 64, 41), [172, 64]);
       const h = d.empty([512, 172]);
       d.matmul(h, x, w);
       d.siluMul(h, h, h);

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { evaluatePerplexity } from '../src/eval/perplexity.js';
-import { makeWindows, protocolName, type Protocol } from '../src/eval/windows.js';
+import { countScored, makeWindows, protocolName, type Protocol } from '../src/eval/windows.js';
 import { loadModel, type LoadedModel } from '../src/model/load.js';
 import { createCpuDevice, type CpuDevice } from '../src/tensor/cpu/index.js';
 
@@ -42,19 +42,22 @@ describe('stories260K perplexity on the whole of tinystories-valid.txt', () => {
   for (const protocol of protocols) {
     const name = protocolName(protocol);
     it(`${name}: ppl within 1e-4 relative of the reference`, async () => {
-      const result = await evaluatePerplexity({ device, model: model.decoder, tokens, windows: makeWindows(protocol, tokens.length), batch: 8 });
+      const result = await evaluatePerplexity({ device, model: model.decoder, tokens, windows: makeWindows(protocol, tokens.length), batch: 8, vocabSize: 512 });
       expect(result.tokensScored).toBe(expected[name]!.tokens_scored);
       expect(Math.abs(result.ppl / expected[name]!.ppl - 1)).toBeLessThan(1e-4);
       expect(Math.abs(result.nllSum / expected[name]!.nll_sum - 1)).toBeLessThan(1e-4);
     });
   }
 
-  it('batching does not change the result (chunks128 on the first 20k tokens, batch 1 vs 7)', async () => {
-    const windows = makeWindows({ kind: 'chunks', window: 128, keepLast: true }, 20_000);
-    const one = await evaluatePerplexity({ device, model: model.decoder, tokens, windows, batch: 1 });
-    const seven = await evaluatePerplexity({ device, model: model.decoder, tokens, windows, batch: 7 });
-    expect(seven.tokensScored).toBe(one.tokensScored);
-    expect(Math.abs(seven.nllSum / one.nllSum - 1)).toBeLessThan(1e-6);
+  it('batching and logits chunking do not change the result (first 20k tokens)', async () => {
+    for (const protocol of [{ kind: 'chunks', window: 128, keepLast: true }, { kind: 'stride', window: 128, stride: 48 }] as Protocol[]) {
+      const windows = makeWindows(protocol, 20_000);
+      const one = await evaluatePerplexity({ device, model: model.decoder, tokens, windows, batch: 1, vocabSize: 512 });
+      const seven = await evaluatePerplexity({ device, model: model.decoder, tokens, windows, batch: 7, vocabSize: 512, logitsChunkRows: 5 });
+      expect(one.tokensScored).toBe(countScored(windows));
+      expect(seven.tokensScored).toBe(one.tokensScored);
+      expect(Math.abs(seven.nllSum / one.nllSum - 1)).toBeLessThan(1e-6);
+    }
   });
 });
 
@@ -62,7 +65,7 @@ describe('self-baseline', () => {
   it('KLD is 0, top-1 agreement 1, ppl ratio 1', async () => {
     const twin = await loadModel(path.join(shared, 'models/stories260K'), device);
     const windows = makeWindows({ kind: 'stride', window: 256, stride: 128 }, 30_000);
-    const r = await evaluatePerplexity({ device, model: model.decoder, baseline: twin.decoder, tokens, windows, batch: 8 });
+    const r = await evaluatePerplexity({ device, model: model.decoder, baseline: twin.decoder, tokens, windows, batch: 8, vocabSize: 512 });
     expect(r.tokensScored).toBe(29_999);
     expect(r.baseline).toBeDefined();
     expect(r.baseline!.kldMean).toBeLessThanOrEqual(1e-9);
@@ -80,7 +83,7 @@ describe('self-baseline', () => {
     const values = device.download(w).map((x) => x * 1.5);
     other.decoder.weights.layers[2]!.down = device.upload(values, w.shape);
     const windows = makeWindows({ kind: 'chunks', window: 256, keepLast: false }, 10_000);
-    const r = await evaluatePerplexity({ device, model: other.decoder, baseline: model.decoder, tokens, windows, batch: 8 });
+    const r = await evaluatePerplexity({ device, model: other.decoder, baseline: model.decoder, tokens, windows, batch: 8, vocabSize: 512 });
     expect(r.baseline!.kldMean).toBeGreaterThan(1e-4);
     expect(r.baseline!.kldP99).toBeGreaterThan(r.baseline!.kldMean);
     expect(r.baseline!.top1).toBeLessThan(1);

@@ -4,16 +4,21 @@
 import chalk from 'chalk';
 import type { Command } from 'commander';
 import { LlmoptError, UsageError } from '../errors.js';
-import { BASELINE_METRICS, checkGatesComputable, evaluateGates, GATE_METRICS, parseGate, type GateMetric, type GateResult } from '../eval/gates.js';
+import { BASELINE_METRICS, checkGatesComputable, checkGatesForMode, evaluateGates, GATE_METRICS, parseGate, type GateMetric, type GateResult } from '../eval/gates.js';
 import { buildEvalReport, gateMetrics, type EvalReport } from '../eval/report.js';
 import { runEval } from '../eval/run.js';
 import { openDevice } from './device.js';
+import { latencyCommand } from './latency.js';
 import { formatFloat, formatInt, renderTable } from './format.js';
 import { EXIT_GATE_FAILED, EXIT_OK, type ExitCodeSink } from './exit.js';
 import { createProgress, type Progress } from './progress.js';
 
 interface EvalFlags {
-  data: string;
+  data?: string;
+  dtype?: string;
+  latency?: boolean;
+  promptLen?: string;
+  genLen?: string;
   seqLen?: string;
   stride?: string;
   keepLast?: boolean;
@@ -21,7 +26,7 @@ interface EvalFlags {
   device: string;
   batch?: string;
   baseline?: string;
-  gate: string[];
+  gate?: string[];
   json?: boolean;
 }
 
@@ -53,11 +58,11 @@ function renderHuman(r: EvalReport): string[] {
     '',
   ];
   if (r.baseline === null) {
-    lines.push(`ppl       ${chalk.bold(formatFloat(m.ppl, 6))}`, `nll       ${formatFloat(m.nll, 6)} nats/token`);
+    lines.push(`ppl       ${chalk.bold(formatFloat(m.ppl, 7))}`, `nll       ${formatFloat(m.nll, 7)} nats/token`);
   } else {
     const rows = [
-      ['ppl', formatFloat(m.ppl, 6), formatFloat(m.baseline_ppl!, 6)],
-      ['nll (nats/token)', formatFloat(m.nll, 6), formatFloat(Math.log(m.baseline_ppl!), 6)],
+      ['ppl', formatFloat(m.ppl, 7), formatFloat(m.baseline_ppl!, 7)],
+      ['nll (nats/token)', formatFloat(m.nll, 7), formatFloat(Math.log(m.baseline_ppl!), 7)],
       ['ppl ratio', formatFloat(m.ppl_ratio!, 6), ''],
       ['kld mean', formatFloat(m.kld_mean!, 4), ''],
       ['kld p99', formatFloat(m.kld_p99!, 4), ''],
@@ -77,8 +82,24 @@ function renderGates(gates: readonly GateResult[]): string[] {
 }
 
 async function evalCommand(model: string, flags: EvalFlags): Promise<number> {
-  const gates = flags.gate.map(parseGate);
+  const gates = (flags.gate ?? []).map(parseGate);
   checkGatesComputable(gates, flags.baseline !== undefined);
+  checkGatesForMode(gates, flags.latency === true);
+  if (flags.latency) {
+    const latencyFlags = {
+      promptLen: integerFlag('--prompt-len', flags.promptLen, 1),
+      genLen: integerFlag('--gen-len', flags.genLen, 1),
+      batch: integerFlag('--batch', flags.batch, 1),
+      json: flags.json,
+    };
+    const device = openDevice(flags.device, flags.dtype);
+    try {
+      return await latencyCommand(model, latencyFlags, gates, device);
+    } finally {
+      device.close();
+    }
+  }
+  if (flags.data === undefined) throw new UsageError('--data <file> is required (or --latency to measure speed and memory)');
   if (flags.keepLast && flags.stride !== undefined) throw new UsageError('--keep-last applies to chunks; --stride windows always reach the end of the data');
   const seqLen = integerFlag('--seq-len', flags.seqLen, 1);
   const stride = integerFlag('--stride', flags.stride, 1);
@@ -87,7 +108,7 @@ async function evalCommand(model: string, flags: EvalFlags): Promise<number> {
   if (seqLen !== undefined && stride !== undefined && stride > seqLen) {
     throw new LlmoptError(`--stride ${stride} is larger than --seq-len ${seqLen}: tokens between windows would never be scored`);
   }
-  const opened = openDevice(flags.device);
+  const opened = openDevice(flags.device, flags.dtype);
 
   let progress: Progress | undefined;
   try {
@@ -101,7 +122,7 @@ async function evalCommand(model: string, flags: EvalFlags): Promise<number> {
       maxTokens,
       batch,
       device: opened.device,
-      deviceName: opened.name,
+      deviceName: opened.gpu !== undefined ? `${opened.name} (${opened.gpu})` : opened.name,
       onStart: (total, protocol) => (progress = createProgress(`eval ${protocol}`, total)),
       onProgress: (p) => progress?.update(p.scored, p.scored / p.forwardSeconds),
     });
@@ -125,15 +146,19 @@ export function registerEval(program: Command, exit: ExitCodeSink): void {
     .command('eval')
     .description('perplexity under a named protocol; KLD and top-1 agreement against a baseline; gates for CI')
     .argument('<model>', 'checkpoint folder, or a .safetensors file with config.json beside it')
-    .requiredOption('--data <file>', 'text file to score (tokenized whole, with BOS)')
+    .option('--data <file>', 'text file to score (tokenized whole, with BOS); required unless --latency')
     .option('--seq-len <n>', 'window length in tokens (default: min(2048, max_position_embeddings))')
     .option('--stride <s>', 'sliding windows starting every S tokens, each token scored once (strideN_S); default: non-overlapping chunks (chunksN)')
     .option('--keep-last', 'chunks: also score a last window shorter than the window (chunksN_keep_last)')
     .option('--max-tokens <n>', 'use only the first N tokens of the data (BOS included)')
-    .option('--device <kind>', 'cpu, or auto (picks the best available)', 'auto')
-    .option('--batch <b>', 'windows per forward pass (default: up to 8, bounded by logits memory)')
+    .option('--device <kind>', 'cpu, cuda, or auto (cuda when a GPU is usable, else cpu with a notice)', 'auto')
+    .option('--dtype <dtype>', 'GPU dtype: bf16 (default on cuda), fp16 or fp32; the cpu computes in fp32')
+    .option('--batch <b>', 'windows per forward pass (default: up to 8, bounded by logits memory); with --latency: sequences decoded together (default 1)')
+    .option('--latency', 'measure prefill, time to first token, decode ms/token and memory instead of perplexity (no --data)')
+    .option('--prompt-len <p>', '--latency: prompt tokens per sequence (default min(512, context − gen-len))')
+    .option('--gen-len <g>', '--latency: tokens generated per sequence (default 128)')
     .option('--baseline <model>', 'score the same windows with this model: KLD(baseline ‖ model), top-1 agreement, ppl ratio')
-    .option('--gate <expr>', `fail with exit 3 unless metric(<=|>=|<|>|==)number holds; repeatable. Metrics: ${metrics}`, (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--gate <expr>', `fail with exit 3 unless metric(<=|>=|<|>|==)number holds; repeatable. Metrics: ${metrics}`, (v: string, acc: string[] | undefined) => [...(acc ?? []), v])
     .option('--json', 'one JSON object on stdout (metrics, protocol, gates); progress stays on stderr')
     .action(async (model: string, flags: EvalFlags) => {
       exit.code = await evalCommand(model, flags);

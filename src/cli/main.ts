@@ -6,8 +6,10 @@ import chalk from 'chalk';
 import { Command, CommanderError } from 'commander';
 import { LlmoptError } from '../errors.js';
 import { registerEval } from './eval.js';
+import { registerGenerate } from './generate.js';
 import { EXIT_OK, EXIT_USAGE, type ExitCodeSink } from './exit.js';
 import { registerInspect } from './inspect.js';
+import { registerQuantize } from './quantize.js';
 import { registerPrune } from './prune.js';
 
 function packageVersion(): string {
@@ -24,7 +26,9 @@ function buildProgram(exit: ExitCodeSink): Command {
     .configureOutput({ outputError: (text, write) => write(chalk.red(text)) })
     .showSuggestionAfterError(true);
   registerInspect(program);
+  registerQuantize(program);
   registerEval(program, exit);
+  registerGenerate(program, exit);
   registerPrune(program, packageVersion());
   return program;
 }

@@ -4,14 +4,35 @@ import { UsageError } from '../errors.js';
 
 /** Metrics a gate can test, with what they mean (shown in usage errors and --help). */
 export const GATE_METRICS = {
+  // eval --latency
+  prefill_tps: 'prompt tokens per second of prefill (--latency)',
+  ttft_ms: 'time to first token, ms (--latency)',
+  decode_ms: 'median decode time per step, ms (--latency)',
+  decode_ms_p90: '90th percentile decode time per step, ms (--latency)',
+  decode_tps: 'generated tokens per second of decode, all sequences (--latency)',
+  peak_memory_mb: 'peak tensor memory, MB (--latency)',
+  // eval (perplexity)
   ppl: 'perplexity of the model',
-  nll: 'mean negative log-likelihood per scored token (nats)',
+  nll: 'mean negative log-likelihood per scored token, nats',
   ppl_ratio: 'model ppl / baseline ppl',
   kld_mean: 'mean per-token KL(baseline ‖ model), nats',
   kld_p99: '99th percentile of per-token KL(baseline ‖ model)',
   top1: 'fraction of tokens whose argmax matches the baseline',
   tokens_per_s: 'scored tokens per second of model forward time',
 } as const;
+
+/** Metrics that exist only with eval --latency (and then only these). */
+export const LATENCY_METRICS: readonly GateMetric[] = ['prefill_tps', 'ttft_ms', 'decode_ms', 'decode_ms_p90', 'decode_tps', 'peak_memory_mb'];
+
+/** Fails (usage) when a gate's metric belongs to the other mode (latency vs perplexity). */
+export function checkGatesForMode(gates: readonly Gate[], latency: boolean): void {
+  for (const g of gates) {
+    const isLatency = LATENCY_METRICS.includes(g.metric);
+    if (isLatency !== latency) {
+      throw new UsageError(`--gate "${g.expr}": ${g.metric} ${isLatency ? 'is measured by eval --latency' : 'is not measured by eval --latency'}`);
+    }
+  }
+}
 
 /** Metrics that exist only when eval compares against a --baseline. */
 export const BASELINE_METRICS: readonly GateMetric[] = ['ppl_ratio', 'kld_mean', 'kld_p99', 'top1'];

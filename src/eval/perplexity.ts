@@ -1,14 +1,19 @@
 // Perplexity (and, against a baseline, per-token KL divergence and top-1 agreement) over a token
-// stream cut into protocol windows. Windows of equal length run through the decoder together; every
-// sum is float64.
+// stream cut into protocol windows. Windows of equal length run through the decoder together; the
+// logits of scored rows only are then computed a bounded chunk at a time. Every sum is float64.
 
 import type { Device, Tensor } from '../tensor/device.js';
 import { mean, quantile } from './stats.js';
 import { batchWindows, countScored, type Window } from './windows.js';
 
-/** What eval needs from a decoder: logits [batch*seq, vocab] for ids [batch*seq], valid until its next forward. */
+/**
+ * What eval needs from a decoder (Decoder implements it): the final-norm hidden states of a batch,
+ * then logits for a few rows at a time, so a large vocabulary never needs [batch*seq, vocab] at once.
+ * Both results are decoder-owned and valid until that decoder's next call.
+ */
 export interface LogitsModel {
-  forward(ids: Int32Array, batch: number, seq: number): Tensor | Promise<Tensor>;
+  forwardHidden(ids: Int32Array, batch: number, seq: number): Tensor;
+  logitsForRows(hidden: Tensor, start: number, count: number): Tensor;
 }
 
 export interface PerplexityProgress {
@@ -27,6 +32,10 @@ export interface PerplexityOptions {
   windows: readonly Window[];
   /** Most windows per forward pass. */
   batch: number;
+  /** Vocabulary size, to bound the logits computed at once. */
+  vocabSize: number;
+  /** Most rows of logits at once; default: as many as fit 2^24 values. */
+  logitsChunkRows?: number;
   onProgress?: (p: PerplexityProgress) => void;
 }
 
@@ -57,16 +66,31 @@ export interface PerplexityResult {
   baseline?: BaselineComparison;
 }
 
-/** Per-row targets for a batch of equal-length windows: row j predicts token j+1; unscored rows get -1. */
-function batchInputs(tokens: Int32Array, batch: readonly Window[]): { ids: Int32Array; targets: Int32Array; seq: number } {
+/** Values in one logits tensor at most (64 MiB of float32). */
+const LOGITS_CHUNK_ELEMENTS = 2 ** 24;
+
+/** The token ids of a batch of equal-length windows, row-major [batch, seq]. */
+function batchIds(tokens: Int32Array, batch: readonly Window[]): Int32Array {
   const seq = batch[0]!.length;
   const ids = new Int32Array(batch.length * seq);
-  const targets = new Int32Array(batch.length * seq).fill(-1);
+  batch.forEach((w, b) => ids.set(tokens.subarray(w.start, w.start + seq), b * seq));
+  return ids;
+}
+
+/**
+ * Rows of a batch whose logits score a target, as [start, count, targets] pieces of at most
+ * `maxRows`: hidden row j of window b predicts token j+1, for j+1 from firstTarget to seq-1.
+ */
+function scoredRowChunks(tokens: Int32Array, batch: readonly Window[], maxRows: number): { start: number; targets: Int32Array }[] {
+  const seq = batch[0]!.length;
+  const chunks: { start: number; targets: Int32Array }[] = [];
   batch.forEach((w, b) => {
-    ids.set(tokens.subarray(w.start, w.start + seq), b * seq);
-    for (let j = w.firstTarget; j < seq; j++) targets[b * seq + j - 1] = tokens[w.start + j]!;
+    for (let j = w.firstTarget; j < seq; j += maxRows) {
+      const end = Math.min(seq, j + maxRows);
+      chunks.push({ start: b * seq + j - 1, targets: tokens.slice(w.start + j, w.start + end) });
+    }
   });
-  return { ids, targets, seq };
+  return chunks;
 }
 
 const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -86,31 +110,42 @@ export async function evaluatePerplexity(opts: PerplexityOptions): Promise<Perpl
   let baseForwardSeconds = 0;
   const kld = baseline ? new Float64Array(total) : undefined;
 
+  const maxRows = opts.logitsChunkRows ?? Math.max(1, Math.floor(LOGITS_CHUNK_ELEMENTS / opts.vocabSize));
+
   for (const batch of batches) {
-    const { ids, targets, seq } = batchInputs(tokens, batch);
+    const ids = batchIds(tokens, batch);
+    const seq = batch[0]!.length;
 
-    let baseLogits: Tensor | undefined;
-    if (baseline) {
-      const t0 = performance.now();
-      baseLogits = await baseline.forward(ids, batch.length, seq);
-      const baseScore = device.scoreLogits(baseLogits, targets);
-      baseForwardSeconds += (performance.now() - t0) / 1000;
-      for (let r = 0; r < targets.length; r++) if (targets[r]! >= 0) baseNllSum += baseScore.nll[r]!;
-    }
-
-    const t0 = performance.now();
-    const logits = await model.forward(ids, batch.length, seq);
-    const score = device.scoreLogits(logits, targets, baseLogits);
+    // synchronize() so that asynchronous devices charge each model its own time.
+    let t0 = performance.now();
+    const baseHidden = baseline?.forwardHidden(ids, batch.length, seq);
+    device.synchronize();
+    baseForwardSeconds += (performance.now() - t0) / 1000;
+    t0 = performance.now();
+    const hidden = model.forwardHidden(ids, batch.length, seq);
+    device.synchronize();
     forwardSeconds += (performance.now() - t0) / 1000;
 
-    for (let r = 0; r < targets.length; r++) {
-      if (targets[r]! < 0) continue;
-      nllSum += score.nll[r]!;
-      if (kld) {
-        kld[scored] = score.kld![r]!;
-        top1Sum += score.top1![r]!;
+    for (const { start, targets } of scoredRowChunks(tokens, batch, maxRows)) {
+      let baseLogits: Tensor | undefined;
+      if (baseline) {
+        t0 = performance.now();
+        baseLogits = baseline.logitsForRows(baseHidden!, start, targets.length);
+        const baseScore = device.scoreLogits(baseLogits, targets);
+        baseForwardSeconds += (performance.now() - t0) / 1000;
+        for (let r = 0; r < targets.length; r++) baseNllSum += baseScore.nll[r]!;
       }
-      scored++;
+      t0 = performance.now();
+      const score = device.scoreLogits(model.logitsForRows(hidden, start, targets.length), targets, baseLogits);
+      forwardSeconds += (performance.now() - t0) / 1000;
+      for (let r = 0; r < targets.length; r++) {
+        nllSum += score.nll[r]!;
+        if (kld) {
+          kld[scored] = score.kld![r]!;
+          top1Sum += score.top1![r]!;
+        }
+        scored++;
+      }
     }
     opts.onProgress?.({ scored, total, forwardSeconds });
     await yieldToEventLoop();

@@ -4,6 +4,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { LlmoptError } from '../errors.js';
 import { loadModel, type LoadedModel } from '../model/load.js';
+import type { ModelSpec } from '../model/spec.js';
 import type { Device } from '../tensor/device.js';
 import { evaluatePerplexity, type PerplexityProgress } from './perplexity.js';
 import type { EvalRun } from './report.js';
@@ -20,7 +21,7 @@ export interface EvalOptions {
   keepLast: boolean;
   /** Truncate the token stream (BOS included) to its first N tokens. */
   maxTokens?: number;
-  /** Windows per forward pass; default: up to 8, bounded so one batch's logits stay ≤ 256 MiB. */
+  /** Windows per forward pass; default: up to 8, bounded so one batch's activations stay near 1 GiB. */
   batch?: number;
   device: Device;
   /** How the device is named in the report ("cpu"). */
@@ -32,10 +33,16 @@ export interface EvalOptions {
 
 const DEFAULT_MAX_WINDOW = 2048;
 const MAX_DEFAULT_BATCH = 8;
-const LOGITS_BUDGET_ELEMENTS = 2 ** 26;
+/** Float32 values of activations one batch may hold (1 GiB). */
+const ACTIVATION_BUDGET_ELEMENTS = 2 ** 28;
 
-export function defaultBatch(window: number, vocabSize: number): number {
-  return Math.max(1, Math.min(MAX_DEFAULT_BATCH, Math.floor(LOGITS_BUDGET_ELEMENTS / (window * vocabSize))));
+/**
+ * Windows per forward pass: up to 8, fewer when a batch's activations (about 8 hidden-size and 3
+ * FFN-size buffers per token row) would pass the budget.
+ */
+export function defaultBatch(window: number, spec: ModelSpec): number {
+  const perRow = 8 * spec.hiddenSize + 3 * spec.intermediateSize;
+  return Math.max(1, Math.min(MAX_DEFAULT_BATCH, Math.floor(ACTIVATION_BUDGET_ELEMENTS / (window * perRow))));
 }
 
 function readDataText(file: string): string {
@@ -94,7 +101,7 @@ export async function runEval(opts: EvalOptions): Promise<EvalRun> {
       `--data ${opts.dataFile}: ${tokens.length} tokens are fewer than one ${protocol.window}-token window; use --keep-last or a smaller --seq-len`,
     );
   }
-  const batch = opts.batch ?? defaultBatch(protocol.window, model.spec.vocabSize);
+  const batch = opts.batch ?? defaultBatch(protocol.window, model.spec);
 
   opts.onStart?.(countScored(windows), protocolName(protocol));
   const result = await evaluatePerplexity({
@@ -104,6 +111,7 @@ export async function runEval(opts: EvalOptions): Promise<EvalRun> {
     tokens,
     windows,
     batch,
+    vocabSize: model.spec.vocabSize,
     onProgress: opts.onProgress,
   });
 

@@ -35,6 +35,26 @@ import type { ModelSpec } from './spec.js';
 import { freeDecoderWeights, type DecoderWeights, type LayerWeights } from './weights.js';
 
 export type ActivationHook = (t: Tensor) => void;
+
+/**
+ * Ops that read per-step integers from device buffers of type I (CUDA's *At ops, CudaInts): what a
+ * decode step needs so that its launches can be captured once as a CUDA graph and replayed.
+ */
+export interface StepAtOps<I> {
+  embeddingAt(out: Tensor, table: Tensor, ids: I): void;
+  addEmbeddingAt(out: Tensor, table: Tensor, positions: I): void;
+  ropeAt(x: Tensor, positions: I, rows: number, cos: Tensor, sin: Tensor, nHeads: number, headDim: number, rotaryDim: number): void;
+  writeKvAt(cache: Tensor, src: Tensor, batch: number, seq: number, starts: I, kvStride: number): void;
+  attentionAt(out: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape, kvLens: I): void;
+}
+
+/** Device-side inputs of one decode step: ids [batch]; positions[b] = sequence b's cache length before the step; kvLens[b] = positions[b] + 1. */
+export interface DecodeStepAt<I> {
+  ops: StepAtOps<I>;
+  ids: I;
+  positions: I;
+  kvLens: I;
+}
 /** Hooks by hook point name (see the list at the top of decoder.ts). */
 export type ActivationHooks = Partial<Record<string, ActivationHook>>;
 
@@ -241,8 +261,27 @@ export class Decoder {
     opts.hooks?.[hookNames.layerOutput(i)]?.(hidden);
   }
 
-  /** hidden += o_proj(attention(norm(hidden))). */
-  attentionBlock(i: number, hidden: Tensor, ws: Workspace, startPos: number, cache: KVCache | undefined, hooks?: ActivationHooks): void {
+  /**
+   * One decode step (a token per sequence) that reads ids, positions and KV lengths on the device
+   * (`step`), so a CUDA graph can capture it once and replay it: the same blocks as forward(), in `ws`
+   * (a Workspace(batch, 1) the caller owns, so eviction never frees it under a graph). Keys/values go
+   * to cache rows positions[b]; attention reads kvLens[b] of them. Returns the final-norm output
+   * ws.xn [batch, hidden]. cache.length is left to the caller. No hooks run.
+   */
+  decodeStepAt<I>(ws: Workspace, step: DecodeStepAt<I>, cache: KVCache): Tensor {
+    if (ws.seq !== 1 || ws.batch !== cache.batch) throw new Error(`decodeStepAt: workspace ${ws.batch}x${ws.seq} for a cache of batch ${cache.batch}`);
+    step.ops.embeddingAt(ws.x, this.weights.embed, step.ids);
+    if (this.spec.positions === 'learned') step.ops.addEmbeddingAt(ws.x, this.weights.positions!, step.positions);
+    for (let i = 0; i < this.spec.numLayers; i++) {
+      this.attentionBlock(i, ws.x, ws, 0, cache, undefined, step as DecodeStepAt<unknown>);
+      this.mlpBlock(i, ws.x, ws);
+    }
+    this.norm(ws.xn, ws.x, this.weights.finalNorm, this.weights.finalNormBias);
+    return ws.xn;
+  }
+
+  /** hidden += o_proj(attention(norm(hidden))). With `at` (decodeStepAt), positions and lengths come from the device. */
+  attentionBlock(i: number, hidden: Tensor, ws: Workspace, startPos: number, cache: KVCache | undefined, hooks?: ActivationHooks, at?: DecodeStepAt<unknown>): void {
     const d = this.device;
     const s = this.spec;
     const w = this.weights.layers[i]!;
@@ -263,7 +302,11 @@ export class Decoder {
     }
     d.matmul(ws.v, ws.xn, w.v, w.vBias);
 
-    if (s.positions === 'rope') {
+    if (s.positions === 'rope' && at !== undefined) {
+      const rope = this.ropeFor(cache!.maxLen);
+      at.ops.ropeAt(ws.q, at.positions, rows, rope.cos, rope.sin, s.numHeads, s.headDim, this.rotaryDim);
+      at.ops.ropeAt(ws.k, at.positions, rows, rope.cos, rope.sin, s.numKvHeads, s.headDim, this.rotaryDim);
+    } else if (s.positions === 'rope') {
       const rope = this.ropeFor(startPos + seq);
       const pos = positionIds(batch, seq, startPos);
       d.rope(ws.q, pos, rope.cos, rope.sin, s.numHeads, s.headDim, this.rotaryDim);
@@ -280,7 +323,14 @@ export class Decoder {
     let values = ws.v;
     let kvLen = seq;
     let kvStride = seq;
-    if (cache !== undefined) {
+    if (cache !== undefined && at !== undefined) {
+      at.ops.writeKvAt(cache.k[i]!, ws.k, batch, seq, at.positions, cache.maxLen);
+      at.ops.writeKvAt(cache.v[i]!, ws.v, batch, seq, at.positions, cache.maxLen);
+      keys = cache.k[i]!;
+      values = cache.v[i]!;
+      kvLen = cache.maxLen; // the bound; each sequence attends to kvLens[b] keys
+      kvStride = cache.maxLen;
+    } else if (cache !== undefined) {
       d.writeKv(cache.k[i]!, ws.k, batch, seq, startPos, cache.maxLen);
       d.writeKv(cache.v[i]!, ws.v, batch, seq, startPos, cache.maxLen);
       keys = cache.k[i]!;
@@ -299,7 +349,8 @@ export class Decoder {
       scale: 1 / Math.sqrt(s.headDim),
       window: layerSlidingWindow(s, i),
     };
-    d.attention(ws.att, ws.q, keys, values, shape);
+    if (at !== undefined) at.ops.attentionAt(ws.att, ws.q, keys, values, shape, at.kvLens);
+    else d.attention(ws.att, ws.q, keys, values, shape);
     hooks?.[hookNames.oProjInput(i)]?.(ws.att);
     this.fakeQuant(ws.att, quant?.oInput);
     d.matmul(ws.proj, ws.att, w.o, w.oBias);

@@ -23,8 +23,22 @@ export interface CpuDeviceOptions {
 /** Fewest matmul rows for the SIMD path (it copies and packs w per call). */
 const SIMD_MATMUL_MIN_ROWS = 8;
 
-/** Work (≈ multiply-adds, or elements × cost) below which an op runs on the calling thread only. */
+/**
+ * Work below which an op runs on the calling thread only (a hand-off to the pool costs a few
+ * µs and a thread wake-up): ≈ multiply-adds, or elements × a per-element cost, for the JS
+ * kernels. The SIMD kernels do the same work ~4× faster, so they need 4× more.
+ */
 const PARALLEL_MIN_WORK = 65536;
+const SIMD_PARALLEL_MIN_WORK = 4 * PARALLEL_MIN_WORK;
+/**
+ * Chunks per thread of a split op: threads take chunks as they come, so one that wakes late or
+ * is descheduled (2 cores shared with other processes) holds up the op less.
+ */
+const CHUNKS_PER_THREAD = 4;
+/** Fewest rows per chunk of the SIMD matmul, which packs w once per chunk. */
+const SIMD_MATMUL_CHUNK_ROWS = 256;
+/** Largest tensor: kernels index storages with int32 arithmetic. */
+const MAX_ELEMENTS = 2 ** 31 - 1;
 
 export class CpuDevice implements Device {
   readonly kind = 'cpu' as const;
@@ -57,6 +71,7 @@ export class CpuDevice implements Device {
   // --- memory ---------------------------------------------------------------------------------
 
   private alloc(n: number): Float32Array {
+    if (n > MAX_ELEMENTS) throw new Error(`cpu device: a tensor of ${n} elements exceeds the ${MAX_ELEMENTS} supported`);
     return this.pool !== null ? new Float32Array(new SharedArrayBuffer(n * 4)) : new Float32Array(n);
   }
 
@@ -136,22 +151,23 @@ export class CpuDevice implements Device {
     if (overlaps(o, xc) || overlaps(o, wc)) throw new Error(`matmul: out overlaps an input: ${where()}`);
     const p = [o.offset, xc.offset, wc.offset, bc?.offset ?? 0, bc ? 1 : 0, N, K];
     const arrays = [o.base, xc.base, wc.base, bc?.base ?? this.noFloats];
-    const work = M * N * K;
     const pool = this.pool;
     const op = this.simd && M >= SIMD_MATMUL_MIN_ROWS ? OP_MATMUL_SIMD : OP_MATMUL;
-    if (pool === null || work < PARALLEL_MIN_WORK) {
+    if (pool === null || !worthSplitting(op, M * N * K)) {
       this.runHere(op, arrays, p, 0, M, 0, N, 0);
       return;
     }
     // Split rows in multiples of the 4-row block; few rows (decode): split columns instead.
     const P = pool.size;
-    const ranges = new Int32Array(P * 4);
-    if (op === OP_MATMUL_SIMD || M >= 8 * P) {
-      const step = Math.ceil(M / P / 4) * 4;
-      for (let i = 0; i < P; i++) ranges.set([Math.min(M, i * step), Math.min(M, (i + 1) * step), 0, N], i * 4);
+    let ranges: Int32Array;
+    if (op === OP_MATMUL_SIMD) {
+      ranges = chunkRange(M, Math.max(P, Math.min(P * CHUNKS_PER_THREAD, Math.floor(M / SIMD_MATMUL_CHUNK_ROWS))), 4);
+    } else if (M >= 8 * P) {
+      ranges = chunkRange(M, P * CHUNKS_PER_THREAD, 4);
+      for (let i = 0; i < ranges.length; i += 4) ranges[i + 3] = N;
     } else {
-      const step = Math.ceil(N / P / 4) * 4;
-      for (let i = 0; i < P; i++) ranges.set([0, M, Math.min(N, i * step), Math.min(N, (i + 1) * step)], i * 4);
+      ranges = chunkRange(N, P * CHUNKS_PER_THREAD, 4);
+      for (let i = 0; i < ranges.length; i += 4) ranges.set([0, M, ranges[i], ranges[i + 1]], i);
     }
     pool.run(op, arrays, null, null, p, ranges, 0);
   }
@@ -245,11 +261,11 @@ export class CpuDevice implements Device {
     const scratch = 4 * Math.max(1, kvLen);
     const pool = this.pool;
     const op = this.simd && headDim % 4 === 0 ? OP_ATTENTION_SIMD : OP_ATTENTION;
-    if (pool === null || work < PARALLEL_MIN_WORK || units < 2) {
+    if (pool === null || !worthSplitting(op, work) || units < 2) {
       this.runHere(op, arrays, p, 0, units, 0, 0, scratch);
       return;
     }
-    pool.run(op, arrays, null, null, p, splitRange(units, pool.size, 1), scratch);
+    pool.run(op, arrays, null, null, p, chunkRange(units, pool.size * CHUNKS_PER_THREAD, 1), scratch);
   }
 
   writeKv(cache: Tensor, src: Tensor, batch: number, seq: number, start: number, kvStride: number): void {
@@ -302,7 +318,7 @@ export class CpuDevice implements Device {
     const p = [l.offset, b?.offset ?? 0, b ? 1 : 0, 0, 0, rows, V];
     const arrays = [l.base, b?.base ?? this.noFloats];
     const op = this.simd ? OP_SCORE_SIMD : OP_SCORE;
-    if (parallel) pool.run(op, arrays, ints, res, p, splitRange(rows, pool.size, 1), 0);
+    if (parallel) pool.run(op, arrays, ints, res, p, chunkRange(rows, pool.size * CHUNKS_PER_THREAD, 1), 0);
     else this.runHere(op, arrays, p, 0, rows, 0, 0, 0, ints, res);
     const argmax = new Int32Array(rows);
     for (let r = 0; r < rows; r++) argmax[r] = res[2 * rows + r];
@@ -351,26 +367,33 @@ export class CpuDevice implements Device {
 
   private byRows(op: number, arrays: Float32Array[], params: readonly number[], rows: number, costPerRow: number): void {
     const pool = this.pool;
-    if (pool === null || rows < 2 || rows * costPerRow < PARALLEL_MIN_WORK) this.runHere(op, arrays, params, 0, rows, 0, 0, 0);
-    else pool.run(op, arrays, null, null, params, splitRange(rows, pool.size, 1), 0);
+    if (pool === null || rows < 2 || !worthSplitting(op, rows * costPerRow)) this.runHere(op, arrays, params, 0, rows, 0, 0, 0);
+    else pool.run(op, arrays, null, null, params, chunkRange(rows, pool.size * CHUNKS_PER_THREAD, 1), 0);
   }
 
   private elementwise(op: number, arrays: Float32Array[], params: readonly number[], n: number, cost: number): void {
     const pool = this.pool;
-    if (pool === null || n * cost < PARALLEL_MIN_WORK) this.runHere(op, arrays, params, 0, n, 0, 0, 0);
-    else pool.run(op, arrays, null, null, params, splitRange(n, pool.size, 16), 0);
+    if (pool === null || !worthSplitting(op, n * cost)) this.runHere(op, arrays, params, 0, n, 0, 0, 0);
+    else pool.run(op, arrays, null, null, params, chunkRange(n, pool.size * CHUNKS_PER_THREAD, 16), 0);
   }
 }
 
-/** [lo, hi, 0, 0] per participant: n units in near-equal parts, boundaries multiples of align. */
-function splitRange(n: number, parts: number, align: number): Int32Array {
-  const ranges = new Int32Array(parts * 4);
-  const step = Math.ceil(n / parts / align) * align;
-  for (let i = 0; i < parts; i++) {
-    ranges[i * 4] = Math.min(n, i * step);
-    ranges[i * 4 + 1] = Math.min(n, (i + 1) * step);
+function worthSplitting(op: number, work: number): boolean {
+  return work >= (op >= OP_MATMUL_SIMD ? SIMD_PARALLEL_MIN_WORK : PARALLEL_MIN_WORK);
+}
+
+/** [lo, hi, 0, 0] per chunk: n units in at most `parts` near-equal chunks, boundaries multiples of align. */
+function chunkRange(n: number, parts: number, align: number): Int32Array {
+  const step = Math.max(align, Math.ceil(n / parts / align) * align);
+  const count = Math.ceil(n / step);
+  const chunks = new Int32Array(count * 4);
+  for (let i = 0; i < count; i++) {
+    const lo = i * step;
+    const hi = Math.min(n, (i + 1) * step);
+    chunks[i * 4] = lo;
+    chunks[i * 4 + 1] = hi;
   }
-  return ranges;
+  return chunks;
 }
 
 function overlaps(a: CpuTensor, b: CpuTensor): boolean {

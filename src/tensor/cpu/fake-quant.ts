@@ -37,7 +37,7 @@ export function fakeQuantRowsKernel(x: Float32Array, rows: number, cols: number,
       if (scale === 0) scale = FLOAT32_EPS;
     }
     for (let c = 0; c < cols; c++) {
-      const v = x[start + c]! / scale;
+      const v = Math.fround(x[start + c]! / scale); // float32 division, as torch computes it
       const q = fp8 ? fp8E4M3ToF32(f32ToFp8E4M3(clampFp8E4M3(v))) : roundHalfEven(v < -128 ? -128 : v > 127 ? 127 : v);
       x[start + c] = q * scale;
     }

@@ -8,7 +8,10 @@
 // from dist/ (compiled JS) and under vitest (TS transformed on the fly).
 //
 // Arrays are whole storages (`CpuTensor.base`) with element offsets passed beside them.
-// Accumulation runs in JS doubles; results are rounded to float32 when stored.
+//
+// Two families: the plain JS kernels (matmulKernel, attentionKernel, …: the reference, every op,
+// accumulating in JS doubles) and the simd*Kernel glue that copies operands into a thread's
+// WebAssembly memory and runs the f32x4 kernels of wasm/simd-kernels.ts (the fast path).
 
 /** Op codes of the kernels a worker can run (see `runKernel`). */
 export const OP_MATMUL = 1;
@@ -26,147 +29,7 @@ export const OP_ADD_SIMD = 12;
 export const OP_RMSNORM_SIMD = 13;
 export const OP_SCORE_SIMD = 14;
 
-interface WasmMemory {
-  readonly buffer: ArrayBuffer;
-  grow(pages: number): number;
-}
-
-/** One thread's instance of the SIMD module (simd-kernels.ts) and its memory. */
-export interface SimdContext {
-  mem: WasmMemory;
-  f32: Float32Array;
-  matmul: (x: number, wp: number, bias: number, o: number, M: number, Np: number, K: number) => void;
-  pack: (w: number, wp: number, Np: number, K: number) => void;
-  /** attention functions by head size; key 0 is the generic one. */
-  attention: Map<number, (...args: number[]) => void>;
-  siluMul: (g: number, u: number, o: number, n: number) => void;
-  add: (x: number, y: number, n: number) => void;
-  rmsNorm: (x: number, w: number, o: number, rows: number, C: number, eps: number) => void;
-  score: (l: number, b: number, hasBase: number, rows: number, Vp: number, res: number) => void;
-}
-
-
-/** Instantiates the SIMD module with a fresh memory. */
-export function createSimdContext(bytes: Uint8Array): SimdContext {
-  const wa = (globalThis as unknown as {
-    WebAssembly: {
-      Memory: new (d: { initial: number; maximum: number }) => WasmMemory;
-      Module: new (b: Uint8Array) => object;
-      Instance: new (m: object, imports: object) => { exports: Record<string, unknown> };
-    };
-  }).WebAssembly;
-  const mem = new wa.Memory({ initial: 16, maximum: 65536 });
-  const inst = new wa.Instance(new wa.Module(bytes), { env: { mem } });
-  const attention = new Map<number, (...args: number[]) => void>();
-  for (const name of Object.keys(inst.exports)) {
-    if (name.startsWith('attention')) attention.set(Number(name.slice(9)), inst.exports[name] as (...args: number[]) => void);
-  }
-  const ex = inst.exports;
-  return {
-    mem, f32: new Float32Array(mem.buffer), attention, matmul: ex.matmul as SimdContext['matmul'],
-    pack: ex.pack as SimdContext['pack'],
-    siluMul: ex.siluMul as SimdContext['siluMul'], add: ex.add as SimdContext['add'], rmsNorm: ex.rmsNorm as SimdContext['rmsNorm'],
-    score: ex.score as SimdContext['score'],
-  };
-}
-
-/** Grows the context's memory to at least `floats` floats; returns its current float view. */
-export function simdReserve(ctx: SimdContext, floats: number): Float32Array {
-  const bytes = floats * 4;
-  if (bytes > 4 * 65536 * 65536 - 65536) throw new Error(`cpu simd: ${bytes} bytes do not fit a wasm memory`);
-  const have = ctx.mem.buffer.byteLength;
-  if (have < bytes) ctx.mem.grow(Math.ceil((bytes - have) / 65536));
-  if (ctx.f32.buffer !== ctx.mem.buffer) ctx.f32 = new Float32Array(ctx.mem.buffer);
-  return ctx.f32;
-}
-
-/**
- * matmulKernel's rows [r0, r1), all columns, through the SIMD module: x rows are copied in
- * (padded to the row block with zeros); then, per chunk of columns (at most ~256K floats of
- * w, so wasm memory stays bounded for a 128K vocabulary), w is packed into column blocks,
- * the kernel runs and the chunk of the result is copied out.
- */
-export function simdMatmulKernel(
-  ctx: SimdContext, o: Float32Array, oOff: number, x: Float32Array, xOff: number, w: Float32Array, wOff: number,
-  b: Float32Array, bOff: number, hasBias: number, N: number, K: number, r0: number, r1: number,
-): void {
-  const R = 4; // = MATMUL_ROWS of simd-kernels.ts
-  const W = 8; // = MATMUL_COLS of simd-kernels.ts
-  const rows = r1 - r0;
-  if (rows <= 0) return;
-  const Mp = Math.ceil(rows / R) * R;
-  const Nc = Math.min(Math.ceil(N / W) * W, Math.max(W, Math.floor(262144 / K / W) * W));
-  const xP = 0;
-  const rawP = (xP + Mp * K + 3) & ~3;
-  const wP = (rawP + Nc * K + 3) & ~3;
-  const bP = (wP + Nc * K + 3) & ~3;
-  const oP = bP + Nc;
-  const mem = simdReserve(ctx, oP + Mp * Nc);
-  mem.set(x.subarray(xOff + r0 * K, xOff + r1 * K), xP);
-  mem.fill(0, xP + rows * K, xP + Mp * K);
-  for (let c0 = 0; c0 < N; c0 += Nc) {
-    const nc = Math.min(Nc, N - c0);
-    const ncp = Math.ceil(nc / W) * W;
-    mem.set(w.subarray(wOff + c0 * K, wOff + (c0 + nc) * K), rawP);
-    mem.fill(0, rawP + nc * K, rawP + ncp * K);
-    ctx.pack(rawP * 4, wP * 4, ncp, K);
-    for (let c = 0; c < ncp; c++) mem[bP + c] = hasBias !== 0 && c < nc ? b[bOff + c0 + c] : 0;
-    ctx.matmul(xP * 4, wP * 4, bP * 4, oP * 4, Mp, ncp, K);
-    if (ncp === N) {
-      o.set(mem.subarray(oP, oP + rows * N), oOff + r0 * N);
-    } else {
-      for (let r = 0; r < rows; r++) o.set(mem.subarray(oP + r * ncp, oP + r * ncp + nc), oOff + (r0 + r) * N + c0);
-    }
-  }
-}
-
-/**
- * attentionKernel's units [u0, u1) through the SIMD module (headDim a multiple of 4): copies
- * the q/k/v rows of the sequences those units touch, runs, and scatters the compact outputs.
- */
-export function simdAttentionKernel(
-  ctx: SimdContext, o: Float32Array, oOff: number, q: Float32Array, qOff: number, k: Float32Array, kOff: number,
-  v: Float32Array, vOff: number,
-  seqQ: number, kvLen: number, kvStride: number, nHead: number, nKvHead: number, hd: number,
-  scale: number, window: number, u0: number, u1: number,
-): void {
-  if (u0 >= u1) return;
-  const qBlocks = (seqQ + 3) >> 2;
-  const perSeq = nHead * qBlocks;
-  const bStart = Math.floor(u0 / perSeq);
-  const bEnd = Math.floor((u1 - 1) / perSeq) + 1;
-  const qRow = nHead * hd;
-  const kvRow = nKvHead * hd;
-  const qN = (bEnd - bStart) * seqQ * qRow;
-  const kvN = ((bEnd - 1 - bStart) * kvStride + kvLen) * kvRow;
-  const qP = 0;
-  const kP = (qP + qN + 3) & ~3;
-  const vP = (kP + kvN + 3) & ~3;
-  const sP = (vP + kvN + 3) & ~3;
-  const tP = sP + 4 * kvLen;
-  const oP = tP + 4 * hd;
-  const mem = simdReserve(ctx, oP + (u1 - u0) * 4 * hd);
-  mem.set(q.subarray(qOff + bStart * seqQ * qRow, qOff + bStart * seqQ * qRow + qN), qP);
-  mem.set(k.subarray(kOff + bStart * kvStride * kvRow, kOff + bStart * kvStride * kvRow + kvN), kP);
-  mem.set(v.subarray(vOff + bStart * kvStride * kvRow, vOff + bStart * kvStride * kvRow + kvN), vP);
-  const fn = ctx.attention.get(hd) ?? ctx.attention.get(0)!;
-  fn(qP * 4, kP * 4, vP * 4, oP * 4, sP * 4, tP * 4, u0, u1, bStart, seqQ, kvLen, kvStride, nHead, nKvHead, hd,
-    scale, window);
-  const out = ctx.f32;
-  for (let u = u0; u < u1; u++) {
-    const blk = u % qBlocks;
-    const bh = (u - blk) / qBlocks;
-    const h = bh % nHead;
-    const bIdx = (bh - h) / nHead;
-    const t0 = blk * 4;
-    const nq = Math.min(4, seqQ - t0);
-    for (let i = 0; i < nq; i++) {
-      const dst = oOff + (bIdx * seqQ + t0 + i) * qRow + h * hd;
-      const src = oP + ((u - u0) * 4 + i) * hd;
-      for (let d = 0; d < hd; d++) o[dst + d] = out[src + d];
-    }
-  }
-}
+// --- JS kernels (the reference) ---------------------------------------------------------------
 
 /**
  * out[r, c] = Σ_k x[r, k] · w[c, k] (+ bias[c]) for rows [r0, r1) and columns [c0, c1).
@@ -460,6 +323,149 @@ export function scoreKernel(
   }
 }
 
+// --- SIMD glue: operands in and out of the thread's WebAssembly memory -----------------------
+
+interface WasmMemory {
+  readonly buffer: ArrayBuffer;
+  grow(pages: number): number;
+}
+
+/** One thread's instance of the SIMD module (simd-kernels.ts) and its memory. */
+export interface SimdContext {
+  mem: WasmMemory;
+  f32: Float32Array;
+  matmul: (x: number, wp: number, bias: number, o: number, M: number, N: number, K: number) => void;
+  pack: (w: number, wp: number, Np: number, K: number) => void;
+  /** attention functions by head size; key 0 is the generic one. */
+  attention: Map<number, (...args: number[]) => void>;
+  siluMul: (g: number, u: number, o: number, n: number) => void;
+  add: (x: number, y: number, n: number) => void;
+  rmsNorm: (x: number, w: number, o: number, rows: number, C: number, eps: number) => void;
+  score: (l: number, b: number, hasBase: number, rows: number, Vp: number, res: number) => void;
+}
+
+/** Instantiates the SIMD module with a fresh memory. */
+export function createSimdContext(bytes: Uint8Array): SimdContext {
+  const wa = (globalThis as unknown as {
+    WebAssembly: {
+      Memory: new (d: { initial: number; maximum: number }) => WasmMemory;
+      Module: new (b: Uint8Array) => object;
+      Instance: new (m: object, imports: object) => { exports: Record<string, unknown> };
+    };
+  }).WebAssembly;
+  const mem = new wa.Memory({ initial: 16, maximum: 65536 });
+  const inst = new wa.Instance(new wa.Module(bytes), { env: { mem } });
+  const attention = new Map<number, (...args: number[]) => void>();
+  for (const name of Object.keys(inst.exports)) {
+    if (name.startsWith('attention')) attention.set(Number(name.slice(9)), inst.exports[name] as (...args: number[]) => void);
+  }
+  const ex = inst.exports;
+  return {
+    mem, f32: new Float32Array(mem.buffer), attention, matmul: ex.matmul as SimdContext['matmul'],
+    pack: ex.pack as SimdContext['pack'],
+    siluMul: ex.siluMul as SimdContext['siluMul'], add: ex.add as SimdContext['add'], rmsNorm: ex.rmsNorm as SimdContext['rmsNorm'],
+    score: ex.score as SimdContext['score'],
+  };
+}
+
+/** Grows the context's memory to at least `floats` floats; returns its current float view. */
+export function simdReserve(ctx: SimdContext, floats: number): Float32Array {
+  const bytes = floats * 4;
+  if (bytes > 4 * 65536 * 65536 - 65536) throw new Error(`cpu simd: ${bytes} bytes do not fit a wasm memory`);
+  const have = ctx.mem.buffer.byteLength;
+  if (have < bytes) ctx.mem.grow(Math.ceil((bytes - have) / 65536));
+  if (ctx.f32.buffer !== ctx.mem.buffer) ctx.f32 = new Float32Array(ctx.mem.buffer);
+  return ctx.f32;
+}
+
+/**
+ * matmulKernel's rows [r0, r1), all columns, through the SIMD module: x rows are copied in
+ * (padded to the row block with zeros); then, per chunk of columns (at most ~256K floats of
+ * w, so wasm memory stays bounded for a 128K vocabulary), w is packed into column blocks,
+ * the kernel runs and the chunk of the result is copied out.
+ */
+export function simdMatmulKernel(
+  ctx: SimdContext, o: Float32Array, oOff: number, x: Float32Array, xOff: number, w: Float32Array, wOff: number,
+  b: Float32Array, bOff: number, hasBias: number, N: number, K: number, r0: number, r1: number,
+): void {
+  const R = 4; // = MATMUL_ROWS of simd-kernels.ts
+  const W = 8; // = MATMUL_COLS of simd-kernels.ts
+  const rows = r1 - r0;
+  if (rows <= 0) return;
+  const Mp = Math.ceil(rows / R) * R;
+  const Nc = Math.min(Math.ceil(N / W) * W, Math.max(W, Math.floor(262144 / K / W) * W));
+  const xP = 0;
+  const rawP = (xP + Mp * K + 3) & ~3;
+  const wP = (rawP + Nc * K + 3) & ~3;
+  const bP = (wP + Nc * K + 3) & ~3;
+  const oP = bP + Nc;
+  const mem = simdReserve(ctx, oP + Mp * Nc);
+  mem.set(x.subarray(xOff + r0 * K, xOff + r1 * K), xP);
+  mem.fill(0, xP + rows * K, xP + Mp * K);
+  for (let c0 = 0; c0 < N; c0 += Nc) {
+    const nc = Math.min(Nc, N - c0);
+    const ncp = Math.ceil(nc / W) * W;
+    mem.set(w.subarray(wOff + c0 * K, wOff + (c0 + nc) * K), rawP);
+    mem.fill(0, rawP + nc * K, rawP + ncp * K);
+    ctx.pack(rawP * 4, wP * 4, ncp, K);
+    for (let c = 0; c < ncp; c++) mem[bP + c] = hasBias !== 0 && c < nc ? b[bOff + c0 + c] : 0;
+    ctx.matmul(xP * 4, wP * 4, bP * 4, oP * 4, Mp, nc, K);
+    if (nc === N) {
+      o.set(mem.subarray(oP, oP + rows * N), oOff + r0 * N);
+    } else {
+      for (let r = 0; r < rows; r++) o.set(mem.subarray(oP + r * nc, oP + r * nc + nc), oOff + (r0 + r) * N + c0);
+    }
+  }
+}
+
+/**
+ * attentionKernel's units [u0, u1) through the SIMD module (headDim a multiple of 4): copies
+ * the q/k/v rows of the sequences those units touch, runs, and scatters the compact outputs.
+ */
+export function simdAttentionKernel(
+  ctx: SimdContext, o: Float32Array, oOff: number, q: Float32Array, qOff: number, k: Float32Array, kOff: number,
+  v: Float32Array, vOff: number,
+  seqQ: number, kvLen: number, kvStride: number, nHead: number, nKvHead: number, hd: number,
+  scale: number, window: number, u0: number, u1: number,
+): void {
+  if (u0 >= u1) return;
+  const qBlocks = (seqQ + 3) >> 2;
+  const perSeq = nHead * qBlocks;
+  const bStart = Math.floor(u0 / perSeq);
+  const bEnd = Math.floor((u1 - 1) / perSeq) + 1;
+  const qRow = nHead * hd;
+  const kvRow = nKvHead * hd;
+  const qN = (bEnd - bStart) * seqQ * qRow;
+  const kvN = ((bEnd - 1 - bStart) * kvStride + kvLen) * kvRow;
+  const qP = 0;
+  const kP = (qP + qN + 3) & ~3;
+  const vP = (kP + kvN + 3) & ~3;
+  const sP = (vP + kvN + 3) & ~3;
+  const tP = sP + 4 * kvLen;
+  const oP = tP + 4 * hd;
+  const mem = simdReserve(ctx, oP + (u1 - u0) * 4 * hd);
+  mem.set(q.subarray(qOff + bStart * seqQ * qRow, qOff + bStart * seqQ * qRow + qN), qP);
+  mem.set(k.subarray(kOff + bStart * kvStride * kvRow, kOff + bStart * kvStride * kvRow + kvN), kP);
+  mem.set(v.subarray(vOff + bStart * kvStride * kvRow, vOff + bStart * kvStride * kvRow + kvN), vP);
+  const fn = ctx.attention.get(hd) ?? ctx.attention.get(0)!;
+  fn(qP * 4, kP * 4, vP * 4, oP * 4, sP * 4, tP * 4, u0, u1, bStart, seqQ, kvLen, kvStride, nHead, nKvHead, hd,
+    scale, window);
+  const out = ctx.f32;
+  for (let u = u0; u < u1; u++) {
+    const blk = u % qBlocks;
+    const bh = (u - blk) / qBlocks;
+    const h = bh % nHead;
+    const bIdx = (bh - h) / nHead;
+    const t0 = blk * 4;
+    const nq = Math.min(4, seqQ - t0);
+    for (let i = 0; i < nq; i++) {
+      const dst = oOff + (bIdx * seqQ + t0 + i) * qRow + h * hd;
+      const src = oP + ((u - u0) * 4 + i) * hd;
+      for (let d = 0; d < hd; d++) o[dst + d] = out[src + d];
+    }
+  }
+}
+
 // The elementwise SIMD kernels copy 16384 floats per operand per step (64 KiB: stays in L2).
 
 /** siluMulKernel through the SIMD module, in chunks. */
@@ -560,6 +566,8 @@ export function simdScoreKernel(
     }
   }
 }
+
+// --- dispatch ----------------------------------------------------------------------------------
 
 /**
  * Runs one op's work range. The single entry point of the worker threads; the main thread uses

@@ -8,10 +8,13 @@
 // Protocol (all synchronous):
 // - Storages are registered once: the main thread posts {id, sab} on a MessagePort; a worker
 //   drains that port with receiveMessageOnPort when it wakes for a job. A FinalizationRegistry
-//   posts {drop: id} when the main thread's storage is collected.
-// - A job: the main thread writes the op, storage ids, parameters and each participant's range
-//   into shared arrays, bumps GEN and notifies; it runs its own range (participant 0) and then
-//   waits until DONE counts every worker. Workers spin briefly, then Atomics.wait on GEN.
+//   posts {id} (no sab: forget it) when the main thread's storage is collected.
+// - Each worker instantiates the SIMD module (kernels.ts createSimdContext) with its own memory.
+// - A job: the main thread writes the op, storage ids, parameters and a list of chunks (work
+//   ranges) into shared arrays, bumps GEN and notifies. Every participant, the main thread
+//   included, takes chunks by Atomics.add on NEXT until none are left (so a thread that wakes
+//   late, or that the OS deschedules, just takes fewer); then the main thread waits until DONE
+//   counts every worker. Workers spin briefly, then Atomics.wait on GEN.
 // - Workers are unref'd, so they never keep a CLI process alive; close() ends them.
 
 import { Worker, MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
@@ -22,7 +25,11 @@ const DONE = 1;
 const OP = 2;
 const ERR = 3;
 const READY = 4;
+const NEXT = 5;
+const CHUNKS = 6;
 const CTRL_INTS = 8;
+/** Most chunks one job may have. */
+export const MAX_CHUNKS = 64;
 /** Float storages an op may name, then the int and double host scratch. */
 export const MAX_ARRAYS = 6;
 const ID_I32 = MAX_ARRAYS;
@@ -32,7 +39,7 @@ export const MAX_PARAMS = 31;
 const SCRATCH_PARAM = 31;
 const OP_QUIT = -1;
 const SPIN_WORKER = 20000;
-const SPIN_MAIN = 200000;
+const SPIN_MAIN = 20000;
 const READY_TIMEOUT_MS = 20000;
 
 interface WorkerData {
@@ -40,7 +47,7 @@ interface WorkerData {
   ctrl: SharedArrayBuffer;
   params: SharedArrayBuffer;
   ids: SharedArrayBuffer;
-  ranges: SharedArrayBuffer;
+  chunks: SharedArrayBuffer;
   index: number;
   spin: number;
   /** The SIMD module's bytes, or null when SIMD kernels are off. */
@@ -60,7 +67,7 @@ function workerMain(
   const ctrl = new Int32Array(data.ctrl);
   const params = new Float64Array(data.params);
   const ids = new Int32Array(data.ids);
-  const ranges = new Int32Array(data.ranges);
+  const chunks = new Int32Array(data.chunks);
   const me = data.index;
   const storages = new Map<number, SharedArrayBuffer>();
   const f32 = new Map<number, Float32Array>();
@@ -98,8 +105,10 @@ function workerMain(
       const i32 = intSab !== undefined ? new Int32Array(intSab) : new Int32Array(0);
       const f64 = dblSab !== undefined ? new Float64Array(dblSab) : new Float64Array(0);
       if (sc.length < params[31]) sc = new Float32Array(params[31]);
-      const r = me * 4;
-      run(op, f, i32, f64, sc, simd, params, ranges[r], ranges[r + 1], ranges[r + 2], ranges[r + 3]);
+      const n = Atomics.load(ctrl, 6); // CHUNKS
+      for (let c = Atomics.add(ctrl, 5, 1); c < n; c = Atomics.add(ctrl, 5, 1)) { // NEXT
+        run(op, f, i32, f64, sc, simd, params, chunks[4 * c], chunks[4 * c + 1], chunks[4 * c + 2], chunks[4 * c + 3]);
+      }
     } catch (e) {
       port.postMessage(`worker ${me}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
       Atomics.store(ctrl, 3, 1); // ERR
@@ -124,7 +133,7 @@ export class WorkerPool {
   private readonly ctrl: Int32Array;
   private readonly params: Float64Array;
   private readonly ids: Int32Array;
-  private readonly ranges: Int32Array;
+  private readonly chunks: Int32Array;
   private readonly storageIds = new WeakMap<ArrayBufferLike, number>();
   private readonly finalizer: FinalizationRegistry<number>;
   private nextId = 0;
@@ -139,17 +148,17 @@ export class WorkerPool {
     this.ctrl = new Int32Array(new SharedArrayBuffer(CTRL_INTS * 4));
     this.params = new Float64Array(new SharedArrayBuffer((MAX_PARAMS + 1) * 8));
     this.ids = new Int32Array(new SharedArrayBuffer((MAX_ARRAYS + 2) * 4));
-    this.ranges = new Int32Array(new SharedArrayBuffer(threads * 4 * 4));
+    this.chunks = new Int32Array(new SharedArrayBuffer(MAX_CHUNKS * 4 * 4));
     const channel = new MessageChannel();
     this.port = channel.port1;
     this.port.unref();
     const code = workerSource();
     for (let i = 1; i < threads; i++) {
-      // Every worker reads registrations from one shared port: each needs its own channel.
+      // A MessagePort has one receiver: each worker gets its own registration channel.
       const ch = i === 1 ? channel : new MessageChannel();
       const workerData: WorkerData = {
         port: ch.port2, ctrl: this.ctrl.buffer as SharedArrayBuffer, params: this.params.buffer as SharedArrayBuffer,
-        ids: this.ids.buffer as SharedArrayBuffer, ranges: this.ranges.buffer as SharedArrayBuffer, index: i,
+        ids: this.ids.buffer as SharedArrayBuffer, chunks: this.chunks.buffer as SharedArrayBuffer, index: i,
         spin: SPIN_WORKER, simdBytes,
       };
       const worker = new Worker(code, { eval: true, workerData, transferList: [ch.port2] });
@@ -206,13 +215,13 @@ export class WorkerPool {
   }
 
   /**
-   * Runs op on every participant. arrays are whole storages; params numeric arguments; ranges
-   * holds [lo, hi, c0, c1] per participant (participant 0 = this thread); scratch the floats of
-   * scratch each participant needs.
+   * Runs op over its chunks on every participant. arrays are whole storages; params numeric
+   * arguments; chunks holds [lo, hi, c0, c1] per chunk (at most MAX_CHUNKS); scratch the floats
+   * of scratch each participant needs.
    */
   run(
     op: number, arrays: readonly Float32Array[], i32: Int32Array | null, f64: Float64Array | null,
-    params: readonly number[], ranges: Int32Array, scratch: number,
+    params: readonly number[], chunks: Int32Array, scratch: number,
   ): void {
     if (this.closed) throw new Error('cpu pool: used after close()');
     if (!this.ready) this.waitReady();
@@ -223,33 +232,40 @@ export class WorkerPool {
     const p = this.params;
     for (let i = 0; i < params.length; i++) p[i] = params[i];
     p[SCRATCH_PARAM] = scratch;
-    this.ranges.set(ranges);
+    const nChunks = chunks.length >> 2;
+    if (nChunks > MAX_CHUNKS) throw new Error(`cpu pool: ${nChunks} chunks, at most ${MAX_CHUNKS}`);
+    this.chunks.set(chunks);
     const ctrl = this.ctrl;
     Atomics.store(ctrl, DONE, 0);
     Atomics.store(ctrl, OP, op);
+    Atomics.store(ctrl, NEXT, 0);
+    Atomics.store(ctrl, CHUNKS, nChunks);
     Atomics.add(ctrl, GEN, 1);
     Atomics.notify(ctrl, GEN);
     if (this.mainScratch.length < scratch) this.mainScratch = new Float32Array(scratch);
     let mainError: unknown;
     try {
-      runKernel(op, arrays as Float32Array[], i32 ?? this.hostInts, f64 ?? this.hostDoubles, this.mainScratch, this.simd, p,
-        ranges[0], ranges[1], ranges[2], ranges[3]);
+      const fs = arrays as Float32Array[], ints = i32 ?? this.hostInts, dbls = f64 ?? this.hostDoubles;
+      for (let c = Atomics.add(ctrl, NEXT, 1); c < nChunks; c = Atomics.add(ctrl, NEXT, 1)) {
+        runKernel(op, fs, ints, dbls, this.mainScratch, this.simd, p, chunks[4 * c], chunks[4 * c + 1], chunks[4 * c + 2], chunks[4 * c + 3]);
+      }
     } catch (e) {
       mainError = e;
     }
     const n = this.workers.length;
     for (let s = 0; s < SPIN_MAIN && Atomics.load(ctrl, DONE) < n; s++);
     for (let d = Atomics.load(ctrl, DONE); d < n; d = Atomics.load(ctrl, DONE)) Atomics.wait(ctrl, DONE, d);
-    if (mainError !== undefined) throw mainError;
+    let workerError: Error | undefined;
     if (Atomics.load(ctrl, ERR) !== 0) {
       Atomics.store(ctrl, ERR, 0);
       const msgs: string[] = [];
-      for (let m = receiveMessageOnPort(this.port); m !== undefined; m = receiveMessageOnPort(this.port)) msgs.push(String(m.message));
-      for (const port of this.extraPorts) {
+      for (const port of [this.port, ...this.extraPorts]) {
         for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) msgs.push(String(m.message));
       }
-      throw new Error(`cpu pool: ${msgs.join('; ') || 'a worker failed'}`);
+      workerError = new Error(`cpu pool: ${msgs.join('; ') || 'a worker failed'}`);
     }
+    if (mainError !== undefined) throw mainError;
+    if (workerError !== undefined) throw workerError;
   }
 
   /** Ends the workers. */

@@ -3,7 +3,7 @@
 // GEMM, queued on one stream. Nothing waits for the GPU except download, scoreLogits and
 // synchronize. Host integer inputs (ids, positions, targets) are staged through pinned memory.
 
-import type { AttentionShape, ComputeDType, Device, ScoredRows, Tensor } from '../device.js';
+import type { AttentionShape, ComputeDType, Device, FakeQuantSpec, ScoredRows, Tensor } from '../device.js';
 import { CublasLt } from './cublaslt.js';
 import { CudaDriver, type DevicePtr, type GpuInfo, type Handle } from './driver.js';
 import { CudaError } from './errors.js';
@@ -72,7 +72,45 @@ export class CudaGraph {
   }
 }
 
+/** Next-token choice on the device (sampleAt): temperature 0 or topK 1 = greedy. */
+export interface DeviceSampling {
+  temperature: number;
+  /** Keep tokens whose logit is ≥ the topK-th largest; 0 = all. */
+  topK: number;
+  /** 32-bit seed of the per-(step, row) uniform draws. */
+  seed: number;
+}
+
+/** One op's GPU time from profile(): its kernel (or GEMM) name and milliseconds between its events. */
+export interface ProfiledOp {
+  name: string;
+  ms: number;
+}
+
+/** A device → host read of int32 values in flight (readIntsAsync); wait() returns them. */
+export class PendingInts {
+  constructor(
+    private readonly device: CudaDevice,
+    private readonly event: Handle,
+    private readonly host: Int32Array,
+  ) {}
+
+  wait(): Int32Array {
+    this.device.driver.synchronizeEvent(this.event);
+    return this.host.slice();
+  }
+}
+
 const STAGING_BYTES = 4 * 1024 * 1024;
+/** Pinned slots for readIntsAsync (each a step's tokens). */
+const READBACK_SLOTS = 8;
+const READBACK_SLOT_BYTES = 64 * 1024;
+/** Split-KV decode attention partials (per split: normalized output + max + sum per row and head). */
+const ATTENTION_SCRATCH_BYTES = 32 * 1024 * 1024;
+const SPLIT_MIN_KEYS = 32;
+const SPLIT_MAX = 64;
+const SPLIT_GROUP_MAX = 8;
+const GEMV_WARPS = 8;
 const UPLOAD_CHUNK_ELEMENTS = 16 * 1024 * 1024;
 const DECODE_MAX_SEQ_Q = 8;
 const PREFILL_QUERY_TILE = 16;
@@ -142,6 +180,13 @@ export class CudaDevice implements Device {
   private capturing = false;
   private tensorBytes = 0;
   private peakTensorBytes = 0;
+  private readonly attentionScratch: DevicePtr;
+  private readonly readback: { address: bigint; view: Int32Array; events: Handle[]; next: number };
+  /** LLMOPT_CUDA_SIMPLE_ATTENTION=1: the CUDA-core attention kernels only (A/B comparisons). */
+  private readonly simpleAttention = process.env.LLMOPT_CUDA_SIMPLE_ATTENTION === '1';
+  /** Largest M that goes to the GEMV kernel instead of cuBLASLt (LLMOPT_CUDA_GEMV_MAX_M, default 8, 0 = never). */
+  private readonly gemvMaxM = Math.min(8, Number(process.env.LLMOPT_CUDA_GEMV_MAX_M ?? 8));
+  private profileEvents: { name: string; start: Handle; end: Handle }[] | undefined;
 
   constructor(opts: CudaDeviceOptions = {}) {
     this.dtype = opts.dtype ?? 'bf16';
@@ -155,6 +200,24 @@ export class CudaDevice implements Device {
     this.kernels = new KernelLibrary(this.driver, this.nvrtc, arch);
     const pinned = this.driver.allocPinned(STAGING_BYTES);
     this.staging = new IntStaging(this.driver, pinned.address, pinned.buffer, this.driver.allocPermanent(STAGING_BYTES), STAGING_BYTES);
+    this.attentionScratch = this.driver.allocPermanent(ATTENTION_SCRATCH_BYTES);
+    const rb = this.driver.allocPinned(READBACK_SLOTS * READBACK_SLOT_BYTES);
+    this.readback = { address: rb.address, view: new Int32Array(rb.buffer), events: [], next: 0 };
+    const self = this;
+    this.kernels.profiler = {
+      begin(name: string) {
+        if (self.profileEvents === undefined) return;
+        const start = self.driver.createEvent();
+        self.driver.recordEvent(start);
+        self.profileEvents.push({ name, start, end: start });
+      },
+      end() {
+        const last = self.profileEvents?.[self.profileEvents.length - 1];
+        if (last === undefined) return;
+        last.end = self.driver.createEvent();
+        self.driver.recordEvent(last.end);
+      },
+    };
     this.info = {
       ...this.driver.info,
       arch,
@@ -296,7 +359,16 @@ export class CudaDevice implements Device {
       if (bc) for (let m = 0; m < M; m++) this.addInPlace(this.rows(o, m, 1), this.view(bc, [1, N]));
       return;
     }
+    if (M <= this.gemvMaxM) {
+      const vec = this.dtype === 'f32' ? 4 : 8;
+      const vectorized = K % vec === 0 && xc.ptr % 16n === 0n && wc.ptr % 16n === 0n ? 1 : 0;
+      const k = this.kernel('gemv', `gemv_${this.suffix}_m${M}`, 'ppppiii');
+      this.kernels.launch(k, [Math.ceil(N / GEMV_WARPS)], [GEMV_WARPS * 32], 0, [o.ptr, xc.ptr, wc.ptr, bc?.ptr ?? 0n, N, K, vectorized]);
+      return;
+    }
+    this.kernels.profiler?.begin(`cublasLt gemm M${M} N${N} K${K}`);
     this.blas.matmul(this.dtype, M, N, K, o.ptr, xc.ptr, wc.ptr, bc?.ptr);
+    this.kernels.profiler?.end();
   }
 
   addInPlace(x: Tensor, y: Tensor): void {
@@ -381,13 +453,42 @@ export class CudaDevice implements Device {
     const D = headDim <= 32 ? 32 : headDim <= 64 ? 64 : headDim <= 128 ? 128 : 256;
     const args: KernelArg[] = [o.ptr, qc.ptr, kc.ptr, vc.ptr, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window, kvLens];
     const sig = 'ppppiiiiiifip';
-    if (seqQ < DECODE_MAX_SEQ_Q) {
+    if (seqQ < DECODE_MAX_SEQ_Q && !this.simpleAttention) {
+      this.launchSplitDecode(shape, D, args);
+    } else if (seqQ < DECODE_MAX_SEQ_Q) {
       const kern = this.kernel('attention', `attention_decode_${this.suffix}_d${D}`, sig);
       this.kernels.launch(kern, [batch * seqQ, nHead], [256], 0, args);
+    } else if (!this.simpleAttention && this.dtype !== 'f32' && (headDim === 64 || headDim === 128) &&
+      [o, qc, kc, vc].every((t) => t.ptr % 16n === 0n)) {
+      const kern = this.kernel('flash', `attention_prefill_mma_${this.suffix}_d${headDim}`, sig);
+      const shared = 3 * 64 * (headDim + 8) * 2;
+      this.kernels.launch(kern, [Math.ceil(seqQ / 64), nHead, batch], [128], shared, args);
     } else {
       const kern = this.kernel('attention', `attention_prefill_${this.suffix}_d${D}`, sig);
       const shared = (PREFILL_KEY_TILE * (D + 1) + PREFILL_KEY_TILE * D + PREFILL_QUERY_TILE * D) * 4;
       this.kernels.launch(kern, [Math.ceil(seqQ / PREFILL_QUERY_TILE), nHead, batch], [128], shared, args);
+    }
+  }
+
+  /**
+   * Decode attention (seqQ < 8) split over the keys: enough blocks to fill the GPU even at batch 1;
+   * partial results go to the fixed scratch buffer (graph-safe: it never moves) and are combined.
+   */
+  private launchSplitDecode(shape: AttentionShape, D: number, args: KernelArg[]): void {
+    const { batch, seqQ, kvLen, nHead, nKvHead, headDim } = shape;
+    const rows = batch * seqQ;
+    const chunks = Math.ceil(nHead / nKvHead / SPLIT_GROUP_MAX);
+    const blocks = rows * nKvHead * chunks;
+    let splits = Math.max(1, Math.min(SPLIT_MAX, Math.ceil((2 * this.info.multiprocessors) / blocks), Math.ceil(kvLen / SPLIT_MIN_KEYS)));
+    const bytesPerSplit = rows * nHead * (headDim + 2) * 4;
+    splits = Math.max(1, Math.min(splits, Math.floor(ATTENTION_SCRATCH_BYTES / bytesPerSplit)));
+    const partO = this.attentionScratch;
+    const partML = partO + BigInt(roundUp(rows * nHead * splits * headDim * 4, 256));
+    const k = this.kernel('attention', `attention_decode_split_${this.suffix}_d${D}`, 'ppppppiiiiiifipi');
+    this.kernels.launch(k, [splits, nKvHead * chunks, rows], [128], 0, [partO, partML, ...args, splits]);
+    if (splits > 1) {
+      const c = this.kernel('attention', `attention_combine_${this.suffix}`, 'pppiii');
+      this.kernels.launch(c, [nHead, rows], [rowThreads(headDim, 256)], 0, [args[0]!, partO, partML, nHead, headDim, splits]);
     }
   }
 
@@ -422,6 +523,17 @@ export class CudaDevice implements Device {
     const xc = this.tensor(x, 'geluTanh', 'x');
     if (o.size !== xc.size) throw new Error(`geluTanh: shape mismatch: out ${fmtShape(o)}, x ${fmtShape(xc)}`);
     this.launch1d(this.kernel('elementwise', `gelu_tanh_${this.suffix}`, 'ppq'), o.size, [o.ptr, xc.ptr, o.size]);
+  }
+
+  fakeQuantRows(x: Tensor, spec: FakeQuantSpec): void {
+    const xc = this.tensor(x, 'fakeQuantRows', 'x');
+    if (spec.format !== 'int8' && spec.format !== 'fp8_e4m3') throw new Error(`fakeQuantRows: unknown format ${String(spec.format)}`);
+    if (spec.scale !== undefined && !(spec.scale > 0 && Number.isFinite(spec.scale))) {
+      throw new Error(`fakeQuantRows: static scale must be a positive finite number, got ${spec.scale}`);
+    }
+    if (xc.size === 0) return;
+    const k = this.kernel('fakequant', `fake_quant_rows_${this.suffix}`, 'piid');
+    this.kernels.launch(k, [xc.rowCount], [rowThreads(xc.cols, 1024)], 0, [xc.ptr, xc.cols, spec.format === 'fp8_e4m3' ? 1 : 0, spec.scale ?? 0]);
   }
 
   scoreLogits(logits: Tensor, targets: Int32Array, baseline?: Tensor): ScoredRows {
@@ -508,6 +620,94 @@ export class CudaDevice implements Device {
     }
     const k = this.kernel('embedding', `embedding_${this.suffix}`, 'pppi');
     this.kernels.launch(k, [o.rowCount], [rowThreads(tb.cols, 256)], 0, [o.ptr, tb.ptr, ids.ptr, tb.cols]);
+  }
+
+  /** addEmbedding with the ids read on the device (GPT-2 learned positions in a replayed step). */
+  addEmbeddingAt(out: Tensor, table: Tensor, ids: CudaInts): void {
+    const o = this.tensor(out, 'addEmbeddingAt', 'out');
+    const tb = this.tensor(table, 'addEmbeddingAt', 'table');
+    this.ints(ids, 'addEmbeddingAt', 'ids');
+    if (o.cols !== tb.cols || o.rowCount > ids.length) {
+      throw new Error(`addEmbeddingAt: shape mismatch: out ${fmtShape(o)}, table ${fmtShape(tb)}, ${ids.length} ids`);
+    }
+    const k = this.kernel('embedding', `add_embedding_${this.suffix}`, 'pppi');
+    this.kernels.launch(k, [o.rowCount], [rowThreads(tb.cols, 256)], 0, [o.ptr, tb.ptr, ids.ptr, tb.cols]);
+  }
+
+  /**
+   * The next token of each row of logits [rows, V], chosen on the device (kernels/sample.cu): written
+   * to ids[row] and, when given, history[step * rows + row] (step read from step[0]; rows past
+   * historyCap steps are not recorded).
+   */
+  sampleAt(logits: Tensor, sampling: DeviceSampling, ids: CudaInts, step: CudaInts, history?: CudaInts): void {
+    const l = this.tensor(logits, 'sampleAt', 'logits');
+    this.ints(ids, 'sampleAt', 'ids');
+    this.ints(step, 'sampleAt', 'step');
+    if (history !== undefined) this.ints(history, 'sampleAt', 'history');
+    const rows = l.rowCount;
+    if (ids.length < rows) throw new Error(`sampleAt: ${ids.length} ids for ${rows} rows`);
+    const { temperature, topK, seed } = sampling;
+    if (!(temperature >= 0 && Number.isFinite(temperature)) || !Number.isInteger(topK) || topK < 0) {
+      throw new Error(`sampleAt: bad sampling ${JSON.stringify(sampling)}`);
+    }
+    const k = this.kernel('sample', `sample_rows_${this.suffix}`, 'pifiipppi');
+    const invTemp = temperature === 0 ? 0 : 1 / temperature;
+    const cap = history !== undefined ? Math.floor(history.length / Math.max(rows, 1)) : 0;
+    this.kernels.launch(k, [rows], [1024], 0, [l.ptr, l.cols, invTemp, topK, seed | 0, ids.ptr, history?.ptr ?? 0n, step.ptr, cap]);
+  }
+
+  /** positions[b] += 1 and kvLens[b] += 1 for b < batch, step[0] += 1 (the end of a replayed decode step). */
+  decodeAdvance(positions: CudaInts, kvLens: CudaInts, step: CudaInts, batch: number): void {
+    this.ints(positions, 'decodeAdvance', 'positions');
+    this.ints(kvLens, 'decodeAdvance', 'kvLens');
+    this.ints(step, 'decodeAdvance', 'step');
+    if (positions.length < batch || kvLens.length < batch) throw new Error(`decodeAdvance: buffers shorter than batch ${batch}`);
+    const k = this.kernel('sample', 'decode_advance', 'pppi');
+    this.kernels.launch(k, [1], [Math.min(1024, roundUp(Math.max(batch, 1), 32))], 0, [positions.ptr, kvLens.ptr, step.ptr, batch]);
+  }
+
+  /**
+   * Queues a copy of src[offset, offset + count) to pinned host memory; wait() on the result blocks
+   * until it has arrived (work queued after it keeps running). At most 8 reads may be pending.
+   */
+  readIntsAsync(src: CudaInts, offset: number, count: number): PendingInts {
+    this.noCapture('readIntsAsync');
+    this.ints(src, 'readIntsAsync', 'src');
+    if (!(offset >= 0 && count >= 0 && offset + count <= src.length) || count * 4 > READBACK_SLOT_BYTES) {
+      throw new Error(`readIntsAsync: [${offset}, ${offset + count}) of ${src.length} values (at most ${READBACK_SLOT_BYTES / 4})`);
+    }
+    const rb = this.readback;
+    const slot = rb.next;
+    rb.next = (slot + 1) % READBACK_SLOTS;
+    rb.events[slot] ??= this.driver.createEvent();
+    const hostAddress = rb.address + BigInt(slot * READBACK_SLOT_BYTES);
+    this.driver.copyToHostAsync(hostAddress, src.ptr + BigInt(offset * 4), count * 4);
+    this.driver.recordEvent(rb.events[slot]);
+    const start = (slot * READBACK_SLOT_BYTES) / 4;
+    return new PendingInts(this, rb.events[slot], rb.view.subarray(start, start + count));
+  }
+
+  /**
+   * Runs `record` eagerly with an event pair around every kernel launch and GEMM, then returns each
+   * op's GPU time in launch order (a per-kernel breakdown; JS gaps between ops are not counted).
+   */
+  profile(record: () => void): ProfiledOp[] {
+    this.noCapture('profile');
+    this.driver.synchronize();
+    const events: { name: string; start: Handle; end: Handle }[] = [];
+    this.profileEvents = events;
+    try {
+      record();
+    } finally {
+      this.profileEvents = undefined;
+    }
+    this.driver.synchronize();
+    const ops = events.map((e) => ({ name: e.name, ms: e.end === e.start ? 0 : this.driver.elapsedMs(e.start, e.end) }));
+    for (const e of events) {
+      this.driver.destroyEvent(e.start);
+      if (e.end !== e.start) this.driver.destroyEvent(e.end);
+    }
+    return ops;
   }
 
   /** rope with row r's position read on the device (positions[r]); positions must be < cos rows. */

@@ -256,6 +256,12 @@ export class CudaDriver {
     this.synchronize();
   }
 
+  /** Device → pinned host memory on the stream, without waiting (pair with an event). */
+  copyToHostAsync(dst: bigint, src: DevicePtr, bytes: number): void {
+    if (bytes === 0) return;
+    this.check(this.fn.cuMemcpyDtoHAsync(dst, src, bytes, this.stream), `cuMemcpyDtoHAsync(${bytes} bytes)`);
+  }
+
   copyDeviceToDevice(dst: DevicePtr, src: DevicePtr, bytes: number): void {
     if (bytes === 0) return;
     this.check(this.fn.cuMemcpyDtoDAsync(dst, src, bytes, this.stream), `cuMemcpyDtoDAsync(${bytes} bytes)`);
@@ -313,6 +319,11 @@ export class CudaDriver {
     const ms = new Float32Array(1);
     this.check(this.fn.cuEventElapsedTime(ms, start, end), 'cuEventElapsedTime');
     return ms[0];
+  }
+
+  /** Waits until the work queued before `event` was recorded is done. */
+  synchronizeEvent(event: Handle): void {
+    this.check(this.fn.cuEventSynchronize(event), 'cuEventSynchronize');
   }
 
   destroyEvent(event: Handle): void {

@@ -13,7 +13,7 @@ import { CudaUnavailableError } from './errors.js';
 import type { CudaDriver, Handle } from './driver.js';
 import type { Nvrtc } from './nvrtc.js';
 
-/** One character per kernel argument: p = device pointer, i = int32, q = int64, f = float32. */
+/** One character per kernel argument: p = device pointer, i = int32, q = int64, f = float32, d = float64. */
 export type ArgSignature = string;
 export type KernelArg = bigint | number;
 
@@ -44,8 +44,15 @@ export class Kernel {
   ) {}
 }
 
+/** Receives every launch when set (CudaDevice.profile): begin before the launch, end after it. */
+export interface LaunchProfiler {
+  begin(name: string): void;
+  end(): void;
+}
+
 export class KernelLibrary {
   readonly dir: string;
+  profiler: LaunchProfiler | undefined;
   readonly arch: string;
   private readonly headers: Record<string, string> = {};
   private readonly modules = new Map<string, Handle>();
@@ -121,6 +128,9 @@ export class KernelLibrary {
         case 102: // f
           view.setFloat32(i * 8, a as number, true);
           break;
+        case 100: // d
+          view.setFloat64(i * 8, a as number, true);
+          break;
         default:
           throw new Error(`kernel ${kernel.name}: bad signature "${sig}"`);
       }
@@ -132,9 +142,11 @@ export class KernelLibrary {
     const gx = grid[0], gy = grid[1] ?? 1, gz = grid[2] ?? 1;
     const bx = block[0], by = block[1] ?? 1, bz = block[2] ?? 1;
     if (gx === 0 || gy === 0 || gz === 0) return; // nothing to do
+    this.profiler?.begin(kernel.name);
     const status = this.driver.fn.cuLaunchKernel(
       kernel.handle, gx, gy, gz, bx, by, bz, sharedBytes, this.driver.stream, this.argPointers, null,
     ) as number;
+    this.profiler?.end();
     if (status !== 0) {
       this.driver.check(status, `cuLaunchKernel(${kernel.name}, grid [${gx},${gy},${gz}], block [${bx},${by},${bz}], shared ${sharedBytes})`);
     }

@@ -10,26 +10,28 @@ export const MATMUL_ROWS = 4;
 export const MATMUL_COLS = 8;
 
 /**
- * matmul(x, wp, bias, o, M, Np, K): o[M, Np] = x[M, K] · wᵀ + bias, where wp is w packed in
- * blocks of MATMUL_COLS columns, [Np / COLS][K][COLS], and bias is [Np]. M is a multiple of
- * MATMUL_ROWS, Np of MATMUL_COLS. Each k step splats one x value per row and multiplies it
- * into the row's column vectors: ROWS × COLS/4 accumulators stay in registers.
+ * matmul(x, wp, bias, o, M, N, K): o[M, N] = x[M, K] · wᵀ + bias, where wp is w packed in
+ * blocks of MATMUL_COLS columns, [Np / COLS][K][COLS] with Np = N rounded up to COLS (zero
+ * columns), and bias is [Np]. M is a multiple of MATMUL_ROWS. o has row stride N: the last,
+ * partial column block is stored lane by lane. Each k step splats one x value per row and
+ * multiplies it into the row's column vectors: ROWS × COLS/4 accumulators stay in registers.
  */
 function matmulFn(R: number, W: number): Fn {
   const CV = W / 4;
   const f = new Fn('matmul', [I32, I32, I32, I32, I32, I32, I32]);
-  const [x, wp, bias, o, M, Np, K] = [0, 1, 2, 3, 4, 5, 6];
+  const [x, wp, bias, o, M, N, K] = [0, 1, 2, 3, 4, 5, 6];
   const r = f.local(I32), cb = f.local(I32), kp = f.local(I32), wpp = f.local(I32), K4 = f.local(I32);
   const xr = Array.from({ length: R }, () => f.local(I32));
-  const orow = f.local(I32);
+  const orow = f.local(I32), N4 = f.local(I32), left = f.local(I32);
   const acc = Array.from({ length: R }, () => Array.from({ length: CV }, () => f.local(V128)));
   const wv = Array.from({ length: CV }, () => f.local(V128));
   const s = f.local(V128);
   f.get(K).i32(2).i32Shl().set(K4);
+  f.get(N).i32(2).i32Shl().set(N4);
   f.forLoop(r, () => f.i32(0), () => f.get(M), R, () => {
     f.get(r).get(K4).i32Mul().get(x).i32Add().set(xr[0]);
     for (let i = 1; i < R; i++) f.get(xr[i - 1]).get(K4).i32Add().set(xr[i]);
-    f.forLoop(cb, () => f.i32(0), () => f.get(Np), W, () => {
+    f.forLoop(cb, () => f.i32(0), () => f.get(N), W, () => {
       for (let c = 0; c < CV; c++) {
         f.get(bias).get(cb).i32(2).i32Shl().i32Add().v128Load(16 * c).set(acc[0][c]);
         for (let i = 1; i < R; i++) f.get(acc[0][c]).set(acc[i][c]);
@@ -43,40 +45,31 @@ function matmulFn(R: number, W: number): Fn {
         }
         f.inc(wpp, 4 * W);
       });
-      // o + ((r + i) * Np + cb) * 4
-      f.get(r).get(Np).i32Mul().get(cb).i32Add().i32(2).i32Shl().get(o).i32Add().set(orow);
-      for (let i = 0; i < R; i++) {
-        for (let c = 0; c < CV; c++) f.get(orow).get(acc[i][c]).v128Store(16 * c);
-        if (i + 1 < R) f.get(orow).get(Np).i32(2).i32Shl().i32Add().set(orow);
-      }
+      // o + (r · N + cb) · 4
+      f.get(r).get(N).i32Mul().get(cb).i32Add().i32(2).i32Shl().get(o).i32Add().set(orow);
+      f.get(N).get(cb).i32Sub().set(left);
+      f.block(() => {
+        f.block(() => {
+          f.get(left).i32(W).i32LtS().brIf(0);
+          for (let i = 0; i < R; i++) {
+            for (let c = 0; c < CV; c++) f.get(orow).get(acc[i][c]).v128Store(16 * c);
+            if (i + 1 < R) f.get(orow).get(N4).i32Add().set(orow);
+          }
+          f.br(1);
+        });
+        // partial block: lanes c < left
+        for (let i = 0; i < R; i++) {
+          for (let c = 0; c < W; c++) {
+            f.get(left).i32(c).i32GtS().ifThen(() => {
+              f.get(orow).get(acc[i][c >> 2]).f32x4ExtractLane(c & 3).f32Store(4 * c);
+            });
+          }
+          if (i + 1 < R) f.get(orow).get(N4).i32Add().set(orow);
+        }
+      });
     });
   });
   return f;
-}
-
-/** Constants of emitExp, hoisted into v128 locals by `expConstants`. */
-interface ExpConstants {
-  log2e: number; negLog2e: number; minExp: number; maxExp: number; ln2: number; magic: number; bias: number;
-  coef: number[];
-}
-
-const EXP_COEFFICIENTS = [1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1, 1];
-/** 1.5 · 2^23: adding it rounds an f32 to an integer held in the low mantissa bits. */
-const ROUND_MAGIC = 12582912;
-
-function expConstants(f: Fn): ExpConstants {
-  const splat = (x: number) => {
-    const l = f.local(V128);
-    f.f32(x).f32x4Splat().set(l);
-    return l;
-  };
-  const bias = f.local(V128);
-  f.i32(127 - 0x4b400000).i32x4Splat().set(bias);
-  return {
-    log2e: splat(Math.LOG2E), negLog2e: splat(-Math.LOG2E), minExp: splat(-127), maxExp: splat(128), ln2: splat(Math.LN2),
-    magic: splat(ROUND_MAGIC), bias,
-    coef: EXP_COEFFICIENTS.map(splat),
-  };
 }
 
 /**
@@ -100,24 +93,52 @@ function packFn(W: number): Fn {
   return f;
 }
 
+/** Constants of emitExp, hoisted into v128 locals by `expConstants`. */
+interface ExpConstants {
+  negLog2e: number; minExp: number; maxExp: number; magic: number; bias: number; coef: number[];
+}
+
 /**
- * Emits e^x (or e^-x with `negate`) for the f32x4 in local `x` into local `out`: 2^n · 2^f with
- * t = ±x·log2 e clamped to [-127, 128], n = round(t) (via ROUND_MAGIC, whose bits also give n
- * as an integer), f = t - n, |f| ≤ 1/2, and 2^f from the degree-6 Taylor series of e^(f ln 2)
- * (relative error ≈ 1e-7). n = -127 builds the exponent bits 0 (exactly 0), n = 128 those of
- * +inf. Only single-instruction ops (pmax/pmin, no float→int conversion): V8 expands wasm's
- * f32x4.max and i32x4.trunc_sat into several instructions each.
+ * 2^f ≈ Σ c_k f^k on [-1/2, 1/2], degree 5, fitted for least maximum relative error (float32
+ * evaluation: ≤ 2.4e-7). Highest degree first, for Horner.
  */
-function emitExp(f: Fn, c: ExpConstants, x: number, out: number, t: number, n: number, negate = false): void {
-  f.get(c.minExp).get(x).get(negate ? c.negLog2e : c.log2e).f32x4Mul().f32x4Pmax();
-  if (negate) f.get(c.maxExp).f32x4Pmin();
-  f.set(t);
-  f.get(t).get(c.magic).f32x4Add().set(n); // bits: 0x4b400000 + round(t)
-  f.get(t).get(n).get(c.magic).f32x4Sub().f32x4Sub().get(c.ln2).f32x4Mul().set(t);
-  // Horner: Σ y^k / k!, k ≤ 6
+const EXP2_COEFFICIENTS = [
+  0.001327647129073739, 0.009675540961325169, 0.05550713092088699, 0.24022120237350464, 0.6931469440460205, 1.0000001192092896,
+];
+/** 1.5 · 2^23: adding it rounds an f32 to an integer held in the low mantissa bits. */
+const ROUND_MAGIC = 12582912;
+
+function expConstants(f: Fn): ExpConstants {
+  const splat = (x: number) => {
+    const l = f.local(V128);
+    f.f32(x).f32x4Splat().set(l);
+    return l;
+  };
+  const bias = f.local(V128);
+  f.i32(127 - 0x4b400000).i32x4Splat().set(bias);
+  return {
+    negLog2e: splat(-Math.LOG2E), minExp: splat(-127), maxExp: splat(128),
+    magic: splat(ROUND_MAGIC), bias, coef: EXP2_COEFFICIENTS.map(splat),
+  };
+}
+
+/**
+ * Emits 2^x ('exp2', lanes ≤ 0) or e^-x ('expNeg', any lanes) for the f32x4 in local `x` into
+ * local `out` (-inf allowed): t = x in log2 units, clamped to ≥ -127
+ * (and ≤ 128 for expNeg); n = round(t) via ROUND_MAGIC, whose bits also give n as an integer;
+ * 2^(t - n) from EXP2_COEFFICIENTS; times 2^n built from exponent bits ((n + 127) << 23):
+ * n = -127 gives exactly 0, n = 128 +inf. Only single-instruction ops (pmax/pmin, no
+ * float→int conversion): V8 expands wasm's f32x4.max and i32x4.trunc_sat into several each.
+ */
+function emitExp(f: Fn, c: ExpConstants, x: number, out: number, t: number, n: number, mode: 'exp2' | 'expNeg'): void {
+  f.get(c.minExp).get(x);
+  if (mode === 'expNeg') f.get(c.negLog2e).f32x4Mul();
+  f.f32x4Pmax();
+  if (mode === 'expNeg') f.get(c.maxExp).f32x4Pmin();
+  f.tee(t).get(c.magic).f32x4Add().set(n); // bits: 0x4b400000 + round(t)
+  f.get(t).get(n).get(c.magic).f32x4Sub().f32x4Sub().set(t);
   f.get(c.coef[0]);
   for (let i = 1; i < c.coef.length; i++) f.get(t).f32x4Mul().get(c.coef[i]).f32x4Add();
-  // × 2^n, built from the exponent bits ((n + 127) << 23)
   f.get(n).get(c.bias).i32x4Add().i32(23).i32x4Shl().f32x4Mul().set(out);
 }
 
@@ -126,7 +147,7 @@ function emitExp(f: Fn, c: ExpConstants, x: number, out: number, t: number, n: n
  * Units as in kernels.ts attentionKernel (4 queries of one sequence and head). q/k/v hold the
  * rows of sequences bStart.. in their original layout; unit u writes its 4 × hd outputs
  * compactly at o + (u - u0) · 16 · hd. The 4 queries are the 4 lanes: qT[d] holds
- * q[·, d] · scale, each key costs hd splat-multiply-adds, S[j] keeps the 4 scores of key j.
+ * q[·, d] · scale · log2 e, each key costs hd splat-multiply-adds, S[j] keeps the 4 scores of key j.
  * hd must be a multiple of 4. With `hdConst` the function only serves that head size and its
  * loops over dimensions are unrolled (qT kept in registers when hd ≤ 8).
  */
@@ -149,6 +170,9 @@ function attentionFn(hdConst: number | null): Fn {
   const pj = V();
   const qTRegs = hdConst !== null && hdConst <= 8 ? Array.from({ length: hdConst }, () => V()) : null;
   const ec = expConstants(f);
+  // Scores are kept in log2 units (q scaled by scale · log2 e), so the softmax takes 2^(s - max).
+  const scale2 = f.local(F32);
+  f.get(scale).f32(Math.LOG2E).f32Mul().set(scale2);
 
   f.get(seqQ).i32(3).i32Add().i32(2).i32ShrS().set(qBlocks);
   f.get(nHead).get(hd).i32Mul().i32(2).i32Shl().set(qRowB);
@@ -267,7 +291,7 @@ function attentionFn(hdConst: number | null): Fn {
     }
     f.get(qT).set(qp);
     f.forLoop(d, () => f.i32(0), () => f.get(hd4), 4, () => {
-      for (let i = 0; i < 4; i++) f.get(qp).get(qr[i]).get(d).i32Add().f32Load().get(scale).f32Mul().f32Store(4 * i);
+      for (let i = 0; i < 4; i++) f.get(qp).get(qr[i]).get(d).i32Add().f32Load().get(scale2).f32Mul().f32Store(4 * i);
       f.inc(qp, 16);
     });
     if (qTRegs !== null) qTRegs.forEach((r, dd) => f.get(qT).v128Load(16 * dd).set(r));
@@ -284,7 +308,7 @@ function attentionFn(hdConst: number | null): Fn {
     f.get(jLo).i32(4).i32Shl().get(S).i32Add().set(sp);
     f.forLoop(j, () => f.get(jLo), () => f.get(jHi), 1, () => {
       f.get(sp).v128Load().get(mvec).f32x4Sub().set(acc);
-      emitExp(f, ec, acc, e, t, n);
+      emitExp(f, ec, acc, e, t, n, 'exp2');
       f.get(sp).get(e).v128Store();
       f.get(sum).get(e).f32x4Add().set(sum);
       f.inc(sp, 16);
@@ -320,7 +344,7 @@ function siluMulFn(): Fn {
   f.f32(1).f32x4Splat().set(one);
   f.forLoop(i, () => f.i32(0), () => f.get(n).i32(2).i32Shl(), 16, () => {
     f.get(g).get(i).i32Add().v128Load().set(gv);
-    emitExp(f, ec, gv, e, t, m, true);
+    emitExp(f, ec, gv, e, t, m, 'expNeg');
     f.get(o).get(i).i32Add();
     f.get(gv).get(u).get(i).i32Add().v128Load().f32x4Mul();
     f.get(one).get(e).f32x4Add().f32x4Div();

@@ -189,6 +189,136 @@ __device__ __forceinline__ void attention_decode(T* out, const T* q, const T* k,
   }
 }
 
+// split-KV decode (flash-decoding) for small seqQ: block = (KV split, KV head [x group chunk], query row).
+// The query heads of one KV head (GQA group, up to GMAX at a time) share every K/V row the block reads,
+// and a row's keys are cut into `splits` contiguous ranges so that even batch 1 fills the GPU. With one
+// split the block writes the output; otherwise each split writes its normalized partial output and
+// (max, sum) to partO/partML, and attention_combine merges them. Lane l holds dims [l*DL, l*DL + DL).
+namespace splitkv {
+constexpr int NW = 4;
+constexpr int GMAX = 8;
+}  // namespace splitkv
+
+template <typename T, int D>
+__device__ __forceinline__ void attention_decode_split(float* partO, float* partML, T* out, const T* q, const T* k,
+                                                       const T* v, int seqQ, int kvLen, int kvStride, int nHead,
+                                                       int nKvHead, int headDim, float scale, int window,
+                                                       const int* kvLens, int splits) {
+  using namespace splitkv;
+  constexpr int DL = D / 32;
+  __shared__ float smM[NW][GMAX], smL[NW][GMAX];
+  __shared__ float smAcc[NW][GMAX][D];
+  const int G = nHead / nKvHead, chunks = (G + GMAX - 1) / GMAX;
+  const int kvh = blockIdx.y / chunks, h0 = kvh * G + (blockIdx.y % chunks) * GMAX;
+  const int ng = imin(GMAX, kvh * G + G - h0);
+  const int split = blockIdx.x, bt = blockIdx.z, b = bt / seqQ, t = bt % seqQ;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const long long qStride = (long long)nHead * headDim, kStride = (long long)nKvHead * headDim;
+  const int p = (kvLens != nullptr ? kvLens[b] : kvLen) - seqQ + t;
+  const int kBegin = window > 0 ? imax(0, p - window + 1) : 0;
+  const int per = (p - kBegin + 1 + splits - 1) / splits;
+  const int ks = kBegin + split * per, ke = imin(p + 1, ks + per);
+
+  float qr[GMAX][DL], acc[GMAX][DL], m[GMAX], l[GMAX];
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g) {
+    m[g] = -INF_F;
+    l[g] = 0.f;
+    const T* qp = q + (long long)bt * qStride + (long long)(h0 + g) * headDim;
+#pragma unroll
+    for (int i = 0; i < DL; ++i) {
+      const int d = lane * DL + i;
+      qr[g][i] = (g < ng && d < headDim) ? to_float(qp[d]) * scale : 0.f;
+      acc[g][i] = 0.f;
+    }
+  }
+  for (int kp = ks + warp; kp < ke; kp += NW) {
+    const long long off = ((long long)b * kvStride + kp) * kStride + (long long)kvh * headDim;
+    float kr[DL], vr[DL];
+#pragma unroll
+    for (int i = 0; i < DL; ++i) {
+      const int d = lane * DL + i;
+      kr[i] = d < headDim ? to_float(k[off + d]) : 0.f;
+      vr[i] = d < headDim ? to_float(v[off + d]) : 0.f;
+    }
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g) {
+      if (g >= ng) break;
+      float part = 0.f;
+#pragma unroll
+      for (int i = 0; i < DL; ++i) part += qr[g][i] * kr[i];
+      const float s = warp_sum(part);
+      const float mNew = fmaxf(m[g], s);
+      const float alpha = expf(m[g] - mNew), pj = expf(s - mNew);
+      l[g] = l[g] * alpha + pj;
+      m[g] = mNew;
+#pragma unroll
+      for (int i = 0; i < DL; ++i) acc[g][i] = acc[g][i] * alpha + pj * vr[i];
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < GMAX; ++g) {
+    if (lane == 0) {
+      smM[warp][g] = m[g];
+      smL[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int i = 0; i < DL; ++i) smAcc[warp][g][lane * DL + i] = acc[g][i];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < ng * headDim; idx += blockDim.x) {
+    const int g = idx / headDim, d = idx % headDim, h = h0 + g;
+    float M = -INF_F;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) M = fmaxf(M, smM[w][g]);
+    float L = 0.f, O = 0.f;
+    if (M != -INF_F) {
+#pragma unroll
+      for (int w = 0; w < NW; ++w) {
+        if (smM[w][g] == -INF_F) continue;
+        const float f = expf(smM[w][g] - M);
+        L += smL[w][g] * f;
+        O += smAcc[w][g][d] * f;
+      }
+    }
+    const float o = L > 0.f ? O / L : 0.f;
+    if (splits == 1) {
+      out[(long long)bt * qStride + (long long)h * headDim + d] = from_float<T>(o);
+    } else {
+      const long long slot = ((long long)bt * nHead + h) * splits + split;
+      partO[slot * headDim + d] = o;
+      if (d == 0) {
+        partML[2 * slot] = M;
+        partML[2 * slot + 1] = L;
+      }
+    }
+  }
+}
+
+// Merges the splits of attention_decode_split: block = (head, query row).
+template <typename T>
+__device__ __forceinline__ void attention_combine(T* out, const float* partO, const float* partML, int nHead, int headDim,
+                                                  int splits) {
+  const int h = blockIdx.x, bt = blockIdx.y;
+  const long long base = ((long long)bt * nHead + h) * splits;
+  float M = -INF_F;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, partML[2 * (base + s)]);
+  T* o = out + ((long long)bt * nHead + h) * headDim;
+  for (int d = threadIdx.x; d < headDim; d += blockDim.x) {
+    float L = 0.f, O = 0.f;
+    if (M != -INF_F) {
+      for (int s = 0; s < splits; ++s) {
+        const float ms = partML[2 * (base + s)];
+        if (ms == -INF_F) continue;
+        const float w = partML[2 * (base + s) + 1] * expf(ms - M);
+        L += w;
+        O += w * partO[(base + s) * headDim + d];
+      }
+    }
+    o[d] = from_float<T>(L > 0.f ? O / L : 0.f);
+  }
+}
+
 #define ATTENTION_ARGS(T)                                                                                     \
   T *out, const T *q, const T *k, const T *v, int seqQ, int kvLen, int kvStride, int nHead, int nKvHead, int headDim, \
       float scale, int window, const int *kvLens
@@ -200,7 +330,17 @@ __device__ __forceinline__ void attention_decode(T* out, const T* q, const T* k,
   }                                                                                                          \
   extern "C" __global__ void __launch_bounds__(decode::NW * 32) attention_decode_##S##_d##D(ATTENTION_ARGS(T)) {   \
     attention_decode<T, D>(ATTENTION_PASS);                                                                  \
+  }                                                                                                          \
+  extern "C" __global__ void __launch_bounds__(splitkv::NW * 32)                                             \
+      attention_decode_split_##S##_d##D(float* partO, float* partML, ATTENTION_ARGS(T), int splits) {          \
+    attention_decode_split<T, D>(partO, partML, ATTENTION_PASS, splits);                                     \
   }
+#define DEF_COMBINE(T, S)                                                                                  \
+  extern "C" __global__ void attention_combine_##S(T* out, const float* partO, const float* partML, int nHead,    \
+                                                   int headDim, int splits) {                                    \
+    attention_combine<T>(out, partO, partML, nHead, headDim, splits);                                          \
+  }
+FOR_EACH_DTYPE(DEF_COMBINE)
 #define DEF_ATTENTION(T, S) \
   DEF_ATTENTION_D(T, S, 32) DEF_ATTENTION_D(T, S, 64) DEF_ATTENTION_D(T, S, 128) DEF_ATTENTION_D(T, S, 256)
 FOR_EACH_DTYPE(DEF_ATTENTION)

@@ -1,0 +1,126 @@
+// Weight observers: the (min, max) each scale is computed from, per tensor, output channel or
+// row group, as llm-compressor's observers choose them.
+//   minmax — the plain min and max (observers/min_max.py; weights are observed once, no averaging)
+//   mse    — grid search of a shrink factor p = 1 − i/grid, i < maxshrink·grid, on (p·min, p·max),
+//            keeping per group the candidate with the least Σ|fake_quant(x) − x|^norm; stops after
+//            `patience` candidates without improvement in any group (observers/mse.py defaults:
+//            maxshrink 0.2, grid 100, norm 2.4, patience 5)
+
+import type { QuantArgsJson } from '../../model/compressed-tensors.js';
+import { calculateQParam, fakeQuantizeValue, quantRange, type ScaleDType } from './qparams.js';
+import type { ObserverName } from './scheme.js';
+
+export const MSE_DEFAULTS = { maxshrink: 0.2, grid: 100, norm: 2.4, patience: 5 } as const;
+
+/** How a [rows, cols] weight is split into groups that share a scale. */
+export interface WeightGrid {
+  rows: number;
+  cols: number;
+  strategy: 'tensor' | 'channel' | 'group';
+  /** Columns per group (cols for tensor and channel). */
+  groupSize: number;
+  /** Scales per row (1 for tensor and channel). */
+  groupsPerRow: number;
+  /** Number of scales: 1, rows, or rows · groupsPerRow. */
+  count: number;
+  /** The scale tensor's shape as compressed-tensors stores it: [1], [rows, 1], [rows, cols/groupSize]. */
+  scaleShape: number[];
+}
+
+export function weightGrid(rows: number, cols: number, args: Pick<QuantArgsJson, 'strategy' | 'group_size'>): WeightGrid {
+  switch (args.strategy) {
+    case 'tensor':
+      return { rows, cols, strategy: 'tensor', groupSize: cols, groupsPerRow: 1, count: 1, scaleShape: [1] };
+    case 'channel':
+      return { rows, cols, strategy: 'channel', groupSize: cols, groupsPerRow: 1, count: rows, scaleShape: [rows, 1] };
+    case 'group': {
+      const g = args.group_size!;
+      if (cols % g !== 0) throw new Error(`group size ${g} does not divide ${cols} columns`);
+      return { rows, cols, strategy: 'group', groupSize: g, groupsPerRow: cols / g, count: rows * (cols / g), scaleShape: [rows, cols / g] };
+    }
+    default:
+      throw new Error(`weight strategy ${args.strategy} is not supported`);
+  }
+}
+
+/** Index of the scale that element (r, c) uses; `group` overrides the column's group (act-order g_idx). */
+export function paramIndex(grid: WeightGrid, r: number, c: number): number {
+  if (grid.strategy === 'tensor') return 0;
+  if (grid.strategy === 'channel') return r;
+  return r * grid.groupsPerRow + ((c / grid.groupSize) | 0);
+}
+
+export interface WeightQParams {
+  grid: WeightGrid;
+  scale: Float32Array;
+  zeroPoint: Int32Array;
+}
+
+function minMaxPerGroup(w: Float32Array, grid: WeightGrid): { min: Float64Array; max: Float64Array } {
+  const min = new Float64Array(grid.count).fill(Infinity);
+  const max = new Float64Array(grid.count).fill(-Infinity);
+  for (let r = 0; r < grid.rows; r++) {
+    for (let c = 0; c < grid.cols; c++) {
+      const k = paramIndex(grid, r, c);
+      const v = w[r * grid.cols + c]!;
+      if (v < min[k]!) min[k] = v;
+      if (v > max[k]!) max[k] = v;
+    }
+  }
+  return { min, max };
+}
+
+function qparamsFrom(min: ArrayLike<number>, max: ArrayLike<number>, grid: WeightGrid, args: QuantArgsJson, scaleDtype: ScaleDType): WeightQParams {
+  const scale = new Float32Array(grid.count);
+  const zeroPoint = new Int32Array(grid.count);
+  for (let k = 0; k < grid.count; k++) {
+    const p = calculateQParam(min[k]!, max[k]!, args, scaleDtype);
+    scale[k] = p.scale;
+    zeroPoint[k] = p.zeroPoint;
+  }
+  return { grid, scale, zeroPoint };
+}
+
+/** Scales (and zero points) for weight w [rows, cols] under `args`, chosen by `observer`. */
+export function observeWeight(w: Float32Array, grid: WeightGrid, args: QuantArgsJson, observer: ObserverName, scaleDtype: ScaleDType): WeightQParams {
+  const { min, max } = minMaxPerGroup(w, grid);
+  if (observer === 'minmax') return qparamsFrom(min, max, grid, args, scaleDtype);
+
+  const { maxshrink, grid: steps, norm, patience } = MSE_DEFAULTS;
+  const range = quantRange(args);
+  const best = new Float64Array(grid.count).fill(Number.MAX_VALUE);
+  const bestMin = new Float64Array(grid.count).fill(1);
+  const bestMax = new Float64Array(grid.count).fill(0);
+  const candMin = new Float64Array(grid.count);
+  const candMax = new Float64Array(grid.count);
+  const err = new Float64Array(grid.count);
+  let noImprove = 0;
+  for (let i = 0; i < Math.floor(maxshrink * steps); i++) {
+    const p = 1 - i / steps;
+    for (let k = 0; k < grid.count; k++) {
+      candMin[k] = p * min[k]!;
+      candMax[k] = p * max[k]!;
+    }
+    const qp = qparamsFrom(candMin, candMax, grid, args, scaleDtype);
+    err.fill(0);
+    for (let r = 0; r < grid.rows; r++) {
+      for (let c = 0; c < grid.cols; c++) {
+        const k = paramIndex(grid, r, c);
+        const x = w[r * grid.cols + c]!;
+        err[k] += Math.abs(fakeQuantizeValue(x, qp.scale[k]!, qp.zeroPoint[k]!, range) - x) ** norm;
+      }
+    }
+    let improved = false;
+    for (let k = 0; k < grid.count; k++) {
+      if (err[k]! < best[k]!) {
+        best[k] = err[k]!;
+        bestMin[k] = candMin[k]!;
+        bestMax[k] = candMax[k]!;
+        improved = true;
+      }
+    }
+    if (improved) noImprove = 0;
+    else if (++noImprove >= patience) break;
+  }
+  return qparamsFrom(bestMin, bestMax, grid, args, scaleDtype);
+}

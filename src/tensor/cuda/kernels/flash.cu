@@ -1,0 +1,222 @@
+// Causal GQA prefill attention on tensor cores (FlashAttention-2 style), bf16/f16 storage, f32
+// softmax and accumulation. Same contract as attention_prefill in attention.cu (kvLens, kvStride,
+// sliding window), for head dims 64 and 128.
+//
+// Block = 4 warps x 16 query rows = 64 queries of one (head, sequence). K/V tiles of 64 keys are staged
+// in shared memory; S = Q K^T and O += P V run as mma.sync m16n8k16 with operands fetched by ldmatrix
+// (V transposed on the fly). The P fragments are the S accumulators converted in registers (the C
+// layout of m16n8 matches the A layout of m16n8k16). Online softmax per row; each thread holds rows
+// g and g+8 of its warp's 16 (g = lane / 4) and keys/dims 2*(lane % 4) + {0,1} of each 8-wide tile.
+#include "common.cuh"
+
+namespace flash {
+constexpr int NW = 4;
+constexpr int BQ = 16 * NW;
+constexpr int BK = 64;
+}  // namespace flash
+
+template <typename T> struct Mma;
+template <> struct Mma<bf16_t> {
+  static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ unsigned pack(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+  }
+};
+template <> struct Mma<f16_t> {
+  static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ unsigned pack(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+  }
+};
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return (unsigned)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// Copies rows [r0, r0 + 64) of a [*, rowStride]-strided 16-bit matrix (head slice of width D) into
+// shared memory [64][D + 8]; rows outside [0, valid) become zeros. 16-byte vectors.
+template <int D>
+__device__ __forceinline__ void stage_tile(u16* dst, const u16* src, long long rowStride, int valid) {
+  constexpr int SP = D + 8, VPR = D / 8;
+  for (int i = threadIdx.x; i < 64 * VPR; i += blockDim.x) {
+    const int r = i / VPR, c = (i % VPR) * 8;
+    uint4 val = make_uint4(0u, 0u, 0u, 0u);
+    if (r < valid) val = *reinterpret_cast<const uint4*>(src + (long long)r * rowStride + c);
+    *reinterpret_cast<uint4*>(dst + r * SP + c) = val;
+  }
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const T* k, const T* v, int seqQ, int kvLen,
+                                                      int kvStride, int nHead, int nKvHead, int headDim, float scale,
+                                                      int window, const int* kvLens) {
+  using namespace flash;
+  constexpr int SP = D + 8;     // shared row stride (halves): 16-byte rows, conflict-free ldmatrix
+  constexpr int KD = D / 16;    // k-steps over the head dim for S = Q K^T
+  constexpr int ND = D / 8;     // n-tiles over the head dim for O
+  constexpr int NK = BK / 8;    // n-tiles over the keys of a tile
+  extern __shared__ __align__(16) u16 sm[];
+  u16* qs = sm;                 // [BQ][SP]
+  u16* ks = qs + BQ * SP;       // [BK][SP]
+  u16* vs = ks + BK * SP;       // [BK][SP]
+
+  const int b = blockIdx.z, h = blockIdx.y, t0 = blockIdx.x * BQ;
+  const int kvh = h / (nHead / nKvHead);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+  const long long qStride = (long long)nHead * headDim, kStride = (long long)nKvHead * headDim;
+  const int posBase = (kvLens != nullptr ? kvLens[b] : kvLen) - seqQ;
+  const u16* qg = reinterpret_cast<const u16*>(q) + ((long long)b * seqQ + t0) * qStride + (long long)h * headDim;
+  const u16* kg = reinterpret_cast<const u16*>(k) + (long long)b * kvStride * kStride + (long long)kvh * headDim;
+  const u16* vg = reinterpret_cast<const u16*>(v) + (long long)b * kvStride * kStride + (long long)kvh * headDim;
+
+  stage_tile<D>(qs, qg, qStride, seqQ - t0);
+  __syncthreads();
+  unsigned qa[KD][4];
+  {
+    const int j = lane >> 3, r = warp * 16 + (j & 1) * 8 + (lane & 7), c = (j >> 1) * 8;
+#pragma unroll
+    for (int kk = 0; kk < KD; ++kk) ldmatrix_x4(qa[kk], qs + r * SP + kk * 16 + c);
+  }
+
+  const int row0 = t0 + warp * 16 + g, row1 = row0 + 8;
+  const int p0 = row0 < seqQ ? posBase + row0 : -1, p1 = row1 < seqQ ? posBase + row1 : -1;
+  float m0 = -INF_F, m1 = -INF_F, l0 = 0.f, l1 = 0.f;
+  float o[ND][4];
+#pragma unroll
+  for (int i = 0; i < ND; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+
+  const int tLast = imin(t0 + BQ, seqQ) - 1;
+  const int kEnd = posBase + tLast + 1;
+  const int kBegin = window > 0 ? imax(0, posBase + t0 - window + 1) / BK * BK : 0;
+  const float sl2 = scale * 1.4426950408889634f;  // exp(x) = exp2(x log2 e)
+
+  for (int k0 = kBegin; k0 < kEnd; k0 += BK) {
+    __syncthreads();  // the previous tile is consumed
+    stage_tile<D>(ks, kg + (long long)k0 * kStride, kStride, kEnd - k0);
+    stage_tile<D>(vs, vg + (long long)k0 * kStride, kStride, kEnd - k0);
+    __syncthreads();
+
+    float s[NK][4];
+#pragma unroll
+    for (int nt = 0; nt < NK; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NK; nt += 2) {
+#pragma unroll
+      for (int kk = 0; kk < KD; ++kk) {
+        // matrices: keys nt*8.. x dims kk*16+{0,8}, keys (nt+1)*8.. x dims kk*16+{0,8}
+        const int j = lane >> 3;
+        unsigned bf[4];
+        ldmatrix_x4(bf, ks + ((nt + (j >> 1)) * 8 + (lane & 7)) * SP + kk * 16 + (j & 1) * 8);
+        Mma<T>::run(s[nt], qa[kk], bf[0], bf[1]);
+        Mma<T>::run(s[nt + 1], qa[kk], bf[2], bf[3]);
+      }
+    }
+
+    // mask, scale (log2 domain), row maxima
+    float mx0 = -INF_F, mx1 = -INF_F;
+#pragma unroll
+    for (int nt = 0; nt < NK; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int kp = k0 + nt * 8 + tig * 2 + (e & 1);
+        const int p = e < 2 ? p0 : p1;
+        const bool ok = kp <= p && (window <= 0 || kp > p - window);
+        s[nt][e] = ok ? s[nt][e] * sl2 : -INF_F;
+      }
+      mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+      mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 2));
+    const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+    const float u0 = n0 == -INF_F ? 0.f : n0, u1 = n1 == -INF_F ? 0.f : n1;
+    const float a0 = exp2f(m0 - u0), a1 = exp2f(m1 - u1);
+    m0 = n0;
+    m1 = n1;
+    l0 *= a0;
+    l1 *= a1;
+#pragma unroll
+    for (int i = 0; i < ND; ++i) {
+      o[i][0] *= a0;
+      o[i][1] *= a0;
+      o[i][2] *= a1;
+      o[i][3] *= a1;
+    }
+    unsigned pa[BK / 16][4];
+#pragma unroll
+    for (int nt = 0; nt < NK; ++nt) {
+      const float e0 = exp2f(s[nt][0] - u0), e1 = exp2f(s[nt][1] - u0);
+      const float e2 = exp2f(s[nt][2] - u1), e3 = exp2f(s[nt][3] - u1);
+      l0 += e0 + e1;
+      l1 += e2 + e3;
+      pa[nt >> 1][(nt & 1) * 2 + 0] = Mma<T>::pack(e0, e1);
+      pa[nt >> 1][(nt & 1) * 2 + 1] = Mma<T>::pack(e2, e3);
+    }
+
+    // O += P V: V tile [keys][dims] fetched transposed as the B operand
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+#pragma unroll
+      for (int dt = 0; dt < ND; dt += 2) {
+        // matrices: keys kk*16+{0,8}.. x dims dt*8.., then x dims (dt+1)*8..
+        const int j = lane >> 3;
+        unsigned bf[4];
+        ldmatrix_x4_trans(bf, vs + (kk * 16 + (j & 1) * 8 + (lane & 7)) * SP + (dt + (j >> 1)) * 8);
+        Mma<T>::run(o[dt], pa[kk], bf[0], bf[1]);
+        Mma<T>::run(o[dt + 1], pa[kk], bf[2], bf[3]);
+      }
+    }
+  }
+
+  l0 += __shfl_xor_sync(FULL_MASK, l0, 1);
+  l0 += __shfl_xor_sync(FULL_MASK, l0, 2);
+  l1 += __shfl_xor_sync(FULL_MASK, l1, 1);
+  l1 += __shfl_xor_sync(FULL_MASK, l1, 2);
+  const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  u16* og = reinterpret_cast<u16*>(out) + (long long)b * seqQ * qStride + (long long)h * headDim;
+#pragma unroll
+  for (int dt = 0; dt < ND; ++dt) {
+    const int d = dt * 8 + tig * 2;
+    if (row0 < seqQ) *reinterpret_cast<unsigned*>(og + (long long)row0 * qStride + d) = Mma<T>::pack(o[dt][0] * i0, o[dt][1] * i0);
+    if (row1 < seqQ) *reinterpret_cast<unsigned*>(og + (long long)row1 * qStride + d) = Mma<T>::pack(o[dt][2] * i1, o[dt][3] * i1);
+  }
+}
+
+#define FLASH_ARGS(T)                                                                                         \
+  T *out, const T *q, const T *k, const T *v, int seqQ, int kvLen, int kvStride, int nHead, int nKvHead, int headDim, \
+      float scale, int window, const int *kvLens
+#define FLASH_PASS out, q, k, v, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window, kvLens
+#define DEF_FLASH(T, S, D)                                                                                    \
+  extern "C" __global__ void __launch_bounds__(flash::NW * 32) attention_prefill_mma_##S##_d##D(FLASH_ARGS(T)) { \
+    attention_prefill_mma<T, D>(FLASH_PASS);                                                                  \
+  }
+DEF_FLASH(bf16_t, bf16, 64)
+DEF_FLASH(bf16_t, bf16, 128)
+DEF_FLASH(f16_t, f16, 64)
+DEF_FLASH(f16_t, f16, 128)
