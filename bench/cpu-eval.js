@@ -3,7 +3,7 @@
 // 2 threads (more if the machine has them, up to 8). Prints a table and writes
 // bench/results/<date>-cpu-eval.json. Run with `npm run bench:cpu` (builds dist/ first).
 //
-// Usage: node bench/cpu-eval.js [--threads 1,2] [--max-tokens N]
+// Usage: node bench/cpu-eval.js [--threads 1,2] [--max-tokens N]   (--max-tokens: a quick check, nothing written)
 
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
@@ -38,14 +38,13 @@ for (const threads of threadCounts) {
     const r = run.result;
     rows.push({
       threads,
-      protocol: 'chunks512',
       batch: run.batch,
       tokens_scored: r.tokensScored,
       forward_s: r.forwardSeconds,
       wall_s: run.wallSeconds,
       tokens_per_s: r.tokensPerSecond,
       ppl: r.ppl,
-      ppl_rel_err_vs_reference: maxTokens === undefined ? Math.abs(r.ppl - REFERENCE_PPL) / REFERENCE_PPL : null,
+      ppl_rel_err_vs_reference: Math.abs(r.ppl - REFERENCE_PPL) / REFERENCE_PPL,
     });
     process.stderr.write(`threads ${threads}: ${Math.round(r.tokensPerSecond)} tokens/s\n`);
   } finally {
@@ -58,6 +57,11 @@ const table = rows.map((r) => [String(r.threads), String(r.tokens_scored), r.for
 const widths = header.map((h, c) => Math.max(h.length, ...table.map((row) => row[c].length)));
 for (const row of [header, ...table]) console.log(row.map((cell, c) => cell.padStart(widths[c])).join('  '));
 
+if (maxTokens !== undefined) {
+  console.log('--max-tokens: a partial run, results not written');
+  process.exit(0);
+}
+
 const date = new Date().toISOString().slice(0, 10);
 const out = path.join(root, 'bench/results', `${date}-cpu-eval.json`);
 mkdirSync(path.dirname(out), { recursive: true });
@@ -66,7 +70,7 @@ const result = {
   date: new Date().toISOString(),
   model: 'stories260K',
   data: 'tinystories-valid.txt',
-  max_tokens: maxTokens ?? null,
+  protocol: 'chunks512',
   // Other processes compete for the cores on shared machines: the 1-minute load average says how much.
   machine: { cpu: cpus()[0]?.model ?? 'unknown', cores, node: process.version, platform: `${process.platform}-${process.arch}`, loadavg_1m_before: loadBefore },
   rows,

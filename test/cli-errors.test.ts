@@ -2,7 +2,7 @@
 // trace, nothing written. Usage errors exit 2, failed gates 3. Runs the built CLI (test/global-setup.ts).
 
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -210,7 +210,7 @@ describe('bad data and flags → exit 1, one line naming the flag or file', () =
   it('--max-tokens 1', () => expectInputError(['eval', stories, '--data', validText, '--max-tokens', '1'], /--max-tokens "1"/));
   it('--batch invalid', () => expectInputError(evalWith('--batch', 'many'), /--batch "many"/));
   it('unknown --device', () => expectInputError(evalWith('--device', 'tpu'), /--device "tpu"/));
-  it('--device cuda (not built yet)', () => expectInputError(evalWith('--device', 'cuda'), /--device cuda: the CUDA backend is not built yet/));
+  it.skipIf(existsSync('/dev/nvidiactl'))('--device cuda without a GPU', () => expectInputError(evalWith('--device', 'cuda'), /^error: --device cuda: CUDA unavailable/));
   it('data shorter than one window', () => expectInputError(['eval', stories, '--data', t('short.txt')], /short\.txt: \d+ tokens are fewer than one 512-token window/));
   it('--baseline with a broken checkpoint', () => expectInputError(evalWith('--baseline', t('bert')), /bert/));
 });

@@ -1,8 +1,11 @@
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { inspectModel, renderInspect } from '../src/cli/inspect.js';
 import { componentOf, countParameters } from '../src/eval/params.js';
+import { CheckpointTensors, writeSafetensors, type TensorToWrite } from '../src/io/index.js';
 
 const stories = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../shared/models/stories260K');
 
@@ -69,8 +72,10 @@ describe('parameter components', () => {
     expect(componentOf('transformer.ln_f.bias')).toBe('norms');
   });
 
-  it('does not count RoPE frequency buffers as parameters', () => {
-    expect(countParameters([{ name: 'model.layers.0.self_attn.rotary_emb.inv_freq', shape: [32] }], false).total).toBe(0);
+  it('does not count RoPE frequency buffers or quantization scales as parameters', () => {
+    const stored = ['self_attn.rotary_emb.inv_freq', 'mlp.up_proj.weight_scale', 'mlp.up_proj.weight_zero_point', 'mlp.up_proj.weight_shape', 'self_attn.q_proj.input_scale', 'self_attn.k_scale'];
+    expect(countParameters(stored.map((n) => ({ name: `model.layers.0.${n}`, shape: [32] })), false).total).toBe(0);
+    expect(countParameters([{ name: 'model.layers.0.mlp.up_proj.weight', shape: [172, 64] }], false).mlp).toBe(172 * 64);
   });
 
   it('counts an untied lm_head, and skips a stored copy of a tied one', () => {
@@ -80,5 +85,51 @@ describe('parameter components', () => {
     ];
     expect(countParameters(tensors, false)).toMatchObject({ embeddings: 40, lm_head: 40, total: 80 });
     expect(countParameters(tensors, true)).toMatchObject({ embeddings: 40, lm_head: 0, total: 40 });
+  });
+});
+
+describe('inspect a pack-quantized (compressed-tensors) checkpoint', () => {
+  it('counts the logical weights from weight_shape, not the int32 words or the scales', () => {
+    // stories260K with every Linear stored as W8A16 pack-quantized: weight_packed I32 [out, in/4],
+    // weight_scale F32 [out, 1], weight_shape I64 [2]. inspect reads headers and weight_shape only.
+    const dir = mkdtempSync(path.join(tmpdir(), 'llmopt-inspect-packed-'));
+    try {
+      const source = CheckpointTensors.open(stories);
+      const tensors: TensorToWrite[] = [];
+      for (const name of source.names()) {
+        const info = source.info(name);
+        const bytes = source.readBytes(name);
+        if (!/_proj\.weight$/.test(name)) {
+          tensors.push({ name, dtype: info.dtype, shape: info.shape, data: bytes });
+          continue;
+        }
+        const [out, inF] = info.shape as [number, number];
+        const prefix = name.replace(/\.weight$/, '');
+        const words = Math.ceil(inF / 4);
+        tensors.push({ name: `${prefix}.weight_packed`, dtype: 'I32', shape: [out, words], data: bytes.slice(0, out * words * 4) });
+        tensors.push({ name: `${prefix}.weight_scale`, dtype: 'F32', shape: [out, 1], data: new Uint8Array(new Float32Array(out).fill(0.01).buffer) });
+        tensors.push({ name: `${prefix}.weight_shape`, dtype: 'I64', shape: [2], data: new Uint8Array(new BigInt64Array([BigInt(out), BigInt(inF)]).buffer) });
+      }
+      source.close();
+      writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
+      const config = JSON.parse(readFileSync(path.join(stories, 'config.json'), 'utf8'));
+      config.quantization_config = {
+        quant_method: 'compressed-tensors',
+        format: 'pack-quantized',
+        config_groups: { group_0: { targets: ['Linear'], weights: { num_bits: 8, type: 'int', symmetric: true, strategy: 'channel', group_size: null } } },
+        ignore: ['lm_head'],
+      };
+      writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+      copyFileSync(path.join(stories, 'tokenizer.json'), path.join(dir, 'tokenizer.json'));
+
+      const report = inspectModel(dir);
+      expect(report.parameters).toMatchObject({ attention: 61440, mlp: 165120, total: 260032 });
+      expect(report.totals.tensors).toBe(47 + 2 * 35);
+      expect(report.tensors.find((t) => t.name === 'model.layers.0.mlp.down_proj.weight_packed')).toMatchObject({ dtype: 'I32', shape: [64, 43] });
+      expect(report.quantization_config).toMatchObject({ quant_method: 'compressed-tensors', format: 'pack-quantized' });
+      expect(renderInspect(report).join('\n')).toMatch(/"quant_method": "compressed-tensors"/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

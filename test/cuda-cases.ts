@@ -366,6 +366,30 @@ function scoreCase(rows: number, V: number, noiseScale = 1): OpCase {
   };
 }
 
+/** fakeQuantRows: dynamic per-row and static scales, int8 and fp8 (a zero row; tiny values → fp8 subnormals). */
+function fakeQuantCase(format: 'int8' | 'fp8_e4m3', scale?: number): OpCase {
+  const name = `fakeQuantRows ${format} ${scale === undefined ? 'dynamic' : `static ${scale}`} [6,333]`;
+  return {
+    name,
+    run(cpu, gpu, dtype) {
+      if (cpu.fakeQuantRows === undefined || gpu.fakeQuantRows === undefined) throw new Error('fakeQuantRows missing');
+      const inp = new Inputs(format.length * 7 + (scale ?? 0) * 1000, dtype);
+      const x = inp.floats(6 * 333, 3);
+      for (let c = 0; c < 333; c++) x[333 + c] = 0; // a zero row: the epsilon scale
+      for (let c = 0; c < 333; c++) x[666 + c] = roundTo(dtype, Float32Array.of(x[666 + c]! * 1e-3))[0]!;
+      x[3] = 40; // one large value: everything else in row 0 is small against its scale
+      const [cx, gx] = both(cpu, gpu, x, [6, 333]);
+      cpu.fakeQuantRows(cx, { format, scale });
+      gpu.fakeQuantRows(gx, { format, scale });
+      // f32: bit-exact; bf16/f16: the cpu result rounded once more to the dtype
+      const want = roundTo(dtype, cpu.download(cx));
+      const check = compare(name, dtype, gpu.download(gx), want, dtype === 'f32' ? 0 : tolerance(dtype));
+      freeAll(gpu, gx);
+      return [check];
+    },
+  };
+}
+
 /** Every case, in a fixed order. */
 export function opCases(): OpCase[] {
   return [
@@ -376,6 +400,10 @@ export function opCases(): OpCase[] {
     matmulCase(130, 257, 96, false),
     matmulCase(17, 40, 24, true, 3),
     matmulCase(5, 3, 1, false),
+    matmulCase(1, 300, 512, true), // GEMV, 16-byte vectors
+    matmulCase(4, 515, 1024, false),
+    matmulCase(8, 64, 2056, true),
+    matmulCase(9, 70, 256, false), // just past the GEMV range: cuBLASLt
     ...elementwiseCases(),
     normCase('rms', 5, 4097),
     normCase('rms', 3, 64),
@@ -393,9 +421,19 @@ export function opCases(): OpCase[] {
     attentionCase('long', { batch: 1, seqQ: 1000, kvLen: 1000, kvStride: 1000, nHead: 2, nKvHead: 1, headDim: 64 }),
     attentionCase('sliding window', { batch: 1, seqQ: 600, kvLen: 600, kvStride: 608, nHead: 4, nKvHead: 2, headDim: 32, window: 257 }),
     attentionCase('head 256', { batch: 1, seqQ: 45, kvLen: 45, kvStride: 45, nHead: 2, nKvHead: 1, headDim: 256 }),
+    attentionCase('decode split b1', { batch: 1, seqQ: 1, kvLen: 2000, kvStride: 2048, nHead: 32, nKvHead: 8, headDim: 64 }),
+    attentionCase('decode MQA group 12', { batch: 2, seqQ: 2, kvLen: 700, kvStride: 701, nHead: 12, nKvHead: 1, headDim: 32 }),
+    attentionCase('decode d128 window', { batch: 4, seqQ: 1, kvLen: 900, kvStride: 1000, nHead: 8, nKvHead: 2, headDim: 128, window: 300 }),
+    attentionCase('tensor-core prefill d64', { batch: 2, seqQ: 130, kvLen: 130, kvStride: 130, nHead: 8, nKvHead: 2, headDim: 64 }),
+    attentionCase('tensor-core chunked d64', { batch: 1, seqQ: 70, kvLen: 300, kvStride: 320, nHead: 4, nKvHead: 4, headDim: 64 }),
+    attentionCase('tensor-core window d128', { batch: 1, seqQ: 200, kvLen: 200, kvStride: 200, nHead: 4, nKvHead: 1, headDim: 128, window: 77 }),
     scoreCase(11, 1037),
     scoreCase(6, 32000),
     scoreCase(5, 50000, 0.02),
+    fakeQuantCase('int8'),
+    fakeQuantCase('fp8_e4m3'),
+    fakeQuantCase('int8', 0.0123),
+    fakeQuantCase('fp8_e4m3', 0.01),
   ];
 }
 
@@ -492,5 +530,124 @@ export function runAtCases(gpu: CudaDevice, dtype: ComputeDType): CaseRun {
     gpu.freeInts(posDev);
     for (const t of [table, cos, sin, got, want]) gpu.free(t);
   });
+  guard('sampleAt', () => {
+    const rows = 5, V = 3001;
+    const logits = gpu.upload(inp.floats(rows * V, 6), [rows, V]);
+    const want = gpu.scoreLogits(logits, new Int32Array(rows).fill(-1)).argmax;
+    const ids = gpu.allocInts(rows), step = gpu.allocInts(1), history = gpu.allocInts(rows * 4);
+    const read = () => gpu.readIntsAsync(ids, 0, rows).wait();
+    let bad = 0;
+    gpu.sampleAt(logits, { temperature: 0, topK: 0, seed: 0 }, ids, step, history);
+    const greedy = read();
+    gpu.sampleAt(logits, { temperature: 0.7, topK: 1, seed: 5 }, ids, step);
+    const k1 = read();
+    for (let r = 0; r < rows; r++) if (greedy[r] !== want[r] || k1[r] !== want[r]) bad++;
+    checks.push({ case: 'sampleAt greedy and top-k 1 = scoreLogits argmax', dtype, error: bad, tol: 0, ok: bad === 0 });
+    const host = gpu.download(logits);
+    const draws: Int32Array[] = [];
+    for (let s = 0; s < 3; s++) {
+      gpu.setInts(step, Int32Array.of(s));
+      gpu.sampleAt(logits, { temperature: 1.5, topK: 20, seed: 99 }, ids, step, history);
+      draws.push(read());
+    }
+    gpu.setInts(step, Int32Array.of(0));
+    gpu.sampleAt(logits, { temperature: 1.5, topK: 20, seed: 99 }, ids, step, history);
+    const again = read();
+    let outside = 0, differ = 0;
+    for (let r = 0; r < rows; r++) {
+      const row = host.subarray(r * V, (r + 1) * V);
+      const kth = Float32Array.from(row).sort()[V - 20]!;
+      for (const d of draws) if (!(row[d[r]!]! >= kth)) outside++;
+      if (again[r] !== draws[0]![r]) differ++;
+    }
+    const distinct = new Set(draws.flatMap((d) => [...d])).size;
+    checks.push({ case: 'sampleAt top-k 20: draws in the top 20, same seed+step = same ids', dtype, error: outside + differ, tol: 0, ok: outside + differ === 0 && distinct > rows, note: `distinct ${distinct}` });
+    const hist = gpu.readIntsAsync(history, 0, rows * 3).wait();
+    let histBad = 0;
+    for (let s = 0; s < 3; s++) for (let r = 0; r < rows; r++) if (hist[s * rows + r] !== (s === 0 ? again[r] : draws[s]![r])) histBad++;
+    checks.push({ case: 'sampleAt history rows by step', dtype, error: histBad, tol: 0, ok: histBad === 0 });
+    gpu.free(logits);
+    for (const t of [ids, step, history]) gpu.freeInts(t);
+  });
+
+  guard('decodeAdvance', () => {
+    const pos = gpu.allocInts(3), lens = gpu.allocInts(3), step = gpu.allocInts(1);
+    gpu.setInts(pos, Int32Array.of(4, 9, 0));
+    gpu.setInts(lens, Int32Array.of(5, 10, 1));
+    gpu.setInts(step, Int32Array.of(7));
+    gpu.decodeAdvance(pos, lens, step, 3);
+    gpu.decodeAdvance(pos, lens, step, 3);
+    const got = [...gpu.readIntsAsync(pos, 0, 3).wait(), ...gpu.readIntsAsync(lens, 0, 3).wait(), ...gpu.readIntsAsync(step, 0, 1).wait()];
+    const want = [6, 11, 2, 7, 12, 3, 9];
+    const bad = got.filter((v, i) => v !== want[i]).length;
+    checks.push({ case: 'decodeAdvance twice', dtype, error: bad, tol: 0, ok: bad === 0, note: bad ? `got ${got.join(',')}` : undefined });
+    for (const t of [pos, lens, step]) gpu.freeInts(t);
+  });
+  guard('fused decode ops = their unfused compositions', () => {
+    // addRmsNorm: exact
+    const rows = 3, C = 1000;
+    const x0 = inp.floats(rows * C, 2), y0 = inp.floats(rows * C, 2), w0 = inp.floats(C, 1.5);
+    const xa = gpu.upload(x0, [rows, C]), xb = gpu.upload(x0, [rows, C]), y = gpu.upload(y0, [rows, C]), w = gpu.upload(w0, [C]);
+    const oa = gpu.empty([rows, C]), ob = gpu.empty([rows, C]);
+    gpu.addRmsNorm(oa, xa, y, w, 1e-5);
+    gpu.addInPlace(xb, y);
+    gpu.rmsNorm(ob, xb, w, 1e-5);
+    exact('addRmsNorm = addInPlace + rmsNorm (norm)', gpu.download(oa), gpu.download(ob));
+    exact('addRmsNorm = addInPlace + rmsNorm (residual)', gpu.download(xa), gpu.download(xb));
+    for (const t of [xa, xb, y, w, oa, ob]) gpu.free(t);
+
+    // matmulMany: exact against separate matmuls (GEMV path at M 3, cuBLASLt at M 12)
+    for (const M of [3, 12]) {
+      const K = 256, Ns = [96, 32, 32];
+      const x = gpu.upload(inp.floats(M * K), [M, K]);
+      const ws = Ns.map((n) => gpu.upload(inp.floats(n * K, 0.5), [n, K]));
+      const bs = [gpu.upload(inp.floats(96), [96]), undefined, gpu.upload(inp.floats(32), [32])];
+      const got = Ns.map((n) => gpu.empty([M, n])), want = Ns.map((n) => gpu.empty([M, n]));
+      gpu.matmulMany(got, x, ws, bs);
+      Ns.forEach((_, i) => gpu.matmul(want[i]!, x, ws[i]!, bs[i]));
+      Ns.forEach((_, i) => exact(`matmulMany M${M} output ${i}`, gpu.download(got[i]!), gpu.download(want[i]!)));
+      for (const t of [x, ...ws, ...got, ...want, bs[0]!, bs[2]!]) gpu.free(t);
+    }
+
+    // matmulSiluMul: f32 inside vs gate/up rounded to the dtype first → the dtype's tolerance
+    for (const M of [1, 5, 11]) {
+      const K = 512, N = 300;
+      const x = gpu.upload(inp.floats(M * K), [M, K]);
+      const wg = gpu.upload(inp.floats(N * K, 0.2), [N, K]), wu = gpu.upload(inp.floats(N * K, 0.2), [N, K]);
+      const gate = gpu.empty([M, N]), up = gpu.empty([M, N]), got = gpu.empty([M, N]), want = gpu.empty([M, N]);
+      gpu.matmulSiluMul(got, x, wg, wu, gate, up);
+      gpu.matmul(gate, x, wg);
+      gpu.matmul(up, x, wu);
+      gpu.siluMul(want, gate, up);
+      checks.push(compare(`matmulSiluMul M${M} = matmul, matmul, siluMul`, dtype, gpu.download(got), gpu.download(want), 2 * tolerance(dtype)));
+      for (const t of [x, wg, wu, gate, up, got, want]) gpu.free(t);
+    }
+
+    // ropeWriteKvAt: exact against ropeAt ×2 + writeKvAt ×2
+    {
+      const batch = 3, nH = 4, nKv = 2, hd = 32, rot = 16, stride = 20, D = nKv * hd;
+      const pos = Int32Array.of(5, 0, 19);
+      const posDev = gpu.allocInts(batch);
+      gpu.setInts(posDev, pos);
+      const q0 = inp.floats(batch * nH * hd), k0 = inp.floats(batch * D), v0 = inp.floats(batch * D), c0 = inp.floats(batch * stride * D);
+      const cos = gpu.upload(inp.floats(32 * (rot / 2)), [32, rot / 2]), sin = gpu.upload(inp.floats(32 * (rot / 2)), [32, rot / 2]);
+      const mk = () => ({ q: gpu.upload(q0, [batch, nH * hd]), k: gpu.upload(k0, [batch, D]), v: gpu.upload(v0, [batch, D]),
+        ck: gpu.upload(c0, [batch * stride, D]), cv: gpu.upload(c0, [batch * stride, D]) });
+      const a = mk(), b = mk();
+      gpu.ropeWriteKvAt(a.q, a.k, a.v, a.ck, a.cv, posDev, batch, 1, cos, sin, nH, nKv, hd, rot, stride);
+      gpu.ropeAt(b.q, posDev, batch, cos, sin, nH, hd, rot);
+      gpu.ropeAt(b.k, posDev, batch, cos, sin, nKv, hd, rot);
+      gpu.writeKvAt(b.ck, b.k, batch, 1, posDev, stride);
+      gpu.writeKvAt(b.cv, b.v, batch, 1, posDev, stride);
+      exact('ropeWriteKvAt q', gpu.download(a.q), gpu.download(b.q));
+      exact('ropeWriteKvAt cacheK', gpu.download(a.ck), gpu.download(b.ck));
+      exact('ropeWriteKvAt cacheV', gpu.download(a.cv), gpu.download(b.cv));
+      for (const t of [cos, sin, ...Object.values(a), ...Object.values(b)]) gpu.free(t);
+      gpu.freeInts(posDev);
+    }
+  });
+
   return { checks, failures: checks.filter((c) => !c.ok).map((c) => `${c.dtype} ${c.case}: ${c.note ?? `error ${c.error}`}`) };
 }
+
+

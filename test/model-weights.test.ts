@@ -153,11 +153,13 @@ describe('errors', () => {
     expect(e.message).toMatch(new RegExp(`shards in ${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: missing tensor "model.norm.weight"`));
   });
 
-  test('quantized checkpoints are refused clearly', async () => {
+  test('quantization configs that cannot be run are refused clearly', async () => {
     const dir = variant('llama', { config: (c) => { c.quantization_config = { quant_method: 'compressed-tensors' }; } });
     const e = await loadError(dir);
     expect(e).toBeInstanceOf(LlmoptError);
-    expect(e.message).toMatch(/quantized checkpoints are not supported by the decoder yet/);
+    expect(e.message).toMatch(/config\.json: quantization_config has no config_groups/);
+    const gptq = variant('llama', { config: (c) => { c.quantization_config = { quant_method: 'gptq', bits: 4 }; } });
+    expect((await loadError(gptq)).message).toMatch(/quant_method "gptq" is not supported; llmopt runs compressed-tensors checkpoints/);
   });
 
   test('token ids outside the vocabulary', async () => {

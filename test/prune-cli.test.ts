@@ -59,6 +59,10 @@ describe('bad input → exit 1, one line, nothing written', () => {
     expectBadInput([stories, '--heads', '0.25'], /--heads 0\.25: 8 query heads in 4 KV groups of 2; .*nearest valid ratios 0 and 0\.5/);
   });
 
+  test('Llama: a head count transformers would refuse (6 heads, hidden 64) names the counts that work', () => {
+    expectBadInput([stories, '--kv-heads', '0.25'], /keeps 6 query heads, which do not divide hidden_size 64.*Head counts that work: 4 \(--heads 0\.5 or --kv-heads 0\.5\).*--allow-indivisible-heads/);
+  });
+
   test('an already-quantized model, an unsupported architecture', () => {
     const q = path.join(tmp, 'quantized');
     fs.cpSync(stories, q, { recursive: true });
@@ -88,10 +92,14 @@ describe('usage → exit 2', () => {
 
 describe('runs', () => {
   test('--dry-run --json prints the plan and writes nothing', () => {
-    const r = llmopt('prune', stories, '--structured', '--kv-heads', '25%', '--layers', '1', '--importance', 'random', '--seed', '3', '--dry-run', '--json');
+    const r = llmopt('prune', stories, '--structured', '--kv-heads', '25%', '--allow-indivisible-heads', '--layers', '1', '--importance', 'random', '--seed', '3', '--dry-run', '--json');
     expect(r.code, r.stderr).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report).toMatchObject({ dry_run: true, output: null, plan: { kv_groups: { from: 4, to: 3 }, layers: { from: 5, to: 4 } } });
+    expect(report.settings).toMatchObject({ allow_indivisible_heads: true, importance: 'random', seed: 3, device: null });
+    expect(report.importance).toMatchObject({ method: 'random', channels: null, hidden: null });
+    expect(report.importance.layers).toHaveLength(5);
+    expect(report.importance.kv_groups[0]).toHaveLength(4);
     expect(report.parameters.after).toBeLessThan(report.parameters.before);
     expect(report.removed_layers).toHaveLength(1);
     expect(fs.readdirSync(tmp).filter((f) => !['quantized'].includes(f))).toEqual([]);

@@ -32,7 +32,7 @@ describe('planCounts', () => {
     expect([c.heads.to, c.kvGroups.to, c.headsPerGroup.to]).toEqual([4, 4, 1]);
     const kv = planCounts(stories, { kvHeads: 0.5 });
     expect([kv.heads.to, kv.kvGroups.to, kv.headsPerGroup.to]).toEqual([4, 2, 2]);
-    expect(planCounts(stories, { kvHeads: 0.25 }).heads.to).toBe(6);
+    expect(planCounts(stories, { kvHeads: 0.25, allowIndivisibleHeads: true }).heads.to).toBe(6);
     expect(planCounts(stories, { layers: 1 }).layers).toEqual({ from: 5, to: 4 });
   });
 
@@ -50,20 +50,30 @@ describe('planCounts', () => {
   });
 
   test('head counts are whole and uniform per group; GQA ratios must divide the group', () => {
-    const c = planCounts(big, { heads: 0.25 });
+    const c = planCounts(big, { heads: 0.25, allowIndivisibleHeads: true });
     expect([c.heads.to, c.headsPerGroup.to]).toEqual([24, 3]);
     expect(() => planCounts(stories, { heads: 0.25 })).toThrow(/every group must keep the same number of heads.*nearest valid ratios 0 and 0\.5/);
     expect(() => planCounts(big, { heads: 0.3 })).toThrow(/multiple of 1\/4: nearest valid ratios 0\.25 and 0\.5/);
-    const both = planCounts(big, { heads: 0.5, kvHeads: 0.25 });
+    const both = planCounts(big, { heads: 0.5, kvHeads: 0.25, allowIndivisibleHeads: true });
     expect([both.kvGroups.to, both.headsPerGroup.to, both.heads.to]).toEqual([6, 2, 12]);
   });
 
+  test('Llama: kept query heads must divide hidden_size (transformers 5 LlamaConfig), unless allowed', () => {
+    expect(() => planCounts(stories, { kvHeads: 0.25 })).toThrow(
+      /keeps 6 query heads, which do not divide hidden_size 64: .* Head counts that work: 4 \(--heads 0\.5 or --kv-heads 0\.5\), 2 \(--kv-heads 0\.5 --heads 0\.5 or --kv-heads 0\.75\), 1 \(--kv-heads 0\.75 --heads 0\.5\); or pass --allow-indivisible-heads/,
+    );
+    expect(() => planCounts(big, { heads: 0.25 })).toThrow(/keeps 24 query heads, which do not divide hidden_size 4096/);
+    expect(() => planCounts(stories, { hidden: 0.25, heads: 0.5 })).not.toThrow(); // 48 % 4 = 0
+    expect(() => planCounts({ ...stories, architecture: 'mistral' }, { kvHeads: 0.25 })).not.toThrow(); // no such rule there
+    expect(() => planCounts({ ...stories, architecture: 'qwen3' }, { kvHeads: 0.25 })).not.toThrow();
+  });
+
   test('KV groups round to the nearest whole group; without GQA --heads removes whole heads', () => {
-    const c = planCounts(big, { kvHeads: 0.3 });
+    const c = planCounts(big, { kvHeads: 0.3, allowIndivisibleHeads: true });
     expect(c.kvGroups.to).toBe(6); // 2.4 → 2 removed
     expect(c.rounding[0]).toMatch(/2\.4 of 8 KV groups rounded to 2 removed/);
     const mha: ModelSpec = { ...stories, numKvHeads: 8 };
-    const m = planCounts(mha, { heads: 0.25 });
+    const m = planCounts(mha, { heads: 0.25, allowIndivisibleHeads: true });
     expect([m.heads.to, m.kvGroups.to, m.headsPerGroup.to]).toEqual([6, 6, 1]);
     expect(m.rounding.join(' ')).toMatch(/no GQA/);
     expect(() => planCounts(mha, { heads: 0.25, kvHeads: 0.25 })).toThrow(/give one/);
@@ -89,7 +99,7 @@ describe('selection', () => {
   });
 
   test('every KV group keeps the same number of query heads, grouped as HF maps them', () => {
-    const counts = planCounts(big, { heads: 0.5, kvHeads: 0.25 });
+    const counts = planCounts(big, { heads: 0.5, kvHeads: 0.25, allowIndivisibleHeads: true });
     const sel = selectUnits(counts, randomImportance(big, 7));
     expect(sel.layers).toHaveLength(32);
     for (const l of sel.layers) {
@@ -109,7 +119,7 @@ describe('selection', () => {
       scores.heads[l]!.set([1, 2, 2, 1, 1, 2, 2, 1]);
       scores.channels[l]!.forEach((_, c) => (scores.channels[l]![c] = (c * 37) % 172));
     }
-    const sel = selectUnits(planCounts(stories, { heads: 0.5, kvHeads: 0.25, mlp: 0.5, multipleOf: 1, layers: 2 }), scores as ImportanceScores);
+    const sel = selectUnits(planCounts(stories, { heads: 0.5, kvHeads: 0.25, mlp: 0.5, multipleOf: 1, layers: 2, allowIndivisibleHeads: true }), scores as ImportanceScores);
     expect(sel.keptLayers).toEqual([0, 2, 3]);
     expect(sel.removedLayers).toEqual([1, 4]);
     const l0 = sel.layers[0]!;

@@ -172,7 +172,7 @@ describe('compressed-tensors layout, tensor by tensor', () => {
         for (let c = 0; c < 64; c++) {
           const x = Math.fround(row[c]! / s);
           const rounded = Math.abs(x % 1) === 0.5 ? 2 * Math.round(x / 2) : Math.round(x);
-          expect(codes[r * 64 + c]).toBe(Math.max(-128, Math.min(127, rounded)));
+          expect(codes[r * 64 + c]).toBe(Math.max(-128, Math.min(127, rounded)) + 0); // + 0: −0 → 0
         }
       }
     } finally {
@@ -180,7 +180,7 @@ describe('compressed-tensors layout, tensor by tensor', () => {
     }
   });
 
-  test('W8A8 static + SmoothQuant: input_scale per Linear, smoothed norms, the same function', async () => {
+  test('W8A8 static + SmoothQuant: input_scale per Linear, smoothed input and post-attention norms', async () => {
     const { ck, config, report } = await quantize('w8a8-static-sq', { scheme: 'W8A8', staticActivations: true, smoothquant: 0.5 });
     try {
       expectLayout(ck, (o, i) => ({ weight: ['I8', [o, i]], weight_scale: ['F32', [o, 1]], input_scale: ['F32', [1]] }));
@@ -333,4 +333,44 @@ describe('quantized checkpoints load and evaluate on the CPU', () => {
     // And per layer on the calibration data.
     for (let i = 0; i < 5; i++) expect(gptq.report.layers[i]!.output_rel_error).toBeLessThan(rtn.report.layers[i]!.output_rel_error);
   });
+});
+
+describe('every Llama-family architecture', () => {
+  // The arch fixtures (random weights, no tokenizer): GQA, q/k/v biases (Qwen2), q/k norms (Qwen3),
+  // head_dim ≠ hidden/heads (o_proj [32, 48]), untied lm_head, sliding windows, llama3 rope scaling.
+  const fixtures = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'fixtures/arch');
+  for (const arch of ['llama', 'qwen2', 'qwen3', 'mistral', 'qwen2-sliding', 'llama3-rope']) {
+    test(`${arch}: W8A8 + SmoothQuant and W4A16 GPTQ + FP8 KV load back and track the original`, async () => {
+      const dir = path.join(fixtures, arch);
+      const base = await loadModel(dir, device);
+      const V = base.spec.vocabSize;
+      let seed = 11;
+      const next = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % V;
+      const windows = Array.from({ length: 8 }, () => Int32Array.from({ length: 96 }, next));
+      const ids = Int32Array.from({ length: 40 }, next);
+      const ref = device.download(base.decoder.forward(ids, 1, 40));
+      base.decoder.dispose({ weights: true });
+      for (const [name, opts, maxRel] of [
+        ['w8a8-sq', { scheme: 'W8A8', smoothquant: 0.5 }, 0.08],
+        ['w4-gptq-kv', { scheme: 'W4A16', groupSize: 'channel', method: 'gptq', kvCache: 'fp8' }, 0.8],
+      ] as const) {
+        const out = path.join(tmp, `${arch}-${name}`);
+        await quantizeModel({ model: dir, output: out, device, calibrationSet: { source: 'random tokens', windows, tokens: 768, seed: 11 }, ...opts });
+        const m = await loadModel(out, device);
+        try {
+          const got = device.download(m.decoder.forward(ids, 1, 40));
+          let d = 0;
+          let mx = 0;
+          for (let i = 0; i < ref.length; i++) {
+            d = Math.max(d, Math.abs(got[i]! - ref[i]!));
+            mx = Math.max(mx, Math.abs(ref[i]!));
+          }
+          expect(got.every(Number.isFinite)).toBe(true);
+          expect(d / mx, `${arch} ${name}`).toBeLessThan(maxRel);
+        } finally {
+          m.decoder.dispose({ weights: true });
+        }
+      }
+    });
+  }
 });

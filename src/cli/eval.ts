@@ -81,7 +81,22 @@ function renderGates(gates: readonly GateResult[]): string[] {
   });
 }
 
+/**
+ * `--device auto`'s fall-back notice, held back until the command has produced its result: bad input
+ * must stay exactly one `error:` line on stderr.
+ */
+function deferredNotices(): { push: (line: string) => void; flush: () => void } {
+  const lines: string[] = [];
+  return {
+    push: (line) => void lines.push(line),
+    flush: () => {
+      for (const line of lines.splice(0)) process.stderr.write(`notice: ${line}\n`);
+    },
+  };
+}
+
 async function evalCommand(model: string, flags: EvalFlags): Promise<number> {
+  const notices = deferredNotices();
   const gates = (flags.gate ?? []).map(parseGate);
   checkGatesComputable(gates, flags.baseline !== undefined);
   checkGatesForMode(gates, flags.latency === true);
@@ -92,9 +107,11 @@ async function evalCommand(model: string, flags: EvalFlags): Promise<number> {
       batch: integerFlag('--batch', flags.batch, 1),
       json: flags.json,
     };
-    const device = openDevice(flags.device, flags.dtype);
+    const device = openDevice(flags.device, flags.dtype, notices.push);
     try {
-      return await latencyCommand(model, latencyFlags, gates, device);
+      const code = await latencyCommand(model, latencyFlags, gates, device);
+      notices.flush();
+      return code;
     } finally {
       device.close();
     }
@@ -108,7 +125,7 @@ async function evalCommand(model: string, flags: EvalFlags): Promise<number> {
   if (seqLen !== undefined && stride !== undefined && stride > seqLen) {
     throw new LlmoptError(`--stride ${stride} is larger than --seq-len ${seqLen}: tokens between windows would never be scored`);
   }
-  const opened = openDevice(flags.device, flags.dtype);
+  const opened = openDevice(flags.device, flags.dtype, notices.push);
 
   let progress: Progress | undefined;
   try {
@@ -130,6 +147,7 @@ async function evalCommand(model: string, flags: EvalFlags): Promise<number> {
     progress = undefined;
     const gateResults = evaluateGates(gates, gateMetrics(run.result));
     const report = buildEvalReport(run, gateResults);
+    notices.flush();
     process.stdout.write(flags.json ? JSON.stringify(report, null, 2) + '\n' : renderHuman(report).join('\n') + '\n');
     return report.passed ? EXIT_OK : EXIT_GATE_FAILED;
   } finally {

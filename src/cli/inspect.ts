@@ -1,11 +1,12 @@
 // llmopt inspect <model>: config summary, parameters by component, tensor table, totals,
-// quantization config. Reads headers only (no tensor data), so it is instant on any size.
+// quantization config. Reads headers only (and the tiny weight_shape tensors of packed quantized
+// weights), so it is instant on any size.
 
 import { statSync } from 'node:fs';
 import path from 'node:path';
 import chalk from 'chalk';
 import type { Command } from 'commander';
-import { countParameters, COMPONENTS, type ParameterCounts } from '../eval/params.js';
+import { countParameters, COMPONENTS, isPackedWeight, type ParameterCounts } from '../eval/params.js';
 import { CheckpointTensors, readJsonFile, resolveModelPath } from '../io/index.js';
 import { parseModelConfig } from '../model/config.js';
 import type { ModelSpec } from '../model/spec.js';
@@ -46,6 +47,15 @@ export interface InspectReport {
   quantization_config: unknown;
 }
 
+/**
+ * A packed weight's [out, in] from its `weight_shape` tensor (compressed-tensors writes one beside
+ * every `weight_packed`); the stored shape when it is missing.
+ */
+function packedLogicalShape(checkpoint: CheckpointTensors, packed: TensorRow): number[] {
+  const shapeName = packed.name.replace(/\.weight_packed$/, '.weight_shape');
+  return checkpoint.has(shapeName) ? Array.from(checkpoint.readFloat32(shapeName)) : packed.shape;
+}
+
 /** Orders names with embedded numbers numerically: layers.2 before layers.10. */
 const naturalOrder = new Intl.Collator('en', { numeric: true }).compare;
 
@@ -80,7 +90,10 @@ export function inspectModel(modelPath: string): InspectReport {
         rope_scaling: spec.positions === 'rope' ? spec.ropeScaling : null,
         tie_word_embeddings: spec.tieWordEmbeddings,
       },
-      parameters: countParameters(tensors, spec.tieWordEmbeddings),
+      parameters: countParameters(
+        tensors.map((t) => ({ name: t.name, shape: isPackedWeight(t.name) ? packedLogicalShape(checkpoint, t) : t.shape })),
+        spec.tieWordEmbeddings,
+      ),
       tensors,
       totals: {
         tensors: tensors.length,

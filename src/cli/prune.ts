@@ -8,7 +8,7 @@ import { IMPORTANCE_METHODS, runPrune, type ImportanceMethod, type PruneReport }
 import { DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_SEQ_LEN } from '../compress/prune/run.js';
 import { DEFAULT_CALIBRATION, describeCalibrationSource } from '../compress/calibration.js';
 import { LlmoptError, UsageError } from '../errors.js';
-import { openDevice } from './device.js';
+import { openDevice, type OpenedDevice } from './device.js';
 import { formatBytes, formatInt } from './format.js';
 import { createProgress, type Progress } from './progress.js';
 
@@ -20,6 +20,7 @@ interface PruneFlags {
   layers?: string;
   hidden?: string;
   multipleOf?: string;
+  allowIndivisibleHeads?: boolean;
   importance: string;
   calib?: string;
   calibSamples?: string;
@@ -108,6 +109,7 @@ async function pruneCommand(model: string, flags: PruneFlags, toolVersion: strin
     hidden: ratioFlag('--hidden', flags.hidden),
     layers: integerFlag('--layers', flags.layers, 0),
     multipleOf: integerFlag('--multiple-of', flags.multipleOf, 1),
+    allowIndivisibleHeads: flags.allowIndivisibleHeads ?? false,
   };
   if ([request.heads, request.kvHeads, request.mlp, request.hidden, request.layers].every((x) => x === undefined)) {
     throw new UsageError('nothing to prune: give at least one of --heads, --kv-heads, --mlp, --layers, --hidden');
@@ -127,7 +129,13 @@ async function pruneCommand(model: string, flags: PruneFlags, toolVersion: strin
     seqLen: integerFlag('--calib-seq-len', flags.calibSeqLen, 2),
   };
 
-  const opened = openDevice(flags.device);
+  // Opened only if the calibration forward passes run (after every input check). fp32: importance
+  // statistics are cheap to keep exact, and the cpu computes nothing else.
+  let opened: OpenedDevice | undefined;
+  const lazyDevice = () => {
+    opened = openDevice(flags.device, 'fp32');
+    return { device: opened.device, name: opened.gpu !== undefined ? `${opened.name} (${opened.gpu})` : opened.name };
+  };
   let progress: Progress | undefined;
   let calibStarted = 0;
   try {
@@ -140,8 +148,7 @@ async function pruneCommand(model: string, flags: PruneFlags, toolVersion: strin
       seed,
       dryRun: flags.dryRun ?? false,
       overwrite: flags.force ?? false,
-      device: opened.device,
-      deviceName: opened.name,
+      device: lazyDevice,
       toolVersion,
       onCalibrationStart: (total) => {
         progress = createProgress('calibrate', total);
@@ -154,7 +161,7 @@ async function pruneCommand(model: string, flags: PruneFlags, toolVersion: strin
     process.stdout.write(flags.json ? `${JSON.stringify(report, null, 2)}\n` : `${renderHuman(report).join('\n')}\n`);
   } finally {
     progress?.stop();
-    opened.close();
+    opened?.close();
   }
 }
 
@@ -170,6 +177,7 @@ export function registerPrune(program: Command, toolVersion: string): void {
     .option('--layers <n>', 'number of whole decoder layers to remove (the least important)')
     .option('--hidden <r>', 'fraction of embedding (hidden) channels to remove, in every norm, embedding and projection (Minitron-style)')
     .option('--multiple-of <m>', 'round kept MLP/hidden channel counts to a multiple of M (head counts are never rounded)', '8')
+    .option('--allow-indivisible-heads', "Llama: allow a query-head count that does not divide hidden_size (llmopt loads it; transformers ≥ 5's LlamaConfig refuses it)")
     .option('--importance <method>', `how units are ranked: ${IMPORTANCE_METHODS.join(', ')}`, 'activation')
     .option('--calib <name|file>', `calibration text for activation importance: built-in name or .txt/.jsonl file (default ${DEFAULT_CALIBRATION})`)
     .option('--calib-samples <n>', `calibration windows (default ${DEFAULT_CALIB_SAMPLES})`)
@@ -179,7 +187,7 @@ export function registerPrune(program: Command, toolVersion: string): void {
     .option('--force', 'replace an existing output folder')
     .option('--dry-run', 'print what would be removed, the new parameter count and size; write nothing')
     .option('--json', 'print one JSON object (the llmopt-report.json content) on stdout')
-    .option('--device <kind>', 'device for the calibration forward passes: cpu, or auto', 'auto')
+    .option('--device <kind>', 'device for the calibration forward passes (fp32): cpu, cuda, or auto (the GPU when there is one)', 'auto')
     .action(async (model: string, flags: PruneFlags) => {
       await pruneCommand(model, flags, toolVersion);
     });

@@ -8,7 +8,7 @@ import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { describeCalibrationSource } from '../compress/calibration.js';
-import { DEFAULT_GROUP_SIZE, DEFAULTS, SCHEME_NAMES, describeScheme, quantizeModel, type LayerReport, type QuantizeOptions, type QuantizeReport } from '../compress/quant/index.js';
+import { DEFAULT_GROUP_SIZE, DEFAULTS, SCHEME_NAMES, describeScheme, prepareQuantize, runQuantize, type LayerReport, type QuantizeReport, type QuantizeSettings } from '../compress/quant/index.js';
 import { loadRecipe, mergeOverRecipe, type QuantizeRecipe } from '../pipeline/recipe.js';
 import { openDevice } from './device.js';
 import { formatBytes, formatFloat, formatInt, renderTable } from './format.js';
@@ -138,29 +138,39 @@ async function quantizeCommand(model: string, flags: QuantizeFlags): Promise<voi
   if (o.scheme === undefined) throw new UsageError(`--scheme is required (one of ${SCHEME_NAMES.join(', ')}), or give it in --recipe`);
   if (flags.output === undefined) throw new UsageError('-o, --output <dir> is required');
 
-  const opened = openDevice(flags.device);
+  const settings: QuantizeSettings = {
+    model,
+    output: flags.output,
+    scheme: o.scheme,
+    method: o.method as QuantizeSettings['method'],
+    observer: o.observer as QuantizeSettings['observer'],
+    groupSize: o.groupSize,
+    asym: o.asym,
+    staticActivations: o.staticActivations,
+    smoothquant: o.smoothquant,
+    kvCache: o.kvCache,
+    actorder: o.actorder,
+    dampening: o.dampening,
+    ignore: o.ignore,
+    calibration: o.calibration,
+    force: flags.force ?? false,
+    toolVersion: packageVersion(),
+  };
+  // Every input is checked (and the calibration set drawn) before a device is opened.
+  const prepared = await prepareQuantize(settings);
+  let opened: ReturnType<typeof openDevice>;
+  try {
+    opened = openDevice(flags.device);
+  } catch (e) {
+    prepared.close();
+    throw e;
+  }
   const progress = layerProgress();
   let schemeLine = o.scheme;
   try {
-    const options: QuantizeOptions = {
-      model,
-      output: flags.output,
-      scheme: o.scheme,
-      method: o.method as QuantizeOptions['method'],
-      observer: o.observer as QuantizeOptions['observer'],
-      groupSize: o.groupSize,
-      asym: o.asym,
-      staticActivations: o.staticActivations,
-      smoothquant: o.smoothquant,
-      kvCache: o.kvCache,
-      actorder: o.actorder,
-      dampening: o.dampening,
-      ignore: o.ignore,
-      calibration: o.calibration,
-      force: flags.force ?? false,
+    const report = await runQuantize(prepared, {
       device: opened.device,
       deviceName: opened.name,
-      toolVersion: packageVersion(),
       onStart: ({ layers, scheme, calibration }) => {
         schemeLine = describeScheme(scheme);
         if (!flags.json) {
@@ -172,8 +182,7 @@ async function quantizeCommand(model: string, flags: QuantizeFlags): Promise<voi
         progress.start(layers);
       },
       onLayer: (r, layers) => progress.layer(r, layers),
-    };
-    const report = await quantizeModel(options);
+    });
     progress.stop();
     process.stdout.write(flags.json ? `${JSON.stringify(report, null, 2)}\n` : `${renderHuman(report, schemeLine).join('\n')}\n`);
   } finally {
@@ -203,7 +212,7 @@ export function registerQuantize(program: Command): void {
     .option('--calib-seq-len <n>', `tokens per window (default ${DEFAULTS.calibSeqLen}, capped by max_position_embeddings)`)
     .option('--seed <n>', `seed for drawing calibration windows (default ${DEFAULTS.seed})`)
     .option('--recipe <file>', 'YAML recipe with these options (recipes/); flags override it')
-    .option('--device <kind>', 'cpu, or auto (picks the best available)', 'auto')
+    .option('--device <kind>', 'where the layers run during calibration: cpu, or auto/cuda (the GPU path is not validated yet)', 'cpu')
     .option('--force', 'replace the output folder if it exists')
     .option('--json', 'the report (llmopt-report.json) on stdout; progress stays on stderr')
     .action(async (model: string, flags: QuantizeFlags) => {

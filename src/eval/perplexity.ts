@@ -78,8 +78,8 @@ function batchIds(tokens: Int32Array, batch: readonly Window[]): Int32Array {
 }
 
 /**
- * Rows of a batch whose logits score a target, as [start, count, targets] pieces of at most
- * `maxRows`: hidden row j of window b predicts token j+1, for j+1 from firstTarget to seq-1.
+ * The rows of a batch whose logits score a target, in pieces of at most `maxRows` rows: row j of
+ * window b (batch row b·seq + j) predicts token j+1, for j+1 from firstTarget to seq-1.
  */
 function scoredRowChunks(tokens: Int32Array, batch: readonly Window[], maxRows: number): { start: number; targets: Int32Array }[] {
   const seq = batch[0]!.length;

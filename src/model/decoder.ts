@@ -46,6 +46,16 @@ export interface StepAtOps<I> {
   ropeAt(x: Tensor, positions: I, rows: number, cos: Tensor, sin: Tensor, nHeads: number, headDim: number, rotaryDim: number): void;
   writeKvAt(cache: Tensor, src: Tensor, batch: number, seq: number, starts: I, kvStride: number): void;
   attentionAt(out: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape, kvLens: I): void;
+  // Optional fusions (CUDA); decodeStepAt uses them for plain Llama-family layers when all are present.
+  /** x += y, then out = rmsNorm(x). */
+  addRmsNorm?(out: Tensor, x: Tensor, y: Tensor, weight: Tensor, eps: number): void;
+  /** outs[i] = x · weights[i]ᵀ (+ biases[i]). */
+  matmulMany?(outs: readonly Tensor[], x: Tensor, weights: readonly Tensor[], biases?: readonly (Tensor | undefined)[]): void;
+  /** out = silu(x · wGateᵀ) * (x · wUpᵀ); gate/up are scratch of out's shape. */
+  matmulSiluMul?(out: Tensor, x: Tensor, wGate: Tensor, wUp: Tensor, gate: Tensor, up: Tensor): void;
+  /** rope(q), rope(k) at positions[b] + t, then k/v appended to the caches there. */
+  ropeWriteKvAt?(q: Tensor, k: Tensor, v: Tensor, cacheK: Tensor, cacheV: Tensor, positions: I, batch: number, seq: number,
+    cos: Tensor, sin: Tensor, nHeads: number, nKvHeads: number, headDim: number, rotaryDim: number, kvStride: number): void;
 }
 
 /** Device-side inputs of one decode step: ids [batch]; positions[b] = sequence b's cache length before the step; kvLens[b] = positions[b] + 1. */
@@ -271,12 +281,51 @@ export class Decoder {
   decodeStepAt<I>(ws: Workspace, step: DecodeStepAt<I>, cache: KVCache): Tensor {
     if (ws.seq !== 1 || ws.batch !== cache.batch) throw new Error(`decodeStepAt: workspace ${ws.batch}x${ws.seq} for a cache of batch ${cache.batch}`);
     step.ops.embeddingAt(ws.x, this.weights.embed, step.ids);
+    if (this.canFuseDecode(step.ops)) return this.fusedDecodeLayers(ws, step, cache);
     if (this.spec.positions === 'learned') step.ops.addEmbeddingAt(ws.x, this.weights.positions!, step.positions);
     for (let i = 0; i < this.spec.numLayers; i++) {
       this.attentionBlock(i, ws.x, ws, 0, cache, undefined, step as DecodeStepAt<unknown>);
       this.mlpBlock(i, ws.x, ws);
     }
     this.norm(ws.xn, ws.x, this.weights.finalNorm, this.weights.finalNormBias);
+    return ws.xn;
+  }
+
+  /** Plain Llama-family layers (rms norm, rope, SwiGLU, no q/k norm, no MLP bias, no simulated quantization) and a device with the fusions. */
+  private canFuseDecode<I>(ops: StepAtOps<I>): boolean {
+    const s = this.spec;
+    const w = this.weights;
+    return ops.addRmsNorm !== undefined && ops.matmulMany !== undefined && ops.matmulSiluMul !== undefined && ops.ropeWriteKvAt !== undefined &&
+      s.norm === 'rms' && s.positions === 'rope' && s.activation === 'silu' && !s.qkNorm &&
+      (w.quant === undefined || w.quant.every((q) => q === undefined)) &&
+      w.layers.every((l) => l.gateBias === undefined && l.upBias === undefined);
+  }
+
+  /**
+   * decodeStepAt's layers with fused ops: per layer norm+residual fused, q/k/v in one launch, rope and
+   * the KV append in one kernel, gate/up/SwiGLU in one launch (7 launches instead of 18).
+   */
+  private fusedDecodeLayers<I>(ws: Workspace, step: DecodeStepAt<I>, cache: KVCache): Tensor {
+    const s = this.spec;
+    const ops = step.ops;
+    const rope = this.ropeFor(cache.maxLen);
+    const layers = this.weights.layers;
+    this.device.rmsNorm(ws.xn, ws.x, layers[0]!.attnNorm, s.normEps);
+    for (let i = 0; i < s.numLayers; i++) {
+      const w = layers[i]!;
+      ops.matmulMany!([ws.q, ws.k, ws.v], ws.xn, [w.q, w.k, w.v], [w.qBias, w.kBias, w.vBias]);
+      ops.ropeWriteKvAt!(ws.q, ws.k, ws.v, cache.k[i]!, cache.v[i]!, step.positions, ws.batch, 1, rope.cos, rope.sin,
+        s.numHeads, s.numKvHeads, s.headDim, this.rotaryDim, cache.maxLen);
+      ops.attentionAt(ws.att, ws.q, cache.k[i]!, cache.v[i]!, {
+        batch: ws.batch, seqQ: 1, kvLen: cache.maxLen, kvStride: cache.maxLen, nHead: s.numHeads, nKvHead: s.numKvHeads,
+        headDim: s.headDim, scale: 1 / Math.sqrt(s.headDim), window: layerSlidingWindow(s, i),
+      }, step.kvLens);
+      this.device.matmul(ws.proj, ws.att, w.o, w.oBias);
+      ops.addRmsNorm!(ws.xn, ws.x, ws.proj, w.mlpNorm, s.normEps);
+      ops.matmulSiluMul!(ws.act, ws.xn, w.gate!, w.up, ws.gate!, ws.up);
+      this.device.matmul(ws.proj, ws.act, w.down, w.downBias);
+      ops.addRmsNorm!(ws.xn, ws.x, ws.proj, i + 1 < s.numLayers ? layers[i + 1]!.attnNorm : this.weights.finalNorm, s.normEps);
+    }
     return ws.xn;
   }
 

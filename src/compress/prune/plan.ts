@@ -28,6 +28,12 @@ export interface PruneRequest {
   hidden?: number;
   /** Kept channel counts (MLP, hidden) are rounded to a multiple of this. Default 8. */
   multipleOf?: number;
+  /**
+   * Llama only: allow a query-head count that does not divide hidden_size. transformers ≥ 5's
+   * LlamaConfig refuses such a config (its validate_architecture checks hidden_size %
+   * num_attention_heads even when head_dim is explicit); llmopt loads it.
+   */
+  allowIndivisibleHeads?: boolean;
 }
 
 export interface PruneCounts {
@@ -138,7 +144,7 @@ export function planCounts(spec: ModelSpec, req: PruneRequest): PruneCounts {
 
   const headsPerGroupKept = P - perGroupRemoved;
   const groupsKept = G - groupsRemoved;
-  return {
+  const counts: PruneCounts = {
     heads: { from: spec.numHeads, to: groupsKept * headsPerGroupKept },
     kvGroups: { from: G, to: groupsKept },
     headsPerGroup: { from: P, to: headsPerGroupKept },
@@ -148,6 +154,40 @@ export function planCounts(spec: ModelSpec, req: PruneRequest): PruneCounts {
     rounding,
     multipleOf: m,
   };
+  checkLlamaHeadsDivideHidden(spec, counts, req.allowIndivisibleHeads ?? false);
+  return counts;
+}
+
+/** Kept head counts g·p (g ≤ groups, p ≤ heads per group) that divide `hidden`, with flags that give them. */
+function headCountsDividing(spec: ModelSpec, hidden: number): string[] {
+  const G = spec.numKvHeads;
+  const P = spec.numHeads / G;
+  const ways = new Map<number, string[]>();
+  for (let g = G; g >= 1; g--) {
+    for (let p = P; p >= 1; p--) {
+      const k = g * p;
+      if (k === spec.numHeads || hidden % k !== 0) continue;
+      const flags = [...(g < G ? [`--kv-heads ${fmt((G - g) / G)}`] : []), ...(p < P ? [`--heads ${fmt((P - p) / P)}`] : [])];
+      ways.set(k, [...(ways.get(k) ?? []), flags.join(' ')]);
+    }
+  }
+  return [...ways.entries()].sort((a, b) => b[0] - a[0]).map(([k, w]) => `${k} (${w.join(' or ')})`);
+}
+
+/**
+ * transformers ≥ 5 refuses a LlamaConfig whose hidden_size is not a multiple of
+ * num_attention_heads, even with an explicit head_dim (Mistral, Qwen2 and Qwen3 have no such rule).
+ * A Llama model that satisfied it must still satisfy it after pruning, unless the user opts out.
+ */
+function checkLlamaHeadsDivideHidden(spec: ModelSpec, c: PruneCounts, allow: boolean): void {
+  if (spec.architecture !== 'llama' || allow) return;
+  if (spec.hiddenSize % spec.numHeads !== 0 || c.hiddenChannels.to % c.heads.to === 0) return;
+  const valid = headCountsDividing(spec, c.hiddenChannels.to);
+  throw new LlmoptError(
+    `pruning keeps ${c.heads.to} query heads, which do not divide hidden_size ${c.hiddenChannels.to}: transformers' LlamaConfig refuses that ` +
+      `(hidden_size % num_attention_heads must be 0, even with head_dim set). Head counts that work: ${valid.length > 0 ? valid.join(', ') : 'none'}; ` +
+      `or pass --allow-indivisible-heads to write it anyway (llmopt loads it, transformers ≥ 5 does not)`,
+  );
 }
 
 /** True when the counts change nothing. */

@@ -52,8 +52,13 @@ export interface PruneOptions {
   dryRun: boolean;
   /** Replace an existing output folder. */
   overwrite: boolean;
-  device: Device;
-  deviceName: string;
+  /**
+   * Runs the calibration forward passes (activation importance only). A function is called only
+   * then, after every input check, so e.g. a GPU is not opened for a request that fails.
+   */
+  device: Device | (() => { device: Device; name: string });
+  /** How the report names a device given directly (default: its kind). */
+  deviceName?: string;
   toolVersion: string;
   /** Calibration progress in tokens. */
   onCalibrationStart?: (totalTokens: number) => void;
@@ -76,9 +81,11 @@ export interface PruneReport {
     layers: number;
     hidden: number;
     multiple_of: number;
+    allow_indivisible_heads: boolean;
     importance: ImportanceMethod;
     seed: number;
-    device: string;
+    /** The device the calibration ran on; null when the importance needed none. */
+    device: string | null;
   };
   calibration: { source: string; samples: number; seq_len: number; tokens: number; seed: number } | null;
   plan: {
@@ -104,13 +111,14 @@ export interface PruneReport {
     removed_channels: number[];
   }[];
   hidden: { kept: number[]; removed: number[] } | null;
+  /** Scores of the axes this run pruned (null for the others), indexed by original layer and unit. */
   importance: {
     method: ImportanceMethod;
-    layers: number[];
-    heads: number[][];
-    kv_groups: number[][];
-    channels: number[][];
-    hidden: number[];
+    layers: number[] | null;
+    heads: number[][] | null;
+    kv_groups: number[][] | null;
+    channels: number[][] | null;
+    hidden: number[] | null;
   };
   parameters: { before: number; after: number; removed_fraction: number };
   bytes: { before: number; after: number; dtypes: string[] };
@@ -144,6 +152,7 @@ function countParams(tensors: Iterable<{ name: string; shape: readonly number[] 
   return n;
 }
 
+const changed = (x: { from: number; to: number }): boolean => x.from !== x.to;
 const round6 = (a: ArrayLike<number>): number[] => Array.from(a, (x) => Number(x.toPrecision(6)));
 
 function checkOutputUpFront(output: string | undefined, opts: PruneOptions, inputDir: string): void {
@@ -157,10 +166,16 @@ function checkOutputUpFront(output: string | undefined, opts: PruneOptions, inpu
 interface ImportanceResult {
   scores: ImportanceScores;
   calibration: PruneReport['calibration'];
+  deviceName: string | null;
+}
+
+function resolveDevice(opts: PruneOptions): { device: Device; name: string } {
+  if (typeof opts.device === 'function') return opts.device();
+  return { device: opts.device, name: opts.deviceName ?? opts.device.kind };
 }
 
 async function computeImportance(opts: PruneOptions, spec: ModelSpec, modelDir: string, checkpoint: CheckpointTensors, counts: PruneCounts): Promise<ImportanceResult> {
-  if (opts.importance === 'random') return { scores: randomImportance(spec, opts.seed), calibration: null };
+  if (opts.importance === 'random') return { scores: randomImportance(spec, opts.seed), calibration: null, deviceName: null };
   if (opts.importance === 'magnitude') {
     const needs = {
       attention: counts.heads.to !== counts.heads.from,
@@ -168,7 +183,7 @@ async function computeImportance(opts: PruneOptions, spec: ModelSpec, modelDir: 
       hidden: counts.hiddenChannels.to !== counts.hiddenChannels.from,
       layers: counts.layers.to !== counts.layers.from,
     };
-    return { scores: magnitudeImportance(spec, checkpoint, needs), calibration: null };
+    return { scores: magnitudeImportance(spec, checkpoint, needs), calibration: null, deviceName: null };
   }
   if (!fs.existsSync(path.join(modelDir, TOKENIZER_FILE))) {
     throw new LlmoptError(`${modelDir}: no ${TOKENIZER_FILE}; activation importance tokenizes calibration text (use --importance magnitude or random without one)`);
@@ -180,13 +195,14 @@ async function computeImportance(opts: PruneOptions, spec: ModelSpec, modelDir: 
   const tokenizer = await TextTokenizer.load(modelDir);
   const source = opts.calibration.source ?? DEFAULT_CALIBRATION;
   const calib = loadCalibration({ source, samples: opts.calibration.samples ?? DEFAULT_CALIB_SAMPLES, seqLen, seed: opts.seed }, tokenizer);
-  const loaded = await loadModel(modelDir, opts.device);
+  const { device, name: deviceName } = resolveDevice(opts);
+  const loaded = await loadModel(modelDir, device);
   try {
     opts.onCalibrationStart?.(calib.tokens);
     let done = 0;
     const scores = await activationImportance({
       decoder: loaded.decoder,
-      device: opts.device,
+      device,
       windows: calib.windows,
       onProgress: (i) => {
         done += calib.windows[i - 1]!.length;
@@ -196,6 +212,7 @@ async function computeImportance(opts: PruneOptions, spec: ModelSpec, modelDir: 
     return {
       scores,
       calibration: { source: calib.source, samples: calib.windows.length, seq_len: seqLen, tokens: calib.tokens, seed: calib.seed },
+      deviceName,
     };
   } finally {
     loaded.decoder.dispose({ weights: true });
@@ -231,7 +248,7 @@ export async function runPrune(opts: PruneOptions): Promise<PruneReport> {
   const checkpoint = CheckpointTensors.open(paths);
   try {
     const tImportance = performance.now();
-    const { scores, calibration } = await computeImportance(opts, spec, paths.dir, checkpoint, counts);
+    const { scores, calibration, deviceName } = await computeImportance(opts, spec, paths.dir, checkpoint, counts);
     const importanceSeconds = (performance.now() - tImportance) / 1000;
 
     const selection = selectUnits(counts, scores);
@@ -262,9 +279,10 @@ export async function runPrune(opts: PruneOptions): Promise<PruneReport> {
         layers: opts.request.layers ?? 0,
         hidden: opts.request.hidden ?? 0,
         multiple_of: counts.multipleOf,
+        allow_indivisible_heads: opts.request.allowIndivisibleHeads ?? false,
         importance: opts.importance,
         seed: opts.seed,
-        device: opts.deviceName,
+        device: deviceName,
       },
       calibration,
       plan: {
@@ -282,11 +300,11 @@ export async function runPrune(opts: PruneOptions): Promise<PruneReport> {
       hidden: counts.hiddenChannels.to !== counts.hiddenChannels.from ? { kept: selection.keptHidden, removed: selection.removedHidden } : null,
       importance: {
         method: scores.method,
-        layers: round6(scores.layers),
-        heads: scores.heads.map(round6),
-        kv_groups: scores.kvGroups.map(round6),
-        channels: scores.channels.map(round6),
-        hidden: round6(scores.hidden),
+        layers: changed(counts.layers) ? round6(scores.layers) : null,
+        heads: changed(counts.heads) ? scores.heads.map(round6) : null,
+        kv_groups: changed(counts.heads) ? scores.kvGroups.map(round6) : null,
+        channels: changed(counts.mlpChannels) ? scores.channels.map(round6) : null,
+        hidden: changed(counts.hiddenChannels) ? round6(scores.hidden) : null,
       },
       parameters: { before, after, removed_fraction: 1 - after / before },
       bytes: {

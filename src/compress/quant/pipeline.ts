@@ -103,7 +103,11 @@ const DEFAULT_MAX_BATCH_ROWS = 4096;
 
 function makeBatches(windows: readonly Int32Array[], maxRows: number): Omit<Batch, 'x'>[] {
   const byLength = new Map<number, Int32Array[]>();
-  for (const w of windows) byLength.set(w.length, [...(byLength.get(w.length) ?? []), w]);
+  for (const w of windows) {
+    const same = byLength.get(w.length);
+    if (same) same.push(w);
+    else byLength.set(w.length, [w]);
+  }
   const batches: Omit<Batch, 'x'>[] = [];
   for (const [seq, ws] of byLength) {
     const per = Math.max(1, Math.floor(maxRows / seq));

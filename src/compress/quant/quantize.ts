@@ -37,7 +37,8 @@ export const COPIED_FILES = [
   'chat_template.json',
 ];
 
-export interface QuantizeOptions extends SchemeOptions {
+/** What to quantize and how (everything but the device). */
+export interface QuantizeSettings extends SchemeOptions {
   model: string;
   output: string;
   method?: Method;
@@ -49,16 +50,23 @@ export interface QuantizeOptions extends SchemeOptions {
   /** GPTQ block size (default 128). */
   blockSize?: number;
   calibration?: { source?: string; samples?: number; seqLen?: number; seed?: number };
+  /** Token windows to calibrate on instead of drawing them from `calibration` (library use; no tokenizer needed). */
+  calibrationSet?: CalibrationSet;
   /** Modules left unquantized (names or "re:" patterns); default ["lm_head"]. */
   ignore?: string[];
   /** Replace an existing output folder. */
   force?: boolean;
+  toolVersion?: string;
+}
+
+export interface QuantizeRun {
   device: Device;
   deviceName?: string;
-  toolVersion?: string;
   onStart?: (info: { layers: number; scheme: ResolvedScheme; calibration: CalibrationSet }) => void;
   onLayer?: (report: LayerReport, layers: number) => void;
 }
+
+export type QuantizeOptions = QuantizeSettings & QuantizeRun;
 
 export const DEFAULTS = {
   method: 'rtn' as Method,
@@ -117,7 +125,7 @@ function sha256File(file: string): string {
   return hash.digest('hex');
 }
 
-function checkOptions(o: QuantizeOptions, scheme: ResolvedScheme): void {
+function checkOptions(o: QuantizeSettings, scheme: ResolvedScheme): void {
   const method = o.method ?? DEFAULTS.method;
   if (method !== 'rtn' && method !== 'gptq') throw new UsageError(`--method ${JSON.stringify(method)}: use rtn or gptq`);
   const observer = o.observer ?? DEFAULTS.observer;
@@ -148,7 +156,34 @@ function scaleDtypeOf(dtype: DType): ScaleDType {
   return dtype === 'BF16' || dtype === 'F16' ? dtype : 'F32';
 }
 
-export async function quantizeModel(o: QuantizeOptions): Promise<QuantizeReport> {
+/** Everything about the inputs, checked and loaded: what remains is the work. */
+export interface PreparedQuantize {
+  settings: QuantizeSettings;
+  scheme: ResolvedScheme;
+  method: Method;
+  observer: ObserverName;
+  ignore: string[];
+  paths: ReturnType<typeof resolveModelPath>;
+  rawConfig: Record<string, unknown>;
+  spec: ModelSpec;
+  checkpoint: CheckpointTensors;
+  modelPrefix: string;
+  plans: ReturnType<typeof planLayers>;
+  scaleDtype: ScaleDType;
+  seqLen: number;
+  calibration: CalibrationSet;
+  inputs: QuantizeReport['inputs'];
+  started: number;
+  timings: { load: number; calibrationData: number };
+  /** Closes the source checkpoint (runQuantize does it; call it when not running). */
+  close(): void;
+}
+
+/**
+ * Checks every input (scheme and flags, output path, model, group sizes, calibration source) and
+ * draws the calibration set, before any device is opened or any work starts. LlmoptError on bad input.
+ */
+export async function prepareQuantize(o: QuantizeSettings): Promise<PreparedQuantize> {
   const started = performance.now();
   const scheme = resolveScheme(o);
   checkOptions(o, scheme);
@@ -160,10 +195,10 @@ export async function quantizeModel(o: QuantizeOptions): Promise<QuantizeReport>
   if (fs.existsSync(outAbs) && !o.force) throw new LlmoptError(`${o.output}: already exists; refusing to replace it (use --force)`);
 
   const paths = resolveModelPath(o.model);
-  const rawConfig = readJsonFile(paths.configFile);
+  const rawConfig = readJsonFile(paths.configFile) as Record<string, unknown>;
   const spec = parseModelConfig(rawConfig, paths.configFile);
   refuseModel(spec, paths.configFile);
-  if (!fs.existsSync(path.join(paths.dir, TOKENIZER_FILE))) {
+  if (o.calibrationSet === undefined && !fs.existsSync(path.join(paths.dir, TOKENIZER_FILE))) {
     throw new LlmoptError(`${paths.dir}: no ${TOKENIZER_FILE}; quantize needs the tokenizer to tokenize the calibration set`);
   }
 
@@ -172,40 +207,70 @@ export async function quantizeModel(o: QuantizeOptions): Promise<QuantizeReport>
     const modelPrefix = !checkpoint.has('model.embed_tokens.weight') && checkpoint.has('embed_tokens.weight') ? '' : 'model.';
     const plans = planLayers(spec, modelPrefix, scheme, ignore);
     const scaleDtype = scaleDtypeOf(checkpoint.info(`${modelPrefix}layers.0.self_attn.q_proj.weight`).dtype);
-
-    const tokenizer = await TextTokenizer.load(paths.dir);
-    const seqLen = o.calibration?.seqLen ?? Math.min(DEFAULTS.calibSeqLen, spec.maxPositionEmbeddings);
+    const given = o.calibrationSet;
+    const seqLen = given !== undefined ? Math.max(...given.windows.map((w) => w.length)) : (o.calibration?.seqLen ?? Math.min(DEFAULTS.calibSeqLen, spec.maxPositionEmbeddings));
     if (seqLen > spec.maxPositionEmbeddings) {
       throw new LlmoptError(`--calib-seq-len ${seqLen} is longer than the model's context (max_position_embeddings ${spec.maxPositionEmbeddings})`);
     }
-    const tLoad = (performance.now() - started) / 1000;
+    const load = (performance.now() - started) / 1000;
+    const tCalib0 = performance.now();
+    const calibration =
+      given ??
+      loadCalibration(
+        {
+          source: o.calibration?.source ?? DEFAULTS.calibSource,
+          samples: o.calibration?.samples ?? DEFAULTS.calibSamples,
+          seqLen,
+          seed: o.calibration?.seed ?? DEFAULTS.seed,
+        },
+        await TextTokenizer.load(paths.dir),
+      );
+    const calibrationData = (performance.now() - tCalib0) / 1000;
     const inputs = [paths.configFile, ...paths.weightFiles, ...(paths.indexFile ? [paths.indexFile] : [])].map((file) => ({
       file: path.relative(paths.dir, file) || path.basename(file),
       bytes: fs.statSync(file).size,
       sha256: sha256File(file),
     }));
+    return {
+      settings: o,
+      scheme,
+      method,
+      observer,
+      ignore,
+      paths,
+      rawConfig,
+      spec,
+      checkpoint,
+      modelPrefix,
+      plans,
+      scaleDtype,
+      seqLen,
+      calibration,
+      inputs,
+      started,
+      timings: { load, calibrationData },
+      close: () => checkpoint.close(),
+    };
+  } catch (e) {
+    checkpoint.close();
+    throw e;
+  }
+}
 
-    const tCalib0 = performance.now();
-    const calibration = loadCalibration(
-      {
-        source: o.calibration?.source ?? DEFAULTS.calibSource,
-        samples: o.calibration?.samples ?? DEFAULTS.calibSamples,
-        seqLen,
-        seed: o.calibration?.seed ?? DEFAULTS.seed,
-      },
-      tokenizer,
-    );
-    const tCalib = (performance.now() - tCalib0) / 1000;
-    o.onStart?.({ layers: spec.numLayers, scheme, calibration });
-
+/** Quantizes a prepared model on `run.device` and writes the output folder atomically. */
+export async function runQuantize(p: PreparedQuantize, run: QuantizeRun): Promise<QuantizeReport> {
+  const o = p.settings;
+  const { scheme, method, observer, ignore, paths, checkpoint, calibration, scaleDtype } = p;
+  try {
+    run.onStart?.({ layers: p.spec.numLayers, scheme, calibration });
     const tLayers0 = performance.now();
     const pipeline = await runQuantizationPipeline({
-      spec,
-      modelPrefix,
+      spec: p.spec,
+      modelPrefix: p.modelPrefix,
       source: checkpoint,
-      device: o.device,
+      device: run.device,
       scheme,
-      plans,
+      plans: p.plans,
       method,
       observer,
       smoothquant: o.smoothquant,
@@ -214,7 +279,7 @@ export async function quantizeModel(o: QuantizeOptions): Promise<QuantizeReport>
       actorder: o.actorder ?? false,
       calibration,
       scaleDtype,
-      onLayer: o.onLayer,
+      onLayer: run.onLayer,
     });
     const tLayers = (performance.now() - tLayers0) / 1000;
 
@@ -240,7 +305,7 @@ export async function quantizeModel(o: QuantizeOptions): Promise<QuantizeReport>
 
     const version = o.toolVersion ?? '0.0.0';
     const outConfig = {
-      ...(rawConfig as Record<string, unknown>),
+      ...p.rawConfig,
       quantization_config: quantizationConfig(scheme, ignore, { version, scheme: scheme.name, method, observer, report: REPORT_FILE }),
     };
     const report: QuantizeReport = {
@@ -249,7 +314,7 @@ export async function quantizeModel(o: QuantizeOptions): Promise<QuantizeReport>
       command: 'quantize',
       model: o.model,
       output: o.output,
-      inputs,
+      inputs: p.inputs,
       scheme: scheme.name,
       format: scheme.format,
       method,
@@ -268,12 +333,12 @@ export async function quantizeModel(o: QuantizeOptions): Promise<QuantizeReport>
         description: describeCalibrationSource(calibration.source),
         samples: calibration.windows.length,
         tokens: calibration.tokens,
-        seq_len: seqLen,
+        seq_len: p.seqLen,
         seed: calibration.seed,
       },
-      device: o.deviceName ?? o.device.kind,
+      device: run.deviceName ?? run.device.kind,
       layers: pipeline.layers,
-      timings_s: { load: tLoad, calibration_data: tCalib, layers: tLayers, write: 0, total: 0 },
+      timings_s: { load: p.timings.load, calibration_data: p.timings.calibrationData, layers: tLayers, write: 0, total: 0 },
       memory: { peak_rss_bytes: 0 },
       size: { input_weight_bytes: paths.weightFiles.reduce((n, f) => n + fs.statSync(f).size, 0), output_weight_bytes: 0 },
     };
@@ -286,7 +351,7 @@ export async function quantizeModel(o: QuantizeOptions): Promise<QuantizeReport>
         copyFiles(paths.dir, tmp, COPIED_FILES, { missingOk: true });
         report.size.output_weight_bytes = [...written.files, ...(written.indexFile ? [written.indexFile] : [])].reduce((n, f) => n + fs.statSync(f).size, 0);
         report.timings_s.write = (performance.now() - tWrite0) / 1000;
-        report.timings_s.total = (performance.now() - started) / 1000;
+        report.timings_s.total = (performance.now() - p.started) / 1000;
         report.memory.peak_rss_bytes = process.resourceUsage().maxRSS * 1024;
         fs.writeFileSync(path.join(tmp, REPORT_FILE), `${JSON.stringify(report, null, 2)}\n`);
       },
@@ -296,4 +361,9 @@ export async function quantizeModel(o: QuantizeOptions): Promise<QuantizeReport>
   } finally {
     checkpoint.close();
   }
+}
+
+/** prepareQuantize + runQuantize. */
+export async function quantizeModel(o: QuantizeOptions): Promise<QuantizeReport> {
+  return runQuantize(await prepareQuantize(o), o);
 }

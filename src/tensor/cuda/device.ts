@@ -107,7 +107,7 @@ const READBACK_SLOTS = 8;
 const READBACK_SLOT_BYTES = 64 * 1024;
 /** Split-KV decode attention partials (per split: normalized output + max + sum per row and head). */
 const ATTENTION_SCRATCH_BYTES = 32 * 1024 * 1024;
-const SPLIT_MIN_KEYS = 32;
+const SPLIT_MIN_KEYS = 128;
 const SPLIT_MAX = 64;
 const SPLIT_GROUP_MAX = 8;
 const GEMV_WARPS = 8;
@@ -184,8 +184,8 @@ export class CudaDevice implements Device {
   private readonly readback: { address: bigint; view: Int32Array; events: Handle[]; next: number };
   /** LLMOPT_CUDA_SIMPLE_ATTENTION=1: the CUDA-core attention kernels only (A/B comparisons). */
   private readonly simpleAttention = process.env.LLMOPT_CUDA_SIMPLE_ATTENTION === '1';
-  /** Largest M that goes to the GEMV kernel instead of cuBLASLt (LLMOPT_CUDA_GEMV_MAX_M, default 8, 0 = never). */
-  private readonly gemvMaxM = Math.min(8, Number(process.env.LLMOPT_CUDA_GEMV_MAX_M ?? 8));
+  /** Largest M that goes to the GEMV kernels instead of cuBLASLt (LLMOPT_CUDA_GEMV_MAX_M, default 8, 0 = never; benchmarks change it). */
+  gemvMaxM = Math.min(8, Number(process.env.LLMOPT_CUDA_GEMV_MAX_M ?? 8));
   private profileEvents: { name: string; start: Handle; end: Handle }[] | undefined;
 
   constructor(opts: CudaDeviceOptions = {}) {
@@ -378,6 +378,75 @@ export class CudaDevice implements Device {
     this.launch1d(this.kernel('elementwise', `add_inplace_${this.suffix}`, 'ppq'), xc.size, [xc.ptr, yc.ptr, xc.size]);
   }
 
+  /**
+   * Fused x += y, then out = rmsNorm(x) (the same values as addInPlace + rmsNorm): the residual add
+   * of one block and the norm that opens the next, in one kernel.
+   */
+  addRmsNorm(out: Tensor, x: Tensor, y: Tensor, weight: Tensor, eps: number): void {
+    const o = this.tensor(out, 'addRmsNorm', 'out');
+    const xc = this.tensor(x, 'addRmsNorm', 'x');
+    const yc = this.tensor(y, 'addRmsNorm', 'y');
+    const wc = this.tensor(weight, 'addRmsNorm', 'weight');
+    const C = xc.cols;
+    if (o.size !== xc.size || yc.size !== xc.size || o.cols !== C || wc.size !== C) {
+      throw new Error(`addRmsNorm: shape mismatch: out ${fmtShape(o)}, x ${fmtShape(xc)}, y ${fmtShape(yc)}, weight ${fmtShape(wc)}`);
+    }
+    const k = this.kernel('norm', `add_rms_norm_${this.suffix}`, 'ppppif');
+    this.kernels.launch(k, [xc.rowCount], [rowThreads(C, 1024)], 0, [o.ptr, xc.ptr, yc.ptr, wc.ptr, C, eps]);
+  }
+
+  /**
+   * outs[i] = x · weights[i]ᵀ (+ biases[i]) for two or three weights sharing x (q/k/v): one GEMV launch
+   * for small M, separate GEMMs otherwise.
+   */
+  matmulMany(outs: readonly Tensor[], x: Tensor, weights: readonly Tensor[], biases: readonly (Tensor | undefined)[] = []): void {
+    if (outs.length !== weights.length || outs.length < 1 || outs.length > 3) throw new Error(`matmulMany: ${outs.length} outputs for ${weights.length} weights (1 to 3)`);
+    const xc = this.tensor(x, 'matmulMany', 'x');
+    const M = xc.rowCount, K = xc.cols;
+    const os = outs.map((t, i) => this.tensor(t, 'matmulMany', `outs[${i}]`));
+    const ws = weights.map((t, i) => this.tensor(t, 'matmulMany', `weights[${i}]`));
+    const bs = weights.map((_, i) => (biases[i] !== undefined ? this.tensor(biases[i]!, 'matmulMany', `biases[${i}]`) : undefined));
+    const fits = ws.every((w, i) => w.cols === K && os[i]!.rowCount === M && os[i]!.cols === w.rowCount && !overlaps(os[i]!, xc) &&
+      (bs[i] === undefined || bs[i]!.size === w.rowCount));
+    if (!fits || M > this.gemvMaxM || K === 0) {
+      for (let i = 0; i < outs.length; i++) this.matmul(outs[i]!, x, weights[i]!, biases[i]);
+      return;
+    }
+    const vec = this.dtype === 'f32' ? 4 : 8;
+    const vectorized = K % vec === 0 && xc.ptr % 16n === 0n && ws.every((w) => w.ptr % 16n === 0n) ? 1 : 0;
+    const N = [0, 1, 2].map((i) => ws[i]?.rowCount ?? 0);
+    const ptr = (arr: (CudaTensor | undefined)[], i: number) => arr[i]?.ptr ?? 0n;
+    const k = this.kernel('gemv', `gemv3_${this.suffix}_m${M}`, 'ppppppppppiiiii');
+    this.kernels.launch(k, [Math.ceil((N[0]! + N[1]! + N[2]!) / GEMV_WARPS)], [GEMV_WARPS * 32], 0, [
+      ptr(os, 0), ptr(os, 1), ptr(os, 2), xc.ptr, ptr(ws, 0), ptr(ws, 1), ptr(ws, 2), ptr(bs, 0), ptr(bs, 1), ptr(bs, 2), N[0]!, N[1]!, N[2]!, K, vectorized,
+    ]);
+  }
+
+  /**
+   * out = silu(x · wGateᵀ) * (x · wUpᵀ): one GEMV launch for small M (f32 until the store), else two
+   * GEMMs into gate/up (scratch of out's shape) and siluMul.
+   */
+  matmulSiluMul(out: Tensor, x: Tensor, wGate: Tensor, wUp: Tensor, gate: Tensor, up: Tensor): void {
+    const o = this.tensor(out, 'matmulSiluMul', 'out');
+    const xc = this.tensor(x, 'matmulSiluMul', 'x');
+    const g = this.tensor(wGate, 'matmulSiluMul', 'wGate');
+    const u = this.tensor(wUp, 'matmulSiluMul', 'wUp');
+    const M = xc.rowCount, K = xc.cols, N = g.rowCount;
+    if (g.cols !== K || u.cols !== K || u.rowCount !== N || o.rowCount !== M || o.cols !== N) {
+      throw new Error(`matmulSiluMul: shape mismatch: out ${fmtShape(o)}, x ${fmtShape(xc)}, wGate ${fmtShape(g)}, wUp ${fmtShape(u)}`);
+    }
+    if (M > this.gemvMaxM || K === 0) {
+      this.matmul(gate, x, wGate);
+      this.matmul(up, x, wUp);
+      this.siluMul(out, gate, up);
+      return;
+    }
+    const vec = this.dtype === 'f32' ? 4 : 8;
+    const vectorized = K % vec === 0 && xc.ptr % 16n === 0n && g.ptr % 16n === 0n && u.ptr % 16n === 0n ? 1 : 0;
+    const k = this.kernel('gemv', `gemv_silu_mul_${this.suffix}_m${M}`, 'ppppiii');
+    this.kernels.launch(k, [Math.ceil(N / GEMV_WARPS)], [GEMV_WARPS * 32], 0, [o.ptr, xc.ptr, g.ptr, u.ptr, N, K, vectorized]);
+  }
+
   rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number): void {
     const o = this.tensor(out, 'rmsNorm', 'out');
     const xc = this.tensor(x, 'rmsNorm', 'x');
@@ -484,8 +553,11 @@ export class CudaDevice implements Device {
     splits = Math.max(1, Math.min(splits, Math.floor(ATTENTION_SCRATCH_BYTES / bytesPerSplit)));
     const partO = this.attentionScratch;
     const partML = partO + BigInt(roundUp(rows * nHead * splits * headDim * 4, 256));
-    const k = this.kernel('attention', `attention_decode_split_${this.suffix}_d${D}`, 'ppppppiiiiiifipi');
-    this.kernels.launch(k, [splits, nKvHead * chunks, rows], [128], 0, [partO, partML, ...args, splits]);
+    const vec = this.dtype === 'f32' ? 4 : 8;
+    const [, , kPtr] = args as bigint[];
+    const vecK = headDim % vec === 0 && (nKvHead * headDim) % vec === 0 && kPtr! % 16n === 0n ? 1 : 0;
+    const k = this.kernel('attention', `attention_decode_split_${this.suffix}_d${D}`, 'ppppppiiiiiifipii');
+    this.kernels.launch(k, [splits, nKvHead * chunks, rows], [128], 0, [partO, partML, ...args, splits, vecK]);
     if (splits > 1) {
       const c = this.kernel('attention', `attention_combine_${this.suffix}`, 'pppiii');
       this.kernels.launch(c, [nHead, rows], [rowThreads(headDim, 256)], 0, [args[0]!, partO, partML, nHead, headDim, splits]);
@@ -725,6 +797,35 @@ export class CudaDevice implements Device {
     if (rows === 0 || half === 0) return;
     const k = this.kernel('rope', `rope_${this.suffix}`, 'ppppiii');
     this.kernels.launch(k, [rows], [rowThreads(nHeads * half, 256)], 0, [xc.ptr, positions.ptr, cc.ptr, sc.ptr, nHeads, headDim, rotaryDim]);
+  }
+
+  /**
+   * rope on q and k (rows [batch*seq]) with positions[b] + t read on the device, then k and v appended
+   * to the caches at rows b*kvStride + positions[b] + t: ropeAt(q), ropeAt(k), writeKvAt(k), writeKvAt(v)
+   * in one kernel, with the same results.
+   */
+  ropeWriteKvAt(q: Tensor, k: Tensor, v: Tensor, cacheK: Tensor, cacheV: Tensor, positions: CudaInts, batch: number, seq: number,
+    cos: Tensor, sin: Tensor, nHeads: number, nKvHeads: number, headDim: number, rotaryDim: number, kvStride: number): void {
+    const qc = this.tensor(q, 'ropeWriteKvAt', 'q');
+    const kc = this.tensor(k, 'ropeWriteKvAt', 'k');
+    const vc = this.tensor(v, 'ropeWriteKvAt', 'v');
+    const ck = this.tensor(cacheK, 'ropeWriteKvAt', 'cacheK');
+    const cv = this.tensor(cacheV, 'ropeWriteKvAt', 'cacheV');
+    const cc = this.tensor(cos, 'ropeWriteKvAt', 'cos');
+    const sc = this.tensor(sin, 'ropeWriteKvAt', 'sin');
+    this.ints(positions, 'ropeWriteKvAt', 'positions');
+    const rows = batch * seq, half = rotaryDim / 2, D = nKvHeads * headDim;
+    if (!Number.isInteger(half) || rotaryDim > headDim || qc.size !== rows * nHeads * headDim || kc.size !== rows * D || vc.size !== rows * D ||
+      ck.cols !== D || cv.cols !== D || ck.rowCount < batch * kvStride || cv.rowCount < batch * kvStride || positions.length < batch ||
+      cc.cols !== half || sc.cols !== half) {
+      throw new Error(`ropeWriteKvAt: shape mismatch: q ${fmtShape(qc)}, k ${fmtShape(kc)}, v ${fmtShape(vc)}, caches ${fmtShape(ck)}/${fmtShape(cv)}, ` +
+        `batch ${batch} × seq ${seq}, heads ${nHeads}/${nKvHeads}, headDim ${headDim}, rotaryDim ${rotaryDim}, kvStride ${kvStride}`);
+    }
+    if (rows === 0) return;
+    const kern = this.kernel('rope', `rope_write_kv_${this.suffix}`, 'ppppppppiiiiii');
+    this.kernels.launch(kern, [rows], [rowThreads(Math.max((nHeads + nKvHeads) * Math.max(half, 1), D), 256)], 0, [
+      qc.ptr, kc.ptr, vc.ptr, ck.ptr, cv.ptr, positions.ptr, cc.ptr, sc.ptr, nHeads, nKvHeads, headDim, rotaryDim, seq, kvStride,
+    ]);
   }
 
   /** writeKv with sequence b's start row read on the device (starts[b]); starts[b] + seq ≤ kvStride. */

@@ -191,21 +191,51 @@ __device__ __forceinline__ void attention_decode(T* out, const T* q, const T* k,
 
 // split-KV decode (flash-decoding) for small seqQ: block = (KV split, KV head [x group chunk], query row).
 // The query heads of one KV head (GQA group, up to GMAX at a time) share every K/V row the block reads,
-// and a row's keys are cut into `splits` contiguous ranges so that even batch 1 fills the GPU. With one
-// split the block writes the output; otherwise each split writes its normalized partial output and
-// (max, sum) to partO/partML, and attention_combine merges them. Lane l holds dims [l*DL, l*DL + DL).
+// and a row's keys are cut into `splits` contiguous ranges so that even batch 1 fills the GPU. Each
+// warp takes tiles of 32 keys: lane j scores key j against every head of the group (its K row read
+// with 16-byte loads, q from shared memory), one max/sum reduction per head and tile, then P.V with
+// lane l owning dims [l*DL, l*DL + DL). With one split the block writes the output; otherwise each
+// split writes its normalized partial output and (max, sum) to partO/partML, merged by
+// attention_combine. vecK: K rows may be read as 16-byte vectors (headDim, row stride, pointer).
 namespace splitkv {
 constexpr int NW = 4;
 constexpr int GMAX = 8;
 }  // namespace splitkv
 
+template <typename T> struct VecOf;
+template <> struct VecOf<float> { static constexpr int N = 4; };
+template <> struct VecOf<bf16_t> { static constexpr int N = 8; };
+template <> struct VecOf<f16_t> { static constexpr int N = 8; };
+
+__device__ __forceinline__ void unpack16(const uint4& u, float* f, const float*) {
+  f[0] = __uint_as_float(u.x); f[1] = __uint_as_float(u.y); f[2] = __uint_as_float(u.z); f[3] = __uint_as_float(u.w);
+}
+__device__ __forceinline__ void unpack16(const uint4& u, float* f, const bf16_t*) {
+  const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void unpack16(const uint4& u, float* f, const f16_t*) {
+  const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = to_float(f16_t{(u16)(w[i] & 0xffffu)});
+    f[2 * i + 1] = to_float(f16_t{(u16)(w[i] >> 16)});
+  }
+}
+
 template <typename T, int D>
 __device__ __forceinline__ void attention_decode_split(float* partO, float* partML, T* out, const T* q, const T* k,
                                                        const T* v, int seqQ, int kvLen, int kvStride, int nHead,
                                                        int nKvHead, int headDim, float scale, int window,
-                                                       const int* kvLens, int splits) {
+                                                       const int* kvLens, int splits, int vecK) {
   using namespace splitkv;
   constexpr int DL = D / 32;
+  constexpr int VEC = VecOf<T>::N;
+  __shared__ float qs[GMAX][D];
   __shared__ float smM[NW][GMAX], smL[NW][GMAX];
   __shared__ float smAcc[NW][GMAX][D];
   const int G = nHead / nKvHead, chunks = (G + GMAX - 1) / GMAX;
@@ -219,41 +249,82 @@ __device__ __forceinline__ void attention_decode_split(float* partO, float* part
   const int per = (p - kBegin + 1 + splits - 1) / splits;
   const int ks = kBegin + split * per, ke = imin(p + 1, ks + per);
 
-  float qr[GMAX][DL], acc[GMAX][DL], m[GMAX], l[GMAX];
+  for (int i = threadIdx.x; i < GMAX * D; i += blockDim.x) {
+    const int g = i / D, d = i % D;
+    qs[g][d] = (g < ng && d < headDim) ? to_float(q[(long long)bt * qStride + (long long)(h0 + g) * headDim + d]) * scale : 0.f;
+  }
+  __syncthreads();
+
+  float acc[GMAX][DL], m[GMAX], l[GMAX];
 #pragma unroll
   for (int g = 0; g < GMAX; ++g) {
     m[g] = -INF_F;
     l[g] = 0.f;
-    const T* qp = q + (long long)bt * qStride + (long long)(h0 + g) * headDim;
 #pragma unroll
-    for (int i = 0; i < DL; ++i) {
-      const int d = lane * DL + i;
-      qr[g][i] = (g < ng && d < headDim) ? to_float(qp[d]) * scale : 0.f;
-      acc[g][i] = 0.f;
-    }
+    for (int i = 0; i < DL; ++i) acc[g][i] = 0.f;
   }
-  for (int kp = ks + warp; kp < ke; kp += NW) {
-    const long long off = ((long long)b * kvStride + kp) * kStride + (long long)kvh * headDim;
-    float kr[DL], vr[DL];
+  const T* kBase = k + (long long)b * kvStride * kStride + (long long)kvh * headDim;
+  const T* vBase = v + (long long)b * kvStride * kStride + (long long)kvh * headDim;
+
+  for (int t0 = ks + warp * 32; t0 < ke; t0 += NW * 32) {
+    const int kp = t0 + lane;
+    const bool valid = kp < ke;
+    float sc[GMAX];
 #pragma unroll
-    for (int i = 0; i < DL; ++i) {
-      const int d = lane * DL + i;
-      kr[i] = d < headDim ? to_float(k[off + d]) : 0.f;
-      vr[i] = d < headDim ? to_float(v[off + d]) : 0.f;
+    for (int g = 0; g < GMAX; ++g) sc[g] = 0.f;
+    if (valid) {
+      const T* kr = kBase + (long long)kp * kStride;
+      if (vecK) {
+#pragma unroll 4
+        for (int d0 = 0; d0 < D; d0 += VEC) {
+          if (d0 >= headDim) break;
+          float kf[VEC];
+          unpack16(*reinterpret_cast<const uint4*>(kr + d0), kf, kr);
+#pragma unroll
+          for (int g = 0; g < GMAX; ++g) {
+            if (g >= ng) break;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) sc[g] += qs[g][d0 + i] * kf[i];
+          }
+        }
+      } else {
+        for (int d = 0; d < headDim; ++d) {
+          const float kf = to_float(kr[d]);
+#pragma unroll
+          for (int g = 0; g < GMAX; ++g) sc[g] += qs[g][d] * kf;
+        }
+      }
     }
+    float pg[GMAX];
 #pragma unroll
     for (int g = 0; g < GMAX; ++g) {
       if (g >= ng) break;
-      float part = 0.f;
-#pragma unroll
-      for (int i = 0; i < DL; ++i) part += qr[g][i] * kr[i];
-      const float s = warp_sum(part);
-      const float mNew = fmaxf(m[g], s);
-      const float alpha = expf(m[g] - mNew), pj = expf(s - mNew);
-      l[g] = l[g] * alpha + pj;
+      const float s = valid ? sc[g] : -INF_F;
+      const float mNew = fmaxf(m[g], warp_max(s));  // at least lane 0's key is valid
+      const float alpha = expf(m[g] - mNew);
+      pg[g] = valid ? expf(s - mNew) : 0.f;
+      l[g] = l[g] * alpha + warp_sum(pg[g]);
       m[g] = mNew;
 #pragma unroll
-      for (int i = 0; i < DL; ++i) acc[g][i] = acc[g][i] * alpha + pj * vr[i];
+      for (int i = 0; i < DL; ++i) acc[g][i] *= alpha;
+    }
+    const int n = imin(32, ke - t0);
+#pragma unroll 4
+    for (int j = 0; j < n; ++j) {
+      const T* vr = vBase + (long long)(t0 + j) * kStride;
+      float vf[DL];
+#pragma unroll
+      for (int i = 0; i < DL; ++i) {
+        const int d = lane * DL + i;
+        vf[i] = d < headDim ? to_float(vr[d]) : 0.f;
+      }
+#pragma unroll
+      for (int g = 0; g < GMAX; ++g) {
+        if (g >= ng) break;
+        const float pj = __shfl_sync(FULL_MASK, pg[g], j);
+#pragma unroll
+        for (int i = 0; i < DL; ++i) acc[g][i] += pj * vf[i];
+      }
     }
   }
 #pragma unroll
@@ -332,8 +403,8 @@ __device__ __forceinline__ void attention_combine(T* out, const float* partO, co
     attention_decode<T, D>(ATTENTION_PASS);                                                                  \
   }                                                                                                          \
   extern "C" __global__ void __launch_bounds__(splitkv::NW * 32)                                             \
-      attention_decode_split_##S##_d##D(float* partO, float* partML, ATTENTION_ARGS(T), int splits) {          \
-    attention_decode_split<T, D>(partO, partML, ATTENTION_PASS, splits);                                     \
+      attention_decode_split_##S##_d##D(float* partO, float* partML, ATTENTION_ARGS(T), int splits, int vecK) { \
+    attention_decode_split<T, D>(partO, partML, ATTENTION_PASS, splits, vecK);                               \
   }
 #define DEF_COMBINE(T, S)                                                                                  \
   extern "C" __global__ void attention_combine_##S(T* out, const float* partO, const float* partML, int nHead,    \

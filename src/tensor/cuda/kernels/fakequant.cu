@@ -1,8 +1,8 @@
 // Fake quantization of rows in place (Device.fakeQuantRows), bit-exact with the cpu reference
-// (src/tensor/cpu/fake-quant.ts): the quotient x / scale and the product q * scale are formed in f64
-// as JavaScript does, then rounded once. One block per row.
-//   int8: q = round_half_even(clamp(x / s, -128, 127))
-//   fp8:  q = e4m3(f32(clamp(x / s, -448, 448)))   (RNE on the f32 bits, as torch's cast)
+// (src/tensor/cpu/fake-quant.ts): v = f32(x / s) (torch's float32 division; s may be an f64 static
+// scale), q · s formed in f64 and rounded once, as JavaScript does. One block per row.
+//   int8: q = round_half_even(clamp(v, -128, 127))
+//   fp8:  q = e4m3(clamp(v, -448, 448))   (RNE on the f32 bits, as torch's cast)
 // Dynamic (scale <= 0 passed): s = f32(absmax(row) / half), a zero row gets 2^-23.
 #include "common.cuh"
 
@@ -45,15 +45,15 @@ __device__ __forceinline__ void fake_quant_rows(T* x, int cols, int fp8, double 
     scale = (double)s;
   }
   for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    const double v = (double)to_float(row[c]) / scale;
-    double q;
+    // the quotient rounded to f32, as torch divides (and the cpu reference: Math.fround(x / s))
+    const float v = (float)((double)to_float(row[c]) / scale);
+    float q;
     if (fp8) {
-      const double cl = v > 448.0 ? 448.0 : v < -448.0 ? -448.0 : v;
-      q = (double)e4m3_round((float)cl);
+      q = e4m3_round(v > 448.f ? 448.f : v < -448.f ? -448.f : v);
     } else {
-      q = rint(v < -128.0 ? -128.0 : v > 127.0 ? 127.0 : v);
+      q = rintf(v < -128.f ? -128.f : v > 127.f ? 127.f : v);
     }
-    row[c] = from_float<T>((float)(q * scale));
+    row[c] = from_float<T>((float)((double)q * scale));
   }
 }
 

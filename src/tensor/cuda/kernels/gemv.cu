@@ -32,18 +32,15 @@ __device__ __forceinline__ void unpack(const uint4& u, float* f, const f16_t*) {
   }
 }
 
+// Dot products of w's row `n` with the M rows of x, left in acc[] after a warp reduction (all lanes).
 template <typename T, int M>
-__device__ __forceinline__ void gemv(T* out, const T* x, const T* w, const T* bias, int N, int K, int vectorized) {
+__device__ __forceinline__ void gemv_row(float* acc, const T* x, const T* wr, int K, int vectorized) {
   constexpr int VEC = Vec<T>::N;
   const int lane = threadIdx.x & 31;
-  const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-  if (n >= N) return;
-  const T* wr = w + (long long)n * K;
-  float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
   if (vectorized) {
-#pragma unroll 4
+#pragma unroll 8
     for (int k0 = lane * VEC; k0 < K; k0 += 32 * VEC) {
       float wf[VEC];
       unpack(*reinterpret_cast<const uint4*>(wr + k0), wf, wr);
@@ -63,9 +60,63 @@ __device__ __forceinline__ void gemv(T* out, const T* x, const T* w, const T* bi
     }
   }
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
-    const float s = warp_sum(acc[m]);
-    if (lane == 0) out[(long long)m * N + n] = from_float<T>(s + (bias != nullptr ? to_float(bias[n]) : 0.f));
+  for (int m = 0; m < M; ++m) acc[m] = warp_sum(acc[m]);
+}
+
+// Up to three weight matrices in one launch (q/k/v): warp rows [0, N0) use w0, [N0, N0+N1) w1, the
+// rest w2; each writes its own out (row-major [M, Ni]) and adds its own bias when given.
+template <typename T, int M>
+__device__ __forceinline__ void gemv3(T* out0, T* out1, T* out2, const T* x, const T* w0, const T* w1, const T* w2,
+                                      const T* b0, const T* b1, const T* b2, int N0, int N1, int N2, int K,
+                                      int vectorized) {
+  int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+  T* out;
+  const T* w;
+  const T* bias;
+  int N;
+  if (n < N0) {
+    out = out0, w = w0, bias = b0, N = N0;
+  } else if (n < N0 + N1) {
+    n -= N0, out = out1, w = w1, bias = b1, N = N1;
+  } else if (n < N0 + N1 + N2) {
+    n -= N0 + N1, out = out2, w = w2, bias = b2, N = N2;
+  } else {
+    return;
+  }
+  float acc[M];
+  gemv_row<T, M>(acc, x, w + (long long)n * K, K, vectorized);
+  if ((threadIdx.x & 31) == 0) {
+    const float b = bias != nullptr ? to_float(bias[n]) : 0.f;
+#pragma unroll
+    for (int m = 0; m < M; ++m) out[(long long)m * N + n] = from_float<T>(acc[m] + b);
+  }
+}
+
+// SwiGLU input of down_proj in one launch: out[m, n] = silu(x[m]·wg[n]) * (x[m]·wu[n]), f32 throughout
+// (the unfused path rounds gate and up to the dtype first).
+template <typename T, int M>
+__device__ __forceinline__ void gemv_silu_mul(T* out, const T* x, const T* wg, const T* wu, int N, int K, int vectorized) {
+  const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+  if (n >= N) return;
+  float g[M], u[M];
+  gemv_row<T, M>(g, x, wg + (long long)n * K, K, vectorized);
+  gemv_row<T, M>(u, x, wu + (long long)n * K, K, vectorized);
+  if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) out[(long long)m * N + n] = from_float<T>(g[m] / (1.f + expf(-g[m])) * u[m]);
+  }
+}
+
+template <typename T, int M>
+__device__ __forceinline__ void gemv(T* out, const T* x, const T* w, const T* bias, int N, int K, int vectorized) {
+  const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+  if (n >= N) return;
+  float acc[M];
+  gemv_row<T, M>(acc, x, w + (long long)n * K, K, vectorized);
+  if ((threadIdx.x & 31) == 0) {
+    const float b = bias != nullptr ? to_float(bias[n]) : 0.f;
+#pragma unroll
+    for (int m = 0; m < M; ++m) out[(long long)m * N + n] = from_float<T>(acc[m] + b);
   }
 }
 
@@ -73,6 +124,15 @@ __device__ __forceinline__ void gemv(T* out, const T* x, const T* w, const T* bi
   extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                             \
       gemv_##S##_m##M(T* out, const T* x, const T* w, const T* bias, int N, int K, int vectorized) {        \
     gemv<T, M>(out, x, w, bias, N, K, vectorized);                                                          \
+  }                                                                                                         \
+  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                             \
+      gemv3_##S##_m##M(T* out0, T* out1, T* out2, const T* x, const T* w0, const T* w1, const T* w2,        \
+                       const T* b0, const T* b1, const T* b2, int N0, int N1, int N2, int K, int vectorized) { \
+    gemv3<T, M>(out0, out1, out2, x, w0, w1, w2, b0, b1, b2, N0, N1, N2, K, vectorized);                    \
+  }                                                                                                         \
+  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                             \
+      gemv_silu_mul_##S##_m##M(T* out, const T* x, const T* wg, const T* wu, int N, int K, int vectorized) { \
+    gemv_silu_mul<T, M>(out, x, wg, wu, N, K, vectorized);                                                  \
   }
 #define DEF_GEMV(T, S)                                                                                      \
   DEF_GEMV_M(T, S, 1) DEF_GEMV_M(T, S, 2) DEF_GEMV_M(T, S, 3) DEF_GEMV_M(T, S, 4) DEF_GEMV_M(T, S, 5)       \

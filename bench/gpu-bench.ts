@@ -1,0 +1,356 @@
+// npm run bench:gpu — llmopt's CUDA backend against transformers + PyTorch on the same GPU, in one run.
+//
+// Runs on the GPU machine (bundled into .gpu/ by scripts/gpu/bundle.sh; `npm run bench:gpu` bundles
+// and prints how to run it there). Steps:
+//  1. writes a random-weight checkpoint with Llama-3.2-1B's config (bf16) through the normal io writer
+//     into a scratch folder outside the repo, and loads it through the normal path (loadModel);
+//  2. measures llmopt: perplexity-eval throughput (2048-token windows, batch 4), prefill tokens/s
+//     (batch 1, 2048 tokens), decode tokens/s at batch 1, 8 and 32 (prompt 512, 128 new tokens,
+//     decode step replayed as a CUDA graph);
+//  3. measures device bandwidth with a device-to-device copy and prints decode time per token
+//     against the floor (weight bytes / bandwidth); a per-kernel breakdown of one decode step;
+//  4. runs bench/gpu_bench_torch.py (transformers, bf16, sdpa, eager) on the same checkpoint when
+//     `python3 -c 'import torch, transformers'` works, and prints the ratios;
+//  5. writes <results>/<date>-<gpu>.json and a markdown table.
+// Usage: node .gpu/gpu-bench.mjs [--scratch DIR] [--results DIR] [--torch-script FILE] [--skip-torch]
+//        [--decode-batches 1,8,32] [--gen-len 128]
+
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { evaluatePerplexity } from '../src/eval/perplexity.js';
+import { measureLatency, weightBytes, type LatencyResult } from '../src/eval/latency.js';
+import { makeWindows } from '../src/eval/windows.js';
+import { writeCheckpointTensors, type TensorToWrite } from '../src/io/index.js';
+import { Workspace, type DecodeStepAt } from '../src/model/decoder.js';
+import { loadModel, type LoadedModel } from '../src/model/load.js';
+import { CudaDevice, type CudaInts, type ProfiledOp } from '../src/tensor/cuda/index.js';
+
+function flag(name: string, fallback?: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+const LLAMA_3_2_1B = {
+  architectures: ['LlamaForCausalLM'],
+  model_type: 'llama',
+  hidden_size: 2048,
+  intermediate_size: 8192,
+  num_hidden_layers: 16,
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  head_dim: 64,
+  max_position_embeddings: 131072,
+  rms_norm_eps: 1e-5,
+  rope_theta: 500000.0,
+  rope_scaling: { factor: 32.0, high_freq_factor: 4.0, low_freq_factor: 1.0, original_max_position_embeddings: 8192, rope_type: 'llama3' },
+  tie_word_embeddings: true,
+  vocab_size: 128256,
+  bos_token_id: 128000,
+  eos_token_id: [128001, 128008, 128009],
+  hidden_act: 'silu',
+  attention_bias: false,
+  mlp_bias: false,
+  torch_dtype: 'bfloat16',
+  initializer_range: 0.02,
+  use_cache: true,
+};
+
+const log = (line: string) => console.log(line);
+
+/** bf16 bytes of uniform(-a, a) values (a fast LCG; a = std·√3). */
+function randomBf16(n: number, std: number, seed: number): Uint8Array {
+  const out = new Uint16Array(n);
+  const a = std * Math.sqrt(3);
+  const f = new Float32Array(1);
+  const u = new Uint32Array(f.buffer);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    f[0] = ((s >>> 8) / 16777216 - 0.5) * 2 * a;
+    out[i] = (u[0]! + 0x7fff + ((u[0]! >>> 16) & 1)) >>> 16;
+  }
+  return new Uint8Array(out.buffer);
+}
+
+function onesBf16(n: number): Uint8Array {
+  return new Uint8Array(new Uint16Array(n).fill(0x3f80).buffer);
+}
+
+function writeRandomCheckpoint(dir: string): void {
+  const c = LLAMA_3_2_1B;
+  const H = c.hidden_size, I = c.intermediate_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  const tensors: TensorToWrite[] = [];
+  let seed = 1;
+  const rand = (name: string, shape: number[], std: number) => {
+    const s = seed++;
+    tensors.push({ name, dtype: 'BF16', shape, data: () => randomBf16(shape[0]! * (shape[1] ?? 1), std, s) });
+  };
+  const ones = (name: string, n: number) => tensors.push({ name, dtype: 'BF16', shape: [n], data: () => onesBf16(n) });
+  rand('model.embed_tokens.weight', [c.vocab_size, H], 0.02);
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    const p = `model.layers.${l}`;
+    ones(`${p}.input_layernorm.weight`, H);
+    rand(`${p}.self_attn.q_proj.weight`, [q, H], 0.02);
+    rand(`${p}.self_attn.k_proj.weight`, [kv, H], 0.02);
+    rand(`${p}.self_attn.v_proj.weight`, [kv, H], 0.02);
+    rand(`${p}.self_attn.o_proj.weight`, [H, q], 0.02);
+    ones(`${p}.post_attention_layernorm.weight`, H);
+    rand(`${p}.mlp.gate_proj.weight`, [I, H], 0.02);
+    rand(`${p}.mlp.up_proj.weight`, [I, H], 0.02);
+    rand(`${p}.mlp.down_proj.weight`, [H, I], 0.02);
+  }
+  ones('model.norm.weight', H);
+  writeCheckpointTensors(dir, tensors);
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(c, null, 2));
+}
+
+/** Device-to-device copy bandwidth (read + write bytes per second), best of 5. */
+function copyBandwidth(dev: CudaDevice): number {
+  const n = 256 * 1024 * 1024; // elements of 2 bytes: 512 MiB
+  const a = dev.empty([n]);
+  const b = dev.empty([n]);
+  let best = Infinity;
+  dev.copy(b, a);
+  for (let i = 0; i < 5; i++) {
+    const e0 = dev.recordEvent();
+    dev.copy(b, a);
+    const e1 = dev.recordEvent();
+    best = Math.min(best, dev.elapsedMs(e0, e1));
+    dev.destroyEvent(e0);
+    dev.destroyEvent(e1);
+  }
+  dev.free(a);
+  dev.free(b);
+  return (2 * n * 2) / (best / 1000);
+}
+
+/** One eager decode step (batch B, kv ≈ ctx) under the profiler: time per kernel, summed by name. */
+function decodeBreakdown(model: LoadedModel, dev: CudaDevice, batch: number, ctx: number): { ops: { name: string; ms: number; count: number }[]; totalMs: number } {
+  const d = model.decoder;
+  const cache = d.newCache(batch, ctx + 2);
+  const ws = new Workspace(dev, d.spec, batch, 1);
+  const logits = dev.empty([batch, d.spec.vocabSize]);
+  const ids = dev.allocInts(batch), positions = dev.allocInts(batch), kvLens = dev.allocInts(batch), step = dev.allocInts(1);
+  dev.setInts(positions, new Int32Array(batch).fill(ctx));
+  dev.setInts(kvLens, new Int32Array(batch).fill(ctx + 1));
+  const at: DecodeStepAt<CudaInts> = { ops: dev, ids, positions, kvLens };
+  const stepOnce = () => {
+    dev.matmul(logits, d.decodeStepAt(ws, at, cache), d.weights.lmHead);
+    dev.sampleAt(logits, { temperature: 0, topK: 0, seed: 0 }, ids, step);
+  };
+  stepOnce(); // warm: kernels loaded, plans made
+  const raw: ProfiledOp[] = dev.profile(stepOnce);
+  cache.free();
+  ws.free();
+  dev.free(logits);
+  for (const t of [ids, positions, kvLens, step]) dev.freeInts(t);
+  return summarize(raw);
+}
+
+/** Small-M GEMMs at the decode shapes: our GEMV kernel vs cuBLASLt (µs, weight GB/s), median of 20 event-timed runs. */
+function smallMGemms(dev: CudaDevice): { M: number; N: number; K: number; gemvUs: number | null; cublasUs: number }[] {
+  const shapes = [[2048, 2048], [512, 2048], [8192, 2048], [2048, 8192], [128256, 2048]] as const;
+  const out: { M: number; N: number; K: number; gemvUs: number | null; cublasUs: number }[] = [];
+  const saved = dev.gemvMaxM;
+  const time = (fn: () => void) => {
+    fn();
+    const ms: number[] = [];
+    for (let r = 0; r < 20; r++) {
+      const e0 = dev.recordEvent();
+      fn();
+      const e1 = dev.recordEvent();
+      ms.push(dev.elapsedMs(e0, e1));
+      dev.destroyEvent(e0);
+      dev.destroyEvent(e1);
+    }
+    return ms.sort((a, b) => a - b)[10]! * 1000;
+  };
+  for (const [N, K] of shapes) {
+    const w = dev.empty([N, K]);
+    for (const M of [1, 2, 4, 8, 16, 32]) {
+      const x = dev.empty([M, K]);
+      const o = dev.empty([M, N]);
+      dev.gemvMaxM = 8;
+      const gemvUs = M <= 8 ? time(() => dev.matmul(o, x, w)) : null;
+      dev.gemvMaxM = 0;
+      const cublasUs = time(() => dev.matmul(o, x, w));
+      out.push({ M, N, K, gemvUs, cublasUs });
+      dev.free(x);
+      dev.free(o);
+    }
+    dev.free(w);
+  }
+  dev.gemvMaxM = saved;
+  return out;
+}
+
+/** One eval forward (batch 4 × 2048) under the profiler, by kernel name. */
+function forwardBreakdown(model: LoadedModel, dev: CudaDevice): { ops: { name: string; ms: number; count: number }[]; totalMs: number } {
+  const ids = new Int32Array(4 * 2048).map((_, i) => (i * 7919) % model.spec.vocabSize);
+  model.decoder.forwardHidden(ids, 4, 2048);
+  const raw = dev.profile(() => {
+    const h = model.decoder.forwardHidden(ids, 4, 2048);
+    model.decoder.logitsForRows(h, 0, 130);
+  });
+  return summarize(raw);
+}
+
+function summarize(raw: ProfiledOp[]): { ops: { name: string; ms: number; count: number }[]; totalMs: number } {
+  const byName = new Map<string, { ms: number; count: number }>();
+  for (const op of raw) {
+    const e = byName.get(op.name) ?? { ms: 0, count: 0 };
+    e.ms += op.ms;
+    e.count++;
+    byName.set(op.name, e);
+  }
+  const ops = [...byName.entries()].map(([name, e]) => ({ name, ...e })).sort((a, b) => b.ms - a.ms);
+  return { ops, totalMs: raw.reduce((a, o) => a + o.ms, 0) };
+}
+
+async function perplexityThroughput(model: LoadedModel, dev: CudaDevice, windows: number, batch: number): Promise<number> {
+  const seq = 2048;
+  const tokens = new Int32Array(windows * seq);
+  let s = 7;
+  for (let i = 0; i < tokens.length; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    tokens[i] = s % model.spec.vocabSize;
+  }
+  const ws = makeWindows({ kind: 'chunks', window: seq, keepLast: false }, tokens.length);
+  const run = () => evaluatePerplexity({ device: dev, model: model.decoder, tokens, windows: ws, batch, vocabSize: model.spec.vocabSize });
+  await evaluatePerplexity({ device: dev, model: model.decoder, tokens: tokens.subarray(0, batch * seq), windows: ws.slice(0, batch), batch, vocabSize: model.spec.vocabSize });
+  const r = await run();
+  return r.tokensPerSecond;
+}
+
+function torchAvailable(): boolean {
+  return spawnSync('python3', ['-c', 'import torch, transformers'], { encoding: 'utf8' }).status === 0;
+}
+
+async function main(): Promise<void> {
+  const scratch = flag('scratch', path.join(os.tmpdir(), 'llmopt-gpu-bench'))!;
+  const resultsDir = flag('results', process.env.OUT ?? 'bench/results')!;
+  const torchScript = flag('torch-script', path.resolve(path.dirname(new URL(import.meta.url).pathname), 'gpu_bench_torch.py'))!;
+  const decodeBatches = (flag('decode-batches', '1,8,32')!).split(',').map(Number);
+  const genLen = Number(flag('gen-len', '128'));
+  const modelDir = path.join(scratch, 'llama-3.2-1b-shape-random');
+
+  const dev = new CudaDevice({ dtype: 'bf16' });
+  log(`GPU: ${dev.info.name}, ${dev.info.multiprocessors} SMs, ${(dev.info.totalMemoryBytes / 1e9).toFixed(1)} GB, driver ${dev.info.driverVersion}, ${dev.info.arch}`);
+
+  let t0 = performance.now();
+  if (!fs.existsSync(path.join(modelDir, 'config.json'))) writeRandomCheckpoint(modelDir);
+  const writeS = (performance.now() - t0) / 1000;
+  t0 = performance.now();
+  const model = await loadModel(modelDir, dev);
+  dev.synchronize();
+  const loadS = (performance.now() - t0) / 1000;
+  const wBytes = weightBytes(model.decoder.weights);
+  log(`checkpoint: Llama-3.2-1B config, random bf16 weights, ${(wBytes / 1e9).toFixed(3)} GB on the GPU; written in ${writeS.toFixed(1)} s, loaded in ${loadS.toFixed(1)} s`);
+
+  const bandwidth = copyBandwidth(dev);
+  const floorMs = (wBytes / bandwidth) * 1000;
+  log(`device-to-device copy: ${(bandwidth / 1e12).toFixed(3)} TB/s (read + write); decode floor = weights / bandwidth = ${floorMs.toFixed(3)} ms/step`);
+
+  const pplTps = await perplexityThroughput(model, dev, 16, 4);
+  log(`llmopt perplexity eval: ${Math.round(pplTps).toLocaleString('en-US')} tokens/s (2048-token windows, batch 4, forward + lm_head + scoring)`);
+
+  const prefill = measureLatency({ decoder: model.decoder, promptLen: 2048, genLen: 2, batch: 1 });
+  log(`llmopt prefill: ${Math.round(prefill.prefillTokensPerS).toLocaleString('en-US')} tokens/s (batch 1, 2048 tokens, ${prefill.prefillMs.toFixed(2)} ms)`);
+
+  const decode: Record<string, LatencyResult> = {};
+  for (const b of decodeBatches) {
+    const r = measureLatency({ decoder: model.decoder, promptLen: 512, genLen, batch: b });
+    decode[b] = r;
+    log(`llmopt decode batch ${b}: ${r.decodeMsMedian.toFixed(3)} ms/step median (p90 ${r.decodeMsP90.toFixed(3)}), ` +
+      `${Math.round(r.decodeTokensPerS).toLocaleString('en-US')} tokens/s, ${(r.decodeMsMedian / floorMs).toFixed(2)}× the floor; ` +
+      `TTFT ${r.timeToFirstTokenMs.toFixed(1)} ms; peak ${(r.memory.peakBytes / 1e9).toFixed(2)} GB (KV ${(r.memory.kvCacheBytes / 1e6).toFixed(0)} MB, act ${(r.memory.activationsBytes / 1e6).toFixed(0)} MB)`);
+  }
+
+  const breakdowns: Record<string, ReturnType<typeof decodeBreakdown>> = {};
+  for (const b of decodeBatches) {
+    const breakdown = decodeBreakdown(model, dev, b, 576);
+    breakdowns[b] = breakdown;
+    log(`one decode step, batch ${b}, kv 576, eager with an event pair per op (small ops include launch gaps): ${breakdown.totalMs.toFixed(3)} ms`);
+    for (const op of breakdown.ops) log(`  ${op.ms.toFixed(4).padStart(8)} ms  ${String(op.count).padStart(3)}×  ${op.name}`);
+  }
+  const fwd = forwardBreakdown(model, dev);
+  log(`one eval forward, batch 4 × 2048 (+ one 130-row logits chunk): ${fwd.totalMs.toFixed(2)} ms`);
+  for (const op of fwd.ops) log(`  ${op.ms.toFixed(3).padStart(8)} ms  ${String(op.count).padStart(3)}×  ${op.name}`);
+  const gemms = smallMGemms(dev);
+  log('small-M GEMMs (µs; GB/s of weights): M, N×K, gemv, cuBLASLt');
+  for (const g of gemms) {
+    const gbs = (us: number) => ((g.N * g.K * 2) / (us * 1e3)).toFixed(0);
+    log(`  M ${String(g.M).padStart(2)}  ${g.N}×${g.K}  gemv ${g.gemvUs === null ? '—' : `${g.gemvUs.toFixed(1)} µs (${gbs(g.gemvUs)} GB/s)`}  cuBLASLt ${g.cublasUs.toFixed(1)} µs (${gbs(g.cublasUs)} GB/s)`);
+  }
+
+  model.decoder.dispose({ weights: true });
+  dev.synchronize();
+
+  let torch: Record<string, unknown> | undefined;
+  if (!process.argv.includes('--skip-torch') && torchAvailable()) {
+    log('transformers + PyTorch on the same checkpoint …');
+    const out = path.join(scratch, 'torch.json');
+    const r = spawnSync('python3', [torchScript, '--model', modelDir, '--out', out, '--decode-batches', decodeBatches.join(','), '--gen-len', String(Math.min(genLen, 32))], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
+    if (r.status === 0) torch = JSON.parse(fs.readFileSync(out, 'utf8')) as Record<string, unknown>;
+    else log(`torch script failed (exit ${r.status})`);
+  } else {
+    log('transformers + PyTorch: not importable here (or --skip-torch); no comparison');
+  }
+
+  const t = torch as { ppl_tokens_per_s?: number; prefill_tokens_per_s?: number; decode?: Record<string, { tokens_per_s: number; ms_per_step: number }> } | undefined;
+  const rows: string[][] = [];
+  const ratio = (a: number, b: number | undefined) => (b ? `${(a / b).toFixed(2)}×` : '—');
+  const fmt = (x: number | undefined) => (x === undefined ? '—' : Math.round(x).toLocaleString('en-US'));
+  rows.push(['perplexity eval, tokens/s (2048 windows, batch 4)', fmt(pplTps), fmt(t?.ppl_tokens_per_s), ratio(pplTps, t?.ppl_tokens_per_s)]);
+  rows.push(['prefill, tokens/s (batch 1, 2048)', fmt(prefill.prefillTokensPerS), fmt(t?.prefill_tokens_per_s), ratio(prefill.prefillTokensPerS, t?.prefill_tokens_per_s)]);
+  for (const b of decodeBatches) {
+    const mine = decode[b]!.decodeTokensPerS;
+    const theirs = t?.decode?.[String(b)]?.tokens_per_s;
+    rows.push([`decode batch ${b}, tokens/s`, fmt(mine), fmt(theirs), ratio(mine, theirs)]);
+  }
+  const table = [
+    `| ${dev.info.name}, Llama-3.2-1B shape, bf16 | llmopt | transformers ${t ? '(eager, sdpa)' : ''} | ratio |`,
+    '|---|---:|---:|---:|',
+    ...rows.map((r) => `| ${r.join(' | ')} |`),
+    '',
+    `decode floor: ${(wBytes / 1e9).toFixed(3)} GB / ${(bandwidth / 1e12).toFixed(3)} TB/s = ${floorMs.toFixed(3)} ms/step; ` +
+      `batch 1: ${decode[decodeBatches[0]!]!.decodeMsMedian.toFixed(3)} ms (${(decode[decodeBatches[0]!]!.decodeMsMedian / floorMs).toFixed(2)}×)`,
+  ].join('\n');
+  log('\n' + table);
+
+  const gpuSlug = dev.info.name.toLowerCase().replace(/nvidia\s*/, '').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
+  const date = new Date().toISOString().slice(0, 10);
+  const result = {
+    date,
+    gpu: dev.info,
+    model: { config: 'Llama-3.2-1B (random bf16 weights)', weight_bytes: wBytes, write_s: writeS, load_s: loadS },
+    bandwidth_bytes_per_s: bandwidth,
+    decode_floor_ms: floorMs,
+    llmopt: {
+      ppl_tokens_per_s: pplTps,
+      prefill: { batch: 1, tokens: 2048, ms: prefill.prefillMs, tokens_per_s: prefill.prefillTokensPerS },
+      decode: Object.fromEntries(decodeBatches.map((b) => [b, {
+        prompt: 512, generated: genLen, ms_per_step_median: decode[b]!.decodeMsMedian, ms_per_step_p90: decode[b]!.decodeMsP90,
+        tokens_per_s: decode[b]!.decodeTokensPerS, ttft_ms: decode[b]!.timeToFirstTokenMs, floor_ratio: decode[b]!.decodeMsMedian / floorMs,
+        memory: decode[b]!.memory, cuda_graph: decode[b]!.cudaGraph,
+      }])),
+      decode_step_breakdowns: breakdowns,
+      eval_forward_breakdown: fwd,
+      small_m_gemms: gemms,
+    },
+    transformers: torch ?? null,
+    table,
+  };
+  fs.mkdirSync(resultsDir, { recursive: true });
+  const file = path.join(resultsDir, `${date}-${gpuSlug}.json`);
+  fs.writeFileSync(file, JSON.stringify(result, null, 1));
+  fs.writeFileSync(path.join(resultsDir, `${date}-${gpuSlug}.md`), table + '\n');
+  log(`wrote ${file}`);
+}
+
+await main();
