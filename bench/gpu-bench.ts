@@ -209,7 +209,7 @@ function summarize(raw: ProfiledOp[]): { ops: { name: string; ms: number; count:
   return { ops, totalMs: raw.reduce((a, o) => a + o.ms, 0) };
 }
 
-async function perplexityThroughput(model: LoadedModel, dev: CudaDevice, windows: number, batch: number): Promise<number> {
+async function perplexityThroughput(model: LoadedModel, dev: CudaDevice, windows: number, batch: number, logitsChunkRows?: number): Promise<number> {
   const seq = 2048;
   const tokens = new Int32Array(windows * seq);
   let s = 7;
@@ -218,7 +218,7 @@ async function perplexityThroughput(model: LoadedModel, dev: CudaDevice, windows
     tokens[i] = s % model.spec.vocabSize;
   }
   const ws = makeWindows({ kind: 'chunks', window: seq, keepLast: false }, tokens.length);
-  const run = () => evaluatePerplexity({ device: dev, model: model.decoder, tokens, windows: ws, batch, vocabSize: model.spec.vocabSize });
+  const run = () => evaluatePerplexity({ device: dev, model: model.decoder, tokens, windows: ws, batch, vocabSize: model.spec.vocabSize, logitsChunkRows });
   await evaluatePerplexity({ device: dev, model: model.decoder, tokens: tokens.subarray(0, batch * seq), windows: ws.slice(0, batch), batch, vocabSize: model.spec.vocabSize });
   const r = await run();
   return r.tokensPerSecond;
@@ -255,6 +255,8 @@ async function main(): Promise<void> {
 
   const pplTps = await perplexityThroughput(model, dev, 16, 4);
   log(`llmopt perplexity eval: ${Math.round(pplTps).toLocaleString('en-US')} tokens/s (2048-token windows, batch 4, forward + lm_head + scoring)`);
+  const pplTpsBigChunks = await perplexityThroughput(model, dev, 16, 4, 1024);
+  log(`  … with 1024-row logits chunks instead of eval's default 2^24-value chunks (${Math.floor(2 ** 24 / model.spec.vocabSize)} rows): ${Math.round(pplTpsBigChunks).toLocaleString('en-US')} tokens/s`);
 
   const prefill = measureLatency({ decoder: model.decoder, promptLen: 2048, genLen: 2, batch: 1 });
   log(`llmopt prefill: ${Math.round(prefill.prefillTokensPerS).toLocaleString('en-US')} tokens/s (batch 1, 2048 tokens, ${prefill.prefillMs.toFixed(2)} ms)`);
@@ -333,6 +335,7 @@ async function main(): Promise<void> {
     decode_floor_ms: floorMs,
     llmopt: {
       ppl_tokens_per_s: pplTps,
+      ppl_tokens_per_s_1024_row_logits_chunks: pplTpsBigChunks,
       prefill: { batch: 1, tokens: 2048, ms: prefill.prefillMs, tokens_per_s: prefill.prefillTokensPerS },
       decode: Object.fromEntries(decodeBatches.map((b) => [b, {
         prompt: 512, generated: genLen, ms_per_step_median: decode[b]!.decodeMsMedian, ms_per_step_p90: decode[b]!.decodeMsP90,

@@ -41,6 +41,7 @@ const calibration = { source: 'moby-dick', samples: calibSamples, seqLen: 512, s
 const CONFIGS = [
   { name: 'fp8', label: 'FP8 (static)', opts: { scheme: 'FP8' } },
   { name: 'fp8-dynamic', label: 'FP8_DYNAMIC', opts: { scheme: 'FP8_DYNAMIC' } },
+  { name: 'fp8-dynamic-mse', label: 'FP8_DYNAMIC, mse observer', opts: { scheme: 'FP8_DYNAMIC', observer: 'mse' } },
   { name: 'fp8-dynamic-kv', label: 'FP8_DYNAMIC + FP8 KV cache', opts: { scheme: 'FP8_DYNAMIC', kvCache: 'fp8' } },
   { name: 'w8a8', label: 'W8A8 (dynamic)', opts: { scheme: 'W8A8' } },
   { name: 'w8a8-sq', label: 'W8A8 + SmoothQuant 0.5', opts: { scheme: 'W8A8', smoothquant: 0.5 } },

@@ -30,7 +30,7 @@ beforeAll(() => {
   calibFile = path.join(tmp, 'calib.txt');
   dataFile = path.join(tmp, 'eval.txt');
   fs.writeFileSync(calibFile, valid.slice(300_000, 340_000)); // calibration text apart from the eval text
-  fs.writeFileSync(dataFile, valid.slice(0, 40_000));
+  fs.writeFileSync(dataFile, valid.slice(0, 12_000));
 });
 afterAll(() => {
   device?.close();
@@ -120,7 +120,7 @@ function expectConfig(config: Record<string, any>, format: string, weights: Reco
 }
 
 async function evalAgainstOriginal(dir: string): Promise<{ ppl: number; ratio: number; kld: number; top1: number }> {
-  const r = await runEval({ model: dir, baseline: stories, dataFile, keepLast: false, maxTokens: 4096, seqLen: 512, device, deviceName: 'cpu' });
+  const r = await runEval({ model: dir, baseline: stories, dataFile, keepLast: false, maxTokens: 2560, seqLen: 512, device, deviceName: 'cpu' });
   const b = r.result.baseline!;
   return { ppl: r.result.ppl, ratio: b.pplRatio, kld: b.kldMean, top1: b.top1 };
 }
@@ -301,13 +301,14 @@ describe('quantized checkpoints load and evaluate on the CPU', () => {
     }
   });
 
-  test('8-bit schemes stay close to the original on a 4096-token prefix', async () => {
-    // Measured on this prefix with 8×128 calibration tokens: W8A8 ≈ 1.001, FP8_DYNAMIC ≈ 1.01
-    // (E4M3's 3-bit mantissa on both weights and activations of a 64-wide model), FP8 ≈ 1.01.
+  test('8-bit schemes stay close to the original on a 2560-token prefix', async () => {
+    // Measured on this prefix (8×128 calibration tokens): W8A8 1.0005, FP8_DYNAMIC 1.0092, FP8 1.0088,
+    // W8A8 static + SmoothQuant 1.0045. FP8 is the tight one: E4M3's 3-bit mantissa on both weights
+    // and activations of a 64-wide model (over the whole file it is 1.014; see bench/quant-table.js).
     const bounds: [string, Partial<QuantizeOptions> & { scheme: string }, number][] = [
       ['w8a8', { scheme: 'W8A8' }, 1.01],
-      ['fp8-dynamic', { scheme: 'FP8_DYNAMIC' }, 1.025],
-      ['fp8', { scheme: 'FP8' }, 1.025],
+      ['fp8-dynamic', { scheme: 'FP8_DYNAMIC' }, 1.01],
+      ['fp8', { scheme: 'FP8' }, 1.01],
       ['w8a8-static-sq', { scheme: 'W8A8', staticActivations: true, smoothquant: 0.5 }, 1.03],
     ];
     for (const [name, opts, bound] of bounds) {

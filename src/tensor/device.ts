@@ -107,10 +107,9 @@ export interface Device {
   scoreLogits(logits: Tensor, targets: Int32Array, baseline?: Tensor): ScoredRows;
   /**
    * In place on x seen as [rows, cols]: each value becomes its quantized-then-dequantized self
-   * (quantized checkpoints' activation and FP8 KV-cache simulation). Optional until every backend
-   * has it; the decoder reports a clear error when a checkpoint needs it and the device lacks it.
+   * (quantized checkpoints' activation and FP8 KV-cache simulation).
    */
-  fakeQuantRows?(x: Tensor, spec: FakeQuantSpec): void;
+  fakeQuantRows(x: Tensor, spec: FakeQuantSpec): void;
 }
 
 export interface ScoredRows {

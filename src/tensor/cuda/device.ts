@@ -107,10 +107,18 @@ const READBACK_SLOTS = 8;
 const READBACK_SLOT_BYTES = 64 * 1024;
 /** Split-KV decode attention partials (per split: normalized output + max + sum per row and head). */
 const ATTENTION_SCRATCH_BYTES = 32 * 1024 * 1024;
-const SPLIT_MIN_KEYS = 128;
+const SPLIT_MIN_KEYS = 64;
+/** Split counters (one int per row × KV-head group) at the start of the attention scratch; zeroed once, reset by the kernel. */
+const SPLIT_COUNTERS = 256 * 1024;
+/** Blocks per SM the split count aims for (short per-block key chains). */
+const SPLIT_WAVES = 4;
 const SPLIT_MAX = 64;
 const SPLIT_GROUP_MAX = 8;
 const GEMV_WARPS = 8;
+/** Threads per row of the norm kernels: many rows (prefill) → 256, each thread a few values; a few rows (decode) → up to 1024, for latency. */
+function normThreads(rows: number): number {
+  return rows >= 512 ? 256 : 1024;
+}
 const UPLOAD_CHUNK_ELEMENTS = 16 * 1024 * 1024;
 const DECODE_MAX_SEQ_Q = 8;
 const PREFILL_QUERY_TILE = 16;
@@ -184,8 +192,8 @@ export class CudaDevice implements Device {
   private readonly readback: { address: bigint; view: Int32Array; events: Handle[]; next: number };
   /** LLMOPT_CUDA_SIMPLE_ATTENTION=1: the CUDA-core attention kernels only (A/B comparisons). */
   private readonly simpleAttention = process.env.LLMOPT_CUDA_SIMPLE_ATTENTION === '1';
-  /** Largest M that goes to the GEMV kernels instead of cuBLASLt (LLMOPT_CUDA_GEMV_MAX_M, default 8, 0 = never; benchmarks change it). */
-  gemvMaxM = Math.min(8, Number(process.env.LLMOPT_CUDA_GEMV_MAX_M ?? 8));
+  /** Largest M that goes to the GEMV kernels instead of cuBLASLt (LLMOPT_CUDA_GEMV_MAX_M, default 4 — at 8 cuBLASLt wins on large weights; 0 = never; benchmarks change it). */
+  gemvMaxM = Math.min(8, Number(process.env.LLMOPT_CUDA_GEMV_MAX_M ?? 4));
   private profileEvents: { name: string; start: Handle; end: Handle }[] | undefined;
 
   constructor(opts: CudaDeviceOptions = {}) {
@@ -201,6 +209,7 @@ export class CudaDevice implements Device {
     const pinned = this.driver.allocPinned(STAGING_BYTES);
     this.staging = new IntStaging(this.driver, pinned.address, pinned.buffer, this.driver.allocPermanent(STAGING_BYTES), STAGING_BYTES);
     this.attentionScratch = this.driver.allocPermanent(ATTENTION_SCRATCH_BYTES);
+    this.driver.memsetZero(this.attentionScratch, SPLIT_COUNTERS * 4);
     const rb = this.driver.allocPinned(READBACK_SLOTS * READBACK_SLOT_BYTES);
     this.readback = { address: rb.address, view: new Int32Array(rb.buffer), events: [], next: 0 };
     const self = this;
@@ -392,7 +401,7 @@ export class CudaDevice implements Device {
       throw new Error(`addRmsNorm: shape mismatch: out ${fmtShape(o)}, x ${fmtShape(xc)}, y ${fmtShape(yc)}, weight ${fmtShape(wc)}`);
     }
     const k = this.kernel('norm', `add_rms_norm_${this.suffix}`, 'ppppif');
-    this.kernels.launch(k, [xc.rowCount], [rowThreads(C, 1024)], 0, [o.ptr, xc.ptr, yc.ptr, wc.ptr, C, eps]);
+    this.kernels.launch(k, [xc.rowCount], [rowThreads(C, normThreads(xc.rowCount))], 0, [o.ptr, xc.ptr, yc.ptr, wc.ptr, C, eps]);
   }
 
   /**
@@ -456,7 +465,7 @@ export class CudaDevice implements Device {
       throw new Error(`rmsNorm: shape mismatch: out ${fmtShape(o)}, x ${fmtShape(xc)}, weight ${fmtShape(wc)}`);
     }
     const k = this.kernel('norm', `rms_norm_${this.suffix}`, 'pppif');
-    this.kernels.launch(k, [xc.rowCount], [rowThreads(C, 1024)], 0, [o.ptr, xc.ptr, wc.ptr, C, eps]);
+    this.kernels.launch(k, [xc.rowCount], [rowThreads(C, normThreads(xc.rowCount))], 0, [o.ptr, xc.ptr, wc.ptr, C, eps]);
   }
 
   layerNorm(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor, eps: number): void {
@@ -469,7 +478,7 @@ export class CudaDevice implements Device {
       throw new Error(`layerNorm: shape mismatch: out ${fmtShape(o)}, x ${fmtShape(xc)}, weight ${fmtShape(wc)}, bias ${fmtShape(bc)}`);
     }
     const k = this.kernel('norm', `layer_norm_${this.suffix}`, 'ppppif');
-    this.kernels.launch(k, [xc.rowCount], [rowThreads(C, 1024)], 0, [o.ptr, xc.ptr, wc.ptr, bc.ptr, C, eps]);
+    this.kernels.launch(k, [xc.rowCount], [rowThreads(C, normThreads(xc.rowCount))], 0, [o.ptr, xc.ptr, wc.ptr, bc.ptr, C, eps]);
   }
 
   rope(x: Tensor, positions: Int32Array, cos: Tensor, sin: Tensor, nHeads: number, headDim: number, rotaryDim: number): void {
@@ -530,7 +539,7 @@ export class CudaDevice implements Device {
     } else if (!this.simpleAttention && this.dtype !== 'f32' && (headDim === 64 || headDim === 128) &&
       [o, qc, kc, vc].every((t) => t.ptr % 16n === 0n)) {
       const kern = this.kernel('flash', `attention_prefill_mma_${this.suffix}_d${headDim}`, sig);
-      const shared = 3 * 64 * (headDim + 8) * 2;
+      const shared = 5 * 64 * (headDim + 8) * 2; // Q tile + double-buffered K and V tiles
       this.kernels.launch(kern, [Math.ceil(seqQ / 64), nHead, batch], [128], shared, args);
     } else {
       const kern = this.kernel('attention', `attention_prefill_${this.suffix}_d${D}`, sig);
@@ -548,17 +557,20 @@ export class CudaDevice implements Device {
     const rows = batch * seqQ;
     const chunks = Math.ceil(nHead / nKvHead / SPLIT_GROUP_MAX);
     const blocks = rows * nKvHead * chunks;
-    let splits = Math.max(1, Math.min(SPLIT_MAX, Math.ceil((2 * this.info.multiprocessors) / blocks), Math.ceil(kvLen / SPLIT_MIN_KEYS)));
+    let splits = Math.max(1, Math.min(SPLIT_MAX, Math.ceil((SPLIT_WAVES * this.info.multiprocessors) / blocks), Math.ceil(kvLen / SPLIT_MIN_KEYS)));
     const bytesPerSplit = rows * nHead * (headDim + 2) * 4;
-    splits = Math.max(1, Math.min(splits, Math.floor(ATTENTION_SCRATCH_BYTES / bytesPerSplit)));
-    const partO = this.attentionScratch;
+    const counterBytes = SPLIT_COUNTERS * 4;
+    splits = Math.max(1, Math.min(splits, Math.floor((ATTENTION_SCRATCH_BYTES - counterBytes - 256) / bytesPerSplit)));
+    const counters = this.attentionScratch;
+    const fold = blocks <= SPLIT_COUNTERS; // the last split merges; else a separate combine launch
+    const partO = this.attentionScratch + BigInt(counterBytes);
     const partML = partO + BigInt(roundUp(rows * nHead * splits * headDim * 4, 256));
     const vec = this.dtype === 'f32' ? 4 : 8;
-    const [, , kPtr] = args as bigint[];
-    const vecK = headDim % vec === 0 && (nKvHead * headDim) % vec === 0 && kPtr! % 16n === 0n ? 1 : 0;
-    const k = this.kernel('attention', `attention_decode_split_${this.suffix}_d${D}`, 'ppppppiiiiiifipii');
-    this.kernels.launch(k, [splits, nKvHead * chunks, rows], [128], 0, [partO, partML, ...args, splits, vecK]);
-    if (splits > 1) {
+    const [, , kPtr, vPtr] = args as bigint[];
+    const vecK = headDim % vec === 0 && (nKvHead * headDim) % vec === 0 && kPtr! % 16n === 0n && vPtr! % 16n === 0n ? 1 : 0;
+    const k = this.kernel('attention', `attention_decode_split_${this.suffix}_d${D}`, 'ppppppiiiiiifipiip');
+    this.kernels.launch(k, [splits, nKvHead * chunks, rows], [128], 0, [partO, partML, ...args, splits, vecK, fold ? counters : 0n]);
+    if (splits > 1 && !fold) {
       const c = this.kernel('attention', `attention_combine_${this.suffix}`, 'pppiii');
       this.kernels.launch(c, [nHead, rows], [rowThreads(headDim, 256)], 0, [args[0]!, partO, partML, nHead, headDim, splits]);
     }

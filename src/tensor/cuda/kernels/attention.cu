@@ -231,13 +231,18 @@ template <typename T, int D>
 __device__ __forceinline__ void attention_decode_split(float* partO, float* partML, T* out, const T* q, const T* k,
                                                        const T* v, int seqQ, int kvLen, int kvStride, int nHead,
                                                        int nKvHead, int headDim, float scale, int window,
-                                                       const int* kvLens, int splits, int vecK) {
+                                                       const int* kvLens, int splits, int vecK, int* counters) {
   using namespace splitkv;
   constexpr int DL = D / 32;
   constexpr int VEC = VecOf<T>::N;
+  // V rows of each warp's current tile are staged here (rows of up to 128 bytes: 16 KB per block) so
+  // the P.V loop reads shared memory instead of waiting on 32 dependent global loads; longer rows would
+  // overflow the 48 KB of static shared memory with smAcc, and are read directly.
+  constexpr bool STAGE_V = D * sizeof(T) <= 128;
   __shared__ float qs[GMAX][D];
   __shared__ float smM[NW][GMAX], smL[NW][GMAX];
   __shared__ float smAcc[NW][GMAX][D];
+  __shared__ __align__(16) T vs[STAGE_V ? NW : 1][STAGE_V ? 32 : 1][STAGE_V ? D : 1];
   const int G = nHead / nKvHead, chunks = (G + GMAX - 1) / GMAX;
   const int kvh = blockIdx.y / chunks, h0 = kvh * G + (blockIdx.y % chunks) * GMAX;
   const int ng = imin(GMAX, kvh * G + G - h0);
@@ -272,6 +277,21 @@ __device__ __forceinline__ void attention_decode_split(float* partO, float* part
     float sc[GMAX];
 #pragma unroll
     for (int g = 0; g < GMAX; ++g) sc[g] = 0.f;
+    if (STAGE_V) {
+      // lane j copies V row kp (zeros past the chunk) into the warp's staging rows
+      const T* vr = vBase + (long long)kp * kStride;
+      T* dst = &vs[STAGE_V ? warp : 0][STAGE_V ? lane : 0][0];
+      if (vecK) {
+#pragma unroll
+        for (int d0 = 0; d0 < D; d0 += VEC) {
+          uint4 val = make_uint4(0u, 0u, 0u, 0u);
+          if (valid && d0 < headDim) val = *reinterpret_cast<const uint4*>(vr + d0);
+          *reinterpret_cast<uint4*>(dst + d0) = val;
+        }
+      } else {
+        for (int d = 0; d < D; ++d) dst[d] = (valid && d < headDim) ? vr[d] : from_float<T>(0.f);
+      }
+    }
     if (valid) {
       const T* kr = kBase + (long long)kp * kStride;
       if (vecK) {
@@ -309,9 +329,10 @@ __device__ __forceinline__ void attention_decode_split(float* partO, float* part
       for (int i = 0; i < DL; ++i) acc[g][i] *= alpha;
     }
     const int n = imin(32, ke - t0);
+    if (STAGE_V) __syncwarp();
 #pragma unroll 4
     for (int j = 0; j < n; ++j) {
-      const T* vr = vBase + (long long)(t0 + j) * kStride;
+      const T* vr = STAGE_V ? &vs[STAGE_V ? warp : 0][STAGE_V ? j : 0][0] : vBase + (long long)(t0 + j) * kStride;
       float vf[DL];
 #pragma unroll
       for (int i = 0; i < DL; ++i) {
@@ -326,6 +347,7 @@ __device__ __forceinline__ void attention_decode_split(float* partO, float* part
         for (int i = 0; i < DL; ++i) acc[g][i] += pj * vf[i];
       }
     }
+    if (STAGE_V) __syncwarp();
   }
 #pragma unroll
   for (int g = 0; g < GMAX; ++g) {
@@ -364,6 +386,35 @@ __device__ __forceinline__ void attention_decode_split(float* partO, float* part
       }
     }
   }
+  if (splits == 1 || counters == nullptr) return;
+  // The last split of this (row, KV head group) to finish merges all of them (threadFenceReduction
+  // pattern): no separate combine launch. Its counter goes back to 0 for the next call / graph replay.
+  __shared__ int isLast;
+  __threadfence();
+  __syncthreads();
+  int* counter = counters + (long long)bt * gridDim.y + blockIdx.y;
+  if (threadIdx.x == 0) isLast = atomicAdd(counter, 1) == splits - 1;
+  __syncthreads();
+  if (!isLast) return;
+  __threadfence();
+  for (int idx = threadIdx.x; idx < ng * headDim; idx += blockDim.x) {
+    const int g = idx / headDim, d = idx % headDim, h = h0 + g;
+    const long long base = ((long long)bt * nHead + h) * splits;
+    float M = -INF_F;
+    for (int sp = 0; sp < splits; ++sp) M = fmaxf(M, __ldcg(partML + 2 * (base + sp)));
+    float L = 0.f, O = 0.f;
+    if (M != -INF_F) {
+      for (int sp = 0; sp < splits; ++sp) {
+        const float ms = __ldcg(partML + 2 * (base + sp));
+        if (ms == -INF_F) continue;
+        const float w = __ldcg(partML + 2 * (base + sp) + 1) * expf(ms - M);
+        L += w;
+        O += w * __ldcg(partO + (base + sp) * headDim + d);
+      }
+    }
+    out[(long long)bt * qStride + (long long)h * headDim + d] = from_float<T>(L > 0.f ? O / L : 0.f);
+  }
+  if (threadIdx.x == 0) *counter = 0;
 }
 
 // Merges the splits of attention_decode_split: block = (head, query row).
@@ -403,8 +454,9 @@ __device__ __forceinline__ void attention_combine(T* out, const float* partO, co
     attention_decode<T, D>(ATTENTION_PASS);                                                                  \
   }                                                                                                          \
   extern "C" __global__ void __launch_bounds__(splitkv::NW * 32)                                             \
-      attention_decode_split_##S##_d##D(float* partO, float* partML, ATTENTION_ARGS(T), int splits, int vecK) { \
-    attention_decode_split<T, D>(partO, partML, ATTENTION_PASS, splits, vecK);                               \
+      attention_decode_split_##S##_d##D(float* partO, float* partML, ATTENTION_ARGS(T), int splits, int vecK,    \
+                                        int* counters) {                                                     \
+    attention_decode_split<T, D>(partO, partML, ATTENTION_PASS, splits, vecK, counters);                     \
   }
 #define DEF_COMBINE(T, S)                                                                                  \
   extern "C" __global__ void attention_combine_##S(T* out, const float* partO, const float* partML, int nHead,    \

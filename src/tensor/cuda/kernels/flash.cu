@@ -57,18 +57,22 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const void* p) {
                : "r"(smem_addr(p)));
 }
 
-// Copies rows [r0, r0 + 64) of a [*, rowStride]-strided 16-bit matrix (head slice of width D) into
-// shared memory [64][D + 8]; rows outside [0, valid) become zeros. 16-byte vectors.
+// Queues asynchronous copies (cp.async, 16 bytes each) of rows [0, 64) of a [*, rowStride]-strided
+// 16-bit matrix (head slice of width D) into shared memory [64][D + 8]; rows outside [0, valid) are
+// zero-filled (source size 0). Complete after cp_async_wait + __syncthreads.
 template <int D>
-__device__ __forceinline__ void stage_tile(u16* dst, const u16* src, long long rowStride, int valid) {
+__device__ __forceinline__ void stage_tile_async(u16* dst, const u16* src, long long rowStride, int valid) {
   constexpr int SP = D + 8, VPR = D / 8;
   for (int i = threadIdx.x; i < 64 * VPR; i += blockDim.x) {
     const int r = i / VPR, c = (i % VPR) * 8;
-    uint4 val = make_uint4(0u, 0u, 0u, 0u);
-    if (r < valid) val = *reinterpret_cast<const uint4*>(src + (long long)r * rowStride + c);
-    *reinterpret_cast<uint4*>(dst + r * SP + c) = val;
+    const bool ok = r < valid;
+    const u16* from = src + (ok ? (long long)r * rowStride + c : 0);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst + r * SP + c)), "l"(from), "r"(ok ? 16 : 0));
   }
 }
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
 
 template <typename T, int D>
 __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const T* k, const T* v, int seqQ, int kvLen,
@@ -81,8 +85,8 @@ __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const 
   constexpr int NK = BK / 8;    // n-tiles over the keys of a tile
   extern __shared__ __align__(16) u16 sm[];
   u16* qs = sm;                 // [BQ][SP]
-  u16* ks = qs + BQ * SP;       // [BK][SP]
-  u16* vs = ks + BK * SP;       // [BK][SP]
+  u16* kbuf = qs + BQ * SP;     // 2 x [BK][SP] (double-buffered: the next tile loads during this one's math)
+  u16* vbuf = kbuf + 2 * BK * SP;
 
   const int b = blockIdx.z, h = blockIdx.y, t0 = blockIdx.x * BQ;
   const int kvh = h / (nHead / nKvHead);
@@ -93,7 +97,14 @@ __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const 
   const u16* kg = reinterpret_cast<const u16*>(k) + (long long)b * kvStride * kStride + (long long)kvh * headDim;
   const u16* vg = reinterpret_cast<const u16*>(v) + (long long)b * kvStride * kStride + (long long)kvh * headDim;
 
-  stage_tile<D>(qs, qg, qStride, seqQ - t0);
+  const int tLast = imin(t0 + BQ, seqQ) - 1;
+  const int kEnd = posBase + tLast + 1;
+  const int kBegin = window > 0 ? imax(0, posBase + t0 - window + 1) / BK * BK : 0;
+  stage_tile_async<D>(qs, qg, qStride, seqQ - t0);
+  stage_tile_async<D>(kbuf, kg + (long long)kBegin * kStride, kStride, kEnd - kBegin);
+  stage_tile_async<D>(vbuf, vg + (long long)kBegin * kStride, kStride, kEnd - kBegin);
+  cp_async_commit();
+  cp_async_wait_all();
   __syncthreads();
   unsigned qa[KD][4];
   {
@@ -109,16 +120,26 @@ __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const 
 #pragma unroll
   for (int i = 0; i < ND; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
 
-  const int tLast = imin(t0 + BQ, seqQ) - 1;
-  const int kEnd = posBase + tLast + 1;
-  const int kBegin = window > 0 ? imax(0, posBase + t0 - window + 1) / BK * BK : 0;
   const float sl2 = scale * 1.4426950408889634f;  // exp(x) = exp2(x log2 e)
+  // this warp's rows: positions pw0 (first) .. pw1 (last valid); masks are needed near the diagonal only
+  const int warpRow0 = t0 + warp * 16;
+  const int pw0 = posBase + warpRow0, pw1 = posBase + imin(warpRow0 + 15, seqQ - 1);
+  const bool warpRowsPartial = warpRow0 + 15 >= seqQ;
 
-  for (int k0 = kBegin; k0 < kEnd; k0 += BK) {
-    __syncthreads();  // the previous tile is consumed
-    stage_tile<D>(ks, kg + (long long)k0 * kStride, kStride, kEnd - k0);
-    stage_tile<D>(vs, vg + (long long)k0 * kStride, kStride, kEnd - k0);
-    __syncthreads();
+  int it = 0;
+  for (int k0 = kBegin; k0 < kEnd; k0 += BK, ++it) {
+    const u16* ks = kbuf + (it & 1) * BK * SP;
+    const u16* vs = vbuf + (it & 1) * BK * SP;
+    const bool more = k0 + BK < kEnd;
+    if (more) {
+      stage_tile_async<D>(kbuf + ((it + 1) & 1) * BK * SP, kg + (long long)(k0 + BK) * kStride, kStride, kEnd - k0 - BK);
+      stage_tile_async<D>(vbuf + ((it + 1) & 1) * BK * SP, vg + (long long)(k0 + BK) * kStride, kStride, kEnd - k0 - BK);
+      cp_async_commit();
+    }
+    // a warp whose rows all precede this tile (or are past seqQ) has nothing to add
+    const bool active = warpRow0 < seqQ && k0 <= pw1;
+    const bool needMask = window > 0 || warpRowsPartial || k0 + BK - 1 > pw0;
+    if (active) {
 
     float s[NK][4];
 #pragma unroll
@@ -136,16 +157,20 @@ __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const 
       }
     }
 
-    // mask, scale (log2 domain), row maxima
+    // mask (near the diagonal / window edge), scale (log2 domain), row maxima
     float mx0 = -INF_F, mx1 = -INF_F;
 #pragma unroll
     for (int nt = 0; nt < NK; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int kp = k0 + nt * 8 + tig * 2 + (e & 1);
-        const int p = e < 2 ? p0 : p1;
-        const bool ok = kp <= p && (window <= 0 || kp > p - window);
-        s[nt][e] = ok ? s[nt][e] * sl2 : -INF_F;
+        if (needMask) {
+          const int kp = k0 + nt * 8 + tig * 2 + (e & 1);
+          const int p = e < 2 ? p0 : p1;
+          const bool ok = kp <= p && (window <= 0 || kp > p - window);
+          s[nt][e] = ok ? s[nt][e] * sl2 : -INF_F;
+        } else {
+          s[nt][e] *= sl2;
+        }
       }
       mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
       mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
@@ -192,6 +217,9 @@ __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const 
         Mma<T>::run(o[dt + 1], pa[kk], bf[2], bf[3]);
       }
     }
+    }  // active
+    if (more) cp_async_wait_all();
+    __syncthreads();  // the next tile has landed for every thread; this one is free to be overwritten
   }
 
   l0 += __shfl_xor_sync(FULL_MASK, l0, 1);

@@ -40,7 +40,7 @@ __device__ __forceinline__ void gemv_row(float* acc, const T* x, const T* wr, in
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
   if (vectorized) {
-#pragma unroll 8
+#pragma unroll 4
     for (int k0 = lane * VEC; k0 < K; k0 += 32 * VEC) {
       float wf[VEC];
       unpack(*reinterpret_cast<const uint4*>(wr + k0), wf, wr);
@@ -92,6 +92,49 @@ __device__ __forceinline__ void gemv3(T* out0, T* out1, T* out2, const T* x, con
   }
 }
 
+// Dot products of two weight rows (wa, wb) with the M rows of x in one pass, both rows' loads in
+// flight together.
+template <typename T, int M>
+__device__ __forceinline__ void gemv_row2(float* a, float* b, const T* x, const T* wa, const T* wb, int K, int vectorized) {
+  constexpr int VEC = Vec<T>::N;
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int m = 0; m < M; ++m) a[m] = b[m] = 0.f;
+  if (vectorized) {
+#pragma unroll 4
+    for (int k0 = lane * VEC; k0 < K; k0 += 32 * VEC) {
+      float fa[VEC], fb[VEC];
+      unpack(*reinterpret_cast<const uint4*>(wa + k0), fa, wa);
+      unpack(*reinterpret_cast<const uint4*>(wb + k0), fb, wb);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float xf[VEC];
+        unpack(*reinterpret_cast<const uint4*>(x + (long long)m * K + k0), xf, x);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          a[m] += fa[i] * xf[i];
+          b[m] += fb[i] * xf[i];
+        }
+      }
+    }
+  } else {
+    for (int k = lane; k < K; k += 32) {
+      const float fa = to_float(wa[k]), fb = to_float(wb[k]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const float xv = to_float(x[(long long)m * K + k]);
+        a[m] += fa * xv;
+        b[m] += fb * xv;
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    a[m] = warp_sum(a[m]);
+    b[m] = warp_sum(b[m]);
+  }
+}
+
 // SwiGLU input of down_proj in one launch: out[m, n] = silu(x[m]·wg[n]) * (x[m]·wu[n]), f32 throughout
 // (the unfused path rounds gate and up to the dtype first).
 template <typename T, int M>
@@ -99,8 +142,7 @@ __device__ __forceinline__ void gemv_silu_mul(T* out, const T* x, const T* wg, c
   const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
   if (n >= N) return;
   float g[M], u[M];
-  gemv_row<T, M>(g, x, wg + (long long)n * K, K, vectorized);
-  gemv_row<T, M>(u, x, wu + (long long)n * K, K, vectorized);
+  gemv_row2<T, M>(g, u, x, wg + (long long)n * K, wu + (long long)n * K, K, vectorized);
   if ((threadIdx.x & 31) == 0) {
 #pragma unroll
     for (int m = 0; m < M; ++m) out[(long long)m * N + n] = from_float<T>(g[m] / (1.f + expf(-g[m])) * u[m]);
