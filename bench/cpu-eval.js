@@ -1,11 +1,13 @@
 #!/usr/bin/env node
-// CPU eval throughput: stories260K over the whole of tinystories-valid.txt (chunks512), with 1 and
-// 2 threads (more if the machine has them, up to 8). Prints a table and writes
-// bench/results/<date>-cpu-eval.json. Run with `npm run bench:cpu` (builds dist/ first).
+// CPU eval: stories260K over the whole of tinystories-valid.txt. Throughput under chunks512 with 1
+// and 2 threads (more if the machine has them, up to 8); then chunks128 and stride512_256 with the
+// most threads, so all three protocols' perplexities are checked against the float64 reference.
+// Prints two tables and writes bench/results/<date>-cpu-eval.json. Run with `npm run bench:cpu`
+// (builds dist/ first).
 //
 // Usage: node bench/cpu-eval.js [--threads 1,2] [--max-tokens N]   (--max-tokens: a quick check, nothing written)
 
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +18,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const shared = path.resolve(root, '../shared');
 const model = path.join(shared, 'models/stories260K');
 const dataFile = path.join(shared, 'data/tinystories-valid.txt');
-const REFERENCE_PPL = 5.065265298390889; // references/stories260K-perplexity.json, chunks512 (float64)
+const reference = JSON.parse(readFileSync(path.join(shared, 'references/stories260K-perplexity.json'), 'utf8'))['data/tinystories-valid.txt'];
 
 function flag(name) {
   const i = process.argv.indexOf(name);
@@ -30,13 +32,18 @@ const threadCounts = (flag('--threads') ?? [1, 2, 4, 8].filter((t) => t === 1 ||
 const maxTokens = flag('--max-tokens') !== undefined ? Number(flag('--max-tokens')) : undefined;
 
 const loadBefore = loadavg()[0];
-const rows = [];
-for (const threads of threadCounts) {
+
+/** One eval run; seqLen/stride pick the protocol. */
+async function evalOnce(threads, seqLen, stride) {
   const device = createCpuDevice({ threads });
   try {
-    const run = await runEval({ model, dataFile, keepLast: false, maxTokens, seqLen: 512, device, deviceName: 'cpu' });
+    const run = await runEval({ model, dataFile, keepLast: false, maxTokens, seqLen, stride, device, deviceName: 'cpu' });
     const r = run.result;
-    rows.push({
+    const name = stride === undefined ? `chunks${seqLen}` : `stride${seqLen}_${stride}`;
+    const ref = reference[name];
+    process.stderr.write(`${name}, threads ${threads}: ${Math.round(r.tokensPerSecond)} tokens/s\n`);
+    return {
+      protocol: name,
       threads,
       batch: run.batch,
       tokens_scored: r.tokensScored,
@@ -44,18 +51,31 @@ for (const threads of threadCounts) {
       wall_s: run.wallSeconds,
       tokens_per_s: r.tokensPerSecond,
       ppl: r.ppl,
-      ppl_rel_err_vs_reference: Math.abs(r.ppl - REFERENCE_PPL) / REFERENCE_PPL,
-    });
-    process.stderr.write(`threads ${threads}: ${Math.round(r.tokensPerSecond)} tokens/s\n`);
+      reference_ppl: ref.ppl,
+      ppl_rel_diff: Math.abs(r.ppl - ref.ppl) / ref.ppl,
+    };
   } finally {
     device.close();
   }
 }
 
-const header = ['threads', 'tokens scored', 'forward s', 'tokens/s', 'ppl'];
-const table = rows.map((r) => [String(r.threads), String(r.tokens_scored), r.forward_s.toFixed(2), Math.round(r.tokens_per_s).toString(), r.ppl.toFixed(6)]);
-const widths = header.map((h, c) => Math.max(h.length, ...table.map((row) => row[c].length)));
-for (const row of [header, ...table]) console.log(row.map((cell, c) => cell.padStart(widths[c])).join('  '));
+function printTable(header, rows) {
+  const widths = header.map((h, c) => Math.max(h.length, ...rows.map((row) => row[c].length)));
+  for (const row of [header, ...rows]) console.log(row.map((cell, c) => cell.padStart(widths[c])).join('  '));
+}
+
+const throughput = [];
+for (const threads of threadCounts) throughput.push(await evalOnce(threads, 512));
+const most = Math.max(...threadCounts);
+const protocols = [throughput.find((r) => r.threads === most), await evalOnce(most, 128), await evalOnce(most, 512, 256)];
+
+console.log('throughput, chunks512');
+printTable(['threads', 'tokens scored', 'forward s', 'tokens/s'], throughput.map((r) => [String(r.threads), String(r.tokens_scored), r.forward_s.toFixed(2), Math.round(r.tokens_per_s).toString()]));
+console.log(`\nperplexity vs the float64 reference (${most} threads)`);
+printTable(
+  ['protocol', 'tokens scored', 'ppl', 'reference', 'rel diff', 'tokens/s'],
+  protocols.map((r) => [r.protocol, String(r.tokens_scored), r.ppl.toFixed(9), r.reference_ppl.toFixed(9), r.ppl_rel_diff.toExponential(1), Math.round(r.tokens_per_s).toString()]),
+);
 
 if (maxTokens !== undefined) {
   console.log('--max-tokens: a partial run, results not written');
@@ -70,10 +90,10 @@ const result = {
   date: new Date().toISOString(),
   model: 'stories260K',
   data: 'tinystories-valid.txt',
-  protocol: 'chunks512',
   // Other processes compete for the cores on shared machines: the 1-minute load average says how much.
   machine: { cpu: cpus()[0]?.model ?? 'unknown', cores, node: process.version, platform: `${process.platform}-${process.arch}`, loadavg_1m_before: loadBefore },
-  rows,
+  throughput,
+  protocols,
 };
 writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
 console.log(`wrote ${path.relative(root, out)}`);

@@ -147,6 +147,15 @@ beforeAll(() => {
     writeFileSync(path.join(d, 'config.json'), JSON.stringify({ ...cfg, model_type: MODEL_TYPE_BERT, architectures: ['BertModel'] }));
   });
   brokenModel('no-config', (d) => rmSync(path.join(d, 'config.json')));
+  // Same vocab size, different ids: two tokens of the opening words swap ids.
+  brokenModel('other-tokenizer', (d) => {
+    const file = path.join(d, 'tokenizer.json');
+    const tok = JSON.parse(readFileSync(file, 'utf8'));
+    const vocab = tok.model.vocab as Record<string, number>;
+    [vocab['.'], vocab['p']] = [vocab['p']!, vocab['.']!];
+    writeFileSync(file, JSON.stringify(tok));
+  });
+  brokenModel('no-tokenizer', (d) => rmSync(path.join(d, 'tokenizer.json')));
   writeFileSync(path.join(tmp, 'empty.txt'), '');
   writeFileSync(path.join(tmp, 'short.txt'), 'Once upon a time there was a cat. '.repeat(40));
 });
@@ -213,6 +222,12 @@ describe('bad data and flags → exit 1, one line naming the flag or file', () =
   it.skipIf(existsSync('/dev/nvidiactl'))('--device cuda without a GPU', () => expectInputError(evalWith('--device', 'cuda'), /^error: --device cuda: CUDA unavailable/));
   it('data shorter than one window', () => expectInputError(['eval', stories, '--data', t('short.txt')], /short\.txt: \d+ tokens are fewer than one 512-token window/));
   it('--baseline with a broken checkpoint', () => expectInputError(evalWith('--baseline', t('bert')), /bert/));
+  it('--baseline with another vocabulary', () =>
+    expectInputError(evalWith('--baseline', path.join(root, 'test/fixtures/arch/llama')), /--baseline .*llama: vocab size 96 differs from the model's 512/));
+  it('--baseline whose tokenizer gives other ids', () =>
+    expectInputError(evalWith('--baseline', t('other-tokenizer')), /--baseline .*other-tokenizer: its tokenizer gives different ids/));
+  it('--baseline without a tokenizer', () => expectInputError(evalWith('--baseline', t('no-tokenizer')), /no-tokenizer: no tokenizer\.json/));
+  it('a model without a tokenizer', () => expectInputError(['eval', t('no-tokenizer'), '--data', validText], /no-tokenizer: no tokenizer\.json/));
 });
 
 describe('usage, gates, --json', () => {

@@ -108,10 +108,6 @@ const READBACK_SLOT_BYTES = 64 * 1024;
 /** Split-KV decode attention partials (per split: normalized output + max + sum per row and head). */
 const ATTENTION_SCRATCH_BYTES = 32 * 1024 * 1024;
 const SPLIT_MIN_KEYS = 64;
-/** Split counters (one int per row × KV-head group) at the start of the attention scratch; zeroed once, reset by the kernel. */
-const SPLIT_COUNTERS = 256 * 1024;
-/** Blocks per SM the split count aims for (short per-block key chains). */
-const SPLIT_WAVES = 4;
 const SPLIT_MAX = 64;
 const SPLIT_GROUP_MAX = 8;
 const GEMV_WARPS = 8;
@@ -209,7 +205,6 @@ export class CudaDevice implements Device {
     const pinned = this.driver.allocPinned(STAGING_BYTES);
     this.staging = new IntStaging(this.driver, pinned.address, pinned.buffer, this.driver.allocPermanent(STAGING_BYTES), STAGING_BYTES);
     this.attentionScratch = this.driver.allocPermanent(ATTENTION_SCRATCH_BYTES);
-    this.driver.memsetZero(this.attentionScratch, SPLIT_COUNTERS * 4);
     const rb = this.driver.allocPinned(READBACK_SLOTS * READBACK_SLOT_BYTES);
     this.readback = { address: rb.address, view: new Int32Array(rb.buffer), events: [], next: 0 };
     const self = this;
@@ -557,20 +552,17 @@ export class CudaDevice implements Device {
     const rows = batch * seqQ;
     const chunks = Math.ceil(nHead / nKvHead / SPLIT_GROUP_MAX);
     const blocks = rows * nKvHead * chunks;
-    let splits = Math.max(1, Math.min(SPLIT_MAX, Math.ceil((SPLIT_WAVES * this.info.multiprocessors) / blocks), Math.ceil(kvLen / SPLIT_MIN_KEYS)));
+    let splits = Math.max(1, Math.min(SPLIT_MAX, Math.ceil((2 * this.info.multiprocessors) / blocks), Math.ceil(kvLen / SPLIT_MIN_KEYS)));
     const bytesPerSplit = rows * nHead * (headDim + 2) * 4;
-    const counterBytes = SPLIT_COUNTERS * 4;
-    splits = Math.max(1, Math.min(splits, Math.floor((ATTENTION_SCRATCH_BYTES - counterBytes - 256) / bytesPerSplit)));
-    const counters = this.attentionScratch;
-    const fold = blocks <= SPLIT_COUNTERS; // the last split merges; else a separate combine launch
-    const partO = this.attentionScratch + BigInt(counterBytes);
+    splits = Math.max(1, Math.min(splits, Math.floor(ATTENTION_SCRATCH_BYTES / bytesPerSplit)));
+    const partO = this.attentionScratch;
     const partML = partO + BigInt(roundUp(rows * nHead * splits * headDim * 4, 256));
     const vec = this.dtype === 'f32' ? 4 : 8;
     const [, , kPtr, vPtr] = args as bigint[];
     const vecK = headDim % vec === 0 && (nKvHead * headDim) % vec === 0 && kPtr! % 16n === 0n && vPtr! % 16n === 0n ? 1 : 0;
-    const k = this.kernel('attention', `attention_decode_split_${this.suffix}_d${D}`, 'ppppppiiiiiifipiip');
-    this.kernels.launch(k, [splits, nKvHead * chunks, rows], [128], 0, [partO, partML, ...args, splits, vecK, fold ? counters : 0n]);
-    if (splits > 1 && !fold) {
+    const k = this.kernel('attention', `attention_decode_split_${this.suffix}_d${D}`, 'ppppppiiiiiifipii');
+    this.kernels.launch(k, [splits, nKvHead * chunks, rows], [128], 0, [partO, partML, ...args, splits, vecK]);
+    if (splits > 1) {
       const c = this.kernel('attention', `attention_combine_${this.suffix}`, 'pppiii');
       this.kernels.launch(c, [nHead, rows], [rowThreads(headDim, 256)], 0, [args[0]!, partO, partML, nHead, headDim, splits]);
     }

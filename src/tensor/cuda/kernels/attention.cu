@@ -231,7 +231,7 @@ template <typename T, int D>
 __device__ __forceinline__ void attention_decode_split(float* partO, float* partML, T* out, const T* q, const T* k,
                                                        const T* v, int seqQ, int kvLen, int kvStride, int nHead,
                                                        int nKvHead, int headDim, float scale, int window,
-                                                       const int* kvLens, int splits, int vecK, int* counters) {
+                                                       const int* kvLens, int splits, int vecK) {
   using namespace splitkv;
   constexpr int DL = D / 32;
   constexpr int VEC = VecOf<T>::N;
@@ -386,35 +386,6 @@ __device__ __forceinline__ void attention_decode_split(float* partO, float* part
       }
     }
   }
-  if (splits == 1 || counters == nullptr) return;
-  // The last split of this (row, KV head group) to finish merges all of them (threadFenceReduction
-  // pattern): no separate combine launch. Its counter goes back to 0 for the next call / graph replay.
-  __shared__ int isLast;
-  __threadfence();
-  __syncthreads();
-  int* counter = counters + (long long)bt * gridDim.y + blockIdx.y;
-  if (threadIdx.x == 0) isLast = atomicAdd(counter, 1) == splits - 1;
-  __syncthreads();
-  if (!isLast) return;
-  __threadfence();
-  for (int idx = threadIdx.x; idx < ng * headDim; idx += blockDim.x) {
-    const int g = idx / headDim, d = idx % headDim, h = h0 + g;
-    const long long base = ((long long)bt * nHead + h) * splits;
-    float M = -INF_F;
-    for (int sp = 0; sp < splits; ++sp) M = fmaxf(M, __ldcg(partML + 2 * (base + sp)));
-    float L = 0.f, O = 0.f;
-    if (M != -INF_F) {
-      for (int sp = 0; sp < splits; ++sp) {
-        const float ms = __ldcg(partML + 2 * (base + sp));
-        if (ms == -INF_F) continue;
-        const float w = __ldcg(partML + 2 * (base + sp) + 1) * expf(ms - M);
-        L += w;
-        O += w * __ldcg(partO + (base + sp) * headDim + d);
-      }
-    }
-    out[(long long)bt * qStride + (long long)h * headDim + d] = from_float<T>(L > 0.f ? O / L : 0.f);
-  }
-  if (threadIdx.x == 0) *counter = 0;
 }
 
 // Merges the splits of attention_decode_split: block = (head, query row).
@@ -454,9 +425,8 @@ __device__ __forceinline__ void attention_combine(T* out, const float* partO, co
     attention_decode<T, D>(ATTENTION_PASS);                                                                  \
   }                                                                                                          \
   extern "C" __global__ void __launch_bounds__(splitkv::NW * 32)                                             \
-      attention_decode_split_##S##_d##D(float* partO, float* partML, ATTENTION_ARGS(T), int splits, int vecK,    \
-                                        int* counters) {                                                     \
-    attention_decode_split<T, D>(partO, partML, ATTENTION_PASS, splits, vecK, counters);                     \
+      attention_decode_split_##S##_d##D(float* partO, float* partML, ATTENTION_ARGS(T), int splits, int vecK) { \
+    attention_decode_split<T, D>(partO, partML, ATTENTION_PASS, splits, vecK);                               \
   }
 #define DEF_COMBINE(T, S)                                                                                  \
   extern "C" __global__ void attention_combine_##S(T* out, const float* partO, const float* partML, int nHead,    \
