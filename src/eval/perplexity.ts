@@ -66,8 +66,11 @@ export interface PerplexityResult {
   baseline?: BaselineComparison;
 }
 
-/** Values in one logits tensor at most (64 MiB of float32). */
-const LOGITS_CHUNK_ELEMENTS = 2 ** 24;
+/**
+ * Values in one logits tensor at most: 64 MiB of float32 on the host; on the GPU larger pieces
+ * keep the lm_head GEMM efficient (1024 rows of a 128k vocabulary measured 1.17× faster eval).
+ */
+const LOGITS_CHUNK_ELEMENTS = { cpu: 2 ** 24, cuda: 2 ** 27 } as const;
 
 /** The token ids of a batch of equal-length windows, row-major [batch, seq]. */
 function batchIds(tokens: Int32Array, batch: readonly Window[]): Int32Array {
@@ -110,7 +113,7 @@ export async function evaluatePerplexity(opts: PerplexityOptions): Promise<Perpl
   let baseForwardSeconds = 0;
   const kld = baseline ? new Float64Array(total) : undefined;
 
-  const maxRows = opts.logitsChunkRows ?? Math.max(1, Math.floor(LOGITS_CHUNK_ELEMENTS / opts.vocabSize));
+  const maxRows = opts.logitsChunkRows ?? Math.max(1, Math.floor(LOGITS_CHUNK_ELEMENTS[opts.device.kind] / opts.vocabSize));
 
   for (const batch of batches) {
     const ids = batchIds(tokens, batch);
