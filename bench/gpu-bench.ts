@@ -255,8 +255,6 @@ async function main(): Promise<void> {
 
   const pplTps = await perplexityThroughput(model, dev, 16, 4);
   log(`llmopt perplexity eval: ${Math.round(pplTps).toLocaleString('en-US')} tokens/s (2048-token windows, batch 4, forward + lm_head + scoring)`);
-  const pplTpsBigChunks = await perplexityThroughput(model, dev, 16, 4, 1024);
-  log(`  … with 1024-row logits chunks instead of eval's default 2^24-value chunks (${Math.floor(2 ** 24 / model.spec.vocabSize)} rows): ${Math.round(pplTpsBigChunks).toLocaleString('en-US')} tokens/s`);
 
   const prefill = measureLatency({ decoder: model.decoder, promptLen: 2048, genLen: 2, batch: 1 });
   log(`llmopt prefill: ${Math.round(prefill.prefillTokensPerS).toLocaleString('en-US')} tokens/s (batch 1, 2048 tokens, ${prefill.prefillMs.toFixed(2)} ms)`);
@@ -335,7 +333,6 @@ async function main(): Promise<void> {
     decode_floor_ms: floorMs,
     llmopt: {
       ppl_tokens_per_s: pplTps,
-      ppl_tokens_per_s_1024_row_logits_chunks: pplTpsBigChunks,
       prefill: { batch: 1, tokens: 2048, ms: prefill.prefillMs, tokens_per_s: prefill.prefillTokensPerS },
       decode: Object.fromEntries(decodeBatches.map((b) => [b, {
         prompt: 512, generated: genLen, ms_per_step_median: decode[b]!.decodeMsMedian, ms_per_step_p90: decode[b]!.decodeMsP90,

@@ -146,7 +146,10 @@ export function copyFiles(srcDir: string, dstDir: string, names: readonly string
       throw new LlmoptError(`${src}: not found`);
     }
     if (!stat.isFile()) throw new LlmoptError(`${src}: not a regular file`);
-    fs.copyFileSync(src, path.join(dstDir, name));
+    const dst = path.join(dstDir, name);
+    fs.copyFileSync(src, dst);
+    // An output is the user's to edit: don't carry over a read-only input's mode.
+    fs.chmodSync(dst, 0o644);
     copied.push(name);
   }
   return copied;
