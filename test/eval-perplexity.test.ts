@@ -69,17 +69,23 @@ describe('stories260K perplexity on tinystories-valid.txt', () => {
     expect(Array.from(tokens.subarray(0, 16))).toEqual(expected.first_ids);
   });
 
-  // The whole file under chunks512 against transformers' float64 value. (chunks128 and
-  // stride512_256 over the whole file take a minute more on two cores: `npm run bench:cpu` checks
-  // all three against the reference; below they run on a prefix against the naive HF loop.)
-  it('chunks512, whole file: ppl within 1e-4 relative of the reference', async () => {
-    const result = await evaluatePerplexity({
-      device, model: model.decoder, tokens, windows: makeWindows({ kind: 'chunks', window: 512, keepLast: false }, tokens.length), batch: 8, vocabSize: 512,
+  // The whole file under each protocol the issue names, against transformers' float64 values.
+  const wholeFile: [string, Protocol][] = [
+    ['chunks512', { kind: 'chunks', window: 512, keepLast: false }],
+    ['chunks128', { kind: 'chunks', window: 128, keepLast: false }],
+    ['stride512_256', { kind: 'stride', window: 512, stride: 256 }],
+  ];
+  for (const [name, protocol] of wholeFile) {
+    it(`${name}, whole file: ppl within 1e-4 relative of the reference`, async () => {
+      expect(protocolName(protocol)).toBe(name);
+      const result = await evaluatePerplexity({
+        device, model: model.decoder, tokens, windows: makeWindows(protocol, tokens.length), batch: 8, vocabSize: 512,
+      });
+      expect(result.tokensScored).toBe(expected[name]!.tokens_scored);
+      expect(Math.abs(result.ppl / expected[name]!.ppl - 1)).toBeLessThan(1e-4);
+      expect(Math.abs(result.nllSum / expected[name]!.nll_sum - 1)).toBeLessThan(1e-4);
     });
-    expect(result.tokensScored).toBe(expected.chunks512!.tokens_scored);
-    expect(Math.abs(result.ppl / expected.chunks512!.ppl - 1)).toBeLessThan(1e-4);
-    expect(Math.abs(result.nllSum / expected.chunks512!.nll_sum - 1)).toBeLessThan(1e-4);
-  });
+  }
 
   const prefix = 12_000;
   const cases: [Protocol, number, number, { keepLast: boolean } | undefined][] = [
