@@ -19,8 +19,8 @@ import { availableParallelism, cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runPrune } from '../dist/compress/prune/run.js';
-import { batchWindows, countScored, makeWindows } from '../dist/eval/windows.js';
 import { mean } from '../dist/eval/stats.js';
+import { scoreAgainstBaseline } from './score-against-baseline.js';
 import { loadModel } from '../dist/model/load.js';
 import { createCpuDevice } from '../dist/tensor/cpu/index.js';
 
@@ -91,37 +91,7 @@ try {
   for (const p of pruned) models.push({ ...p, loaded: await loadModel(p.report.output.path, device) });
   const allTokens = base.tokenizer.encode(readFileSync(dataFile, 'utf8'));
   const tokens = maxTokens !== undefined ? allTokens.subarray(0, maxTokens) : allTokens;
-  const windows = makeWindows({ kind: 'chunks', window: 512, keepLast: false }, tokens.length);
-  const total = countScored(windows);
-  const acc = models.map(() => ({ nll: 0, kld: new Float64Array(total), top1: 0 }));
-  let baseNll = 0;
-  let scored = 0;
-  for (const batch of batchWindows(windows, 8)) {
-    const seq = batch[0].length;
-    const ids = new Int32Array(batch.length * seq);
-    const targets = new Int32Array(batch.length * seq).fill(-1);
-    batch.forEach((w, b) => {
-      ids.set(tokens.subarray(w.start, w.start + seq), b * seq);
-      for (let j = w.firstTarget; j < seq; j++) targets[b * seq + j - 1] = tokens[w.start + j];
-    });
-    const baseLogits = base.decoder.forward(ids, batch.length, seq);
-    const baseScore = device.scoreLogits(baseLogits, targets);
-    for (let r = 0; r < targets.length; r++) if (targets[r] >= 0) baseNll += baseScore.nll[r];
-    models.forEach((m, i) => {
-      const s = device.scoreLogits(m.loaded.decoder.forward(ids, batch.length, seq), targets, baseLogits);
-      let k = scored;
-      for (let r = 0; r < targets.length; r++) {
-        if (targets[r] < 0) continue;
-        acc[i].nll += s.nll[r];
-        acc[i].kld[k++] = s.kld[r];
-        acc[i].top1 += s.top1[r];
-      }
-    });
-    for (let r = 0; r < targets.length; r++) if (targets[r] >= 0) scored++;
-    process.stderr.write(`\rscored ${scored}/${total} tokens`);
-  }
-  process.stderr.write('\n');
-  const basePpl = Math.exp(baseNll / scored);
+  const { basePpl, scored, models: scores } = scoreAgainstBaseline(device, base.decoder, models.map((m) => m.loaded.decoder), tokens);
 
   // 3. Table.
   const rows = models.map((m, i) => {
@@ -142,9 +112,9 @@ try {
       removed_kv_groups_layer0: r.layers[0].removed_kv_groups,
       removed_heads_layer0: r.layers[0].removed_heads,
       parameters: r.parameters.after,
-      ppl: Math.exp(acc[i].nll / scored),
-      kld_mean: mean(acc[i].kld),
-      top1: acc[i].top1 / scored,
+      ppl: scores[i].ppl,
+      kld_mean: scores[i].kld_mean,
+      top1: scores[i].top1,
       prune_s: r.timings_s.total,
     };
   });
