@@ -402,6 +402,8 @@ export function opCases(): OpCase[] {
     matmulCase(5, 3, 1, false),
     matmulCase(1, 300, 512, true), // GEMV, 16-byte vectors
     matmulCase(4, 515, 1024, false),
+    matmulCase(1, 131, 2056, true), // GEMV M=1: a full 8-load chunk, then one vector (lane 0 only)
+    matmulCase(1, 64, 4096, false, 1), // GEMV M=1: two full chunks, x a row view
     matmulCase(8, 64, 2056, true),
     matmulCase(9, 70, 256, false), // just past the GEMV range: cuBLASLt
     ...elementwiseCases(),
@@ -422,6 +424,8 @@ export function opCases(): OpCase[] {
     attentionCase('sliding window', { batch: 1, seqQ: 600, kvLen: 600, kvStride: 608, nHead: 4, nKvHead: 2, headDim: 32, window: 257 }),
     attentionCase('head 256', { batch: 1, seqQ: 45, kvLen: 45, kvStride: 45, nHead: 2, nKvHead: 1, headDim: 256 }),
     attentionCase('decode split b1', { batch: 1, seqQ: 1, kvLen: 2000, kvStride: 2048, nHead: 32, nKvHead: 8, headDim: 64 }),
+    attentionCase('decode split b32', { batch: 32, seqQ: 1, kvLen: 576, kvStride: 600, nHead: 32, nKvHead: 8, headDim: 64 }),
+    attentionCase('decode split b16 seqQ 2 d40', { batch: 16, seqQ: 2, kvLen: 700, kvStride: 709, nHead: 6, nKvHead: 3, headDim: 40 }),
     attentionCase('decode MQA group 12', { batch: 2, seqQ: 2, kvLen: 700, kvStride: 701, nHead: 12, nKvHead: 1, headDim: 32 }),
     attentionCase('decode d128 window', { batch: 4, seqQ: 1, kvLen: 900, kvStride: 1000, nHead: 8, nKvHead: 2, headDim: 128, window: 300 }),
     attentionCase('tensor-core prefill d64', { batch: 2, seqQ: 130, kvLen: 130, kvStride: 130, nHead: 8, nKvHead: 2, headDim: 64 }),
@@ -596,8 +600,8 @@ export function runAtCases(gpu: CudaDevice, dtype: ComputeDType): CaseRun {
     exact('addRmsNorm = addInPlace + rmsNorm (residual)', gpu.download(xa), gpu.download(xb));
     for (const t of [xa, xb, y, w, oa, ob]) gpu.free(t);
 
-    // matmulMany: exact against separate matmuls (GEMV path at M 3, cuBLASLt at M 12)
-    for (const M of [3, 12]) {
+    // matmulMany: exact against separate matmuls (GEMV path at M 1 and 3, cuBLASLt at M 12)
+    for (const M of [1, 3, 12]) {
       const K = 256, Ns = [96, 32, 32];
       const x = gpu.upload(inp.floats(M * K), [M, K]);
       const ws = Ns.map((n) => gpu.upload(inp.floats(n * K, 0.5), [n, K]));
@@ -610,8 +614,8 @@ export function runAtCases(gpu: CudaDevice, dtype: ComputeDType): CaseRun {
     }
 
     // matmulSiluMul: f32 inside vs gate/up rounded to the dtype first → the dtype's tolerance
-    for (const M of [1, 5, 11]) {
-      const K = 512, N = 300;
+    for (const [M, K] of [[1, 512], [1, 1304], [5, 512], [11, 512]] as const) {
+      const N = 300;
       const x = gpu.upload(inp.floats(M * K), [M, K]);
       const wg = gpu.upload(inp.floats(N * K, 0.2), [N, K]), wu = gpu.upload(inp.floats(N * K, 0.2), [N, K]);
       const gate = gpu.empty([M, N]), up = gpu.empty([M, N]), got = gpu.empty([M, N]), want = gpu.empty([M, N]);
@@ -619,7 +623,7 @@ export function runAtCases(gpu: CudaDevice, dtype: ComputeDType): CaseRun {
       gpu.matmul(gate, x, wg);
       gpu.matmul(up, x, wu);
       gpu.siluMul(want, gate, up);
-      checks.push(compare(`matmulSiluMul M${M} = matmul, matmul, siluMul`, dtype, gpu.download(got), gpu.download(want), 2 * tolerance(dtype)));
+      checks.push(compare(`matmulSiluMul M${M} K${K} = matmul, matmul, siluMul`, dtype, gpu.download(got), gpu.download(want), 2 * tolerance(dtype)));
       for (const t of [x, wg, wu, gate, up, got, want]) gpu.free(t);
     }
 

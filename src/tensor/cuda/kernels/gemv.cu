@@ -39,7 +39,32 @@ __device__ __forceinline__ void gemv_row(float* acc, const T* x, const T* wr, in
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
-  if (vectorized) {
+  if (vectorized && M == 1) {
+    // All 8 of a lane's 16-byte w/x loads of a 32*8*VEC chunk are issued before any math (a whole
+    // K = 2048 row in one memory round trip); same summation order as the loop below.
+    constexpr int U = 8;
+    for (int base = lane * VEC; base < K; base += U * 32 * VEC) {
+      uint4 wv[U], xv[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int k0 = base + u * 32 * VEC;
+        wv[u] = xv[u] = make_uint4(0u, 0u, 0u, 0u);
+        if (k0 < K) {
+          wv[u] = *reinterpret_cast<const uint4*>(wr + k0);
+          xv[u] = *reinterpret_cast<const uint4*>(x + k0);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (base + u * 32 * VEC >= K) break;
+        float wf[VEC], xf[VEC];
+        unpack(wv[u], wf, wr);
+        unpack(xv[u], xf, x);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[0] += wf[i] * xf[i];
+      }
+    }
+  } else if (vectorized) {
 #pragma unroll 4
     for (int k0 = lane * VEC; k0 < K; k0 += 32 * VEC) {
       float wf[VEC];
@@ -100,7 +125,36 @@ __device__ __forceinline__ void gemv_row2(float* a, float* b, const T* x, const 
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int m = 0; m < M; ++m) a[m] = b[m] = 0.f;
-  if (vectorized) {
+  if (vectorized && M == 1) {
+    // As gemv_row at M = 1: 4 chunks of both rows (8 w loads) and of x issued before any math.
+    constexpr int U = 4;
+    for (int base = lane * VEC; base < K; base += U * 32 * VEC) {
+      uint4 av[U], bv[U], xv[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int k0 = base + u * 32 * VEC;
+        av[u] = bv[u] = xv[u] = make_uint4(0u, 0u, 0u, 0u);
+        if (k0 < K) {
+          av[u] = *reinterpret_cast<const uint4*>(wa + k0);
+          bv[u] = *reinterpret_cast<const uint4*>(wb + k0);
+          xv[u] = *reinterpret_cast<const uint4*>(x + k0);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (base + u * 32 * VEC >= K) break;
+        float fa[VEC], fb[VEC], xf[VEC];
+        unpack(av[u], fa, wa);
+        unpack(bv[u], fb, wb);
+        unpack(xv[u], xf, x);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          a[0] += fa[i] * xf[i];
+          b[0] += fb[i] * xf[i];
+        }
+      }
+    }
+  } else if (vectorized) {
 #pragma unroll 4
     for (int k0 = lane * VEC; k0 < K; k0 += 32 * VEC) {
       float fa[VEC], fb[VEC];
