@@ -5,3 +5,4 @@ export * from './safetensors.js';
 export * from './checkpoint.js';
 export * from './atomic.js';
 export { checkJson, describeJsonProblem, parseJsonStrict, type JsonCheckOptions, type JsonParseResult, type JsonProblem } from './json.js';
+export { sha256File } from './hash.js';

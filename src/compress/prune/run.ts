@@ -3,7 +3,6 @@
 // Every bad input is an LlmoptError raised before anything is written (and, where it can be known
 // up front, before the calibration forward passes run).
 
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ConfigError, LlmoptError } from '../../errors.js';
@@ -21,6 +20,7 @@ import { checkPrunable } from './names.js';
 import { planCounts, prunesNothing, type PruneCounts, type PruneRequest } from './plan.js';
 import { selectUnits, type Selection } from './select.js';
 import { prunedTensors } from './surgery.js';
+import { sha256File } from '../../io/hash.js';
 
 export const REPORT_FILE = 'llmopt-report.json';
 /** Tokenizer, generation and chat-template files copied beside the pruned weights when present. */
@@ -126,21 +126,6 @@ export interface PruneReport {
   timings_s: { importance: number; write: number; total: number };
 }
 
-function sha256File(file: string): string {
-  const hash = createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(16 << 20);
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      hash.update(buf.subarray(0, n));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return hash.digest('hex');
-}
 
 /** Elements per tensor, without stored buffers (rotary inv_freq) and without lm_head when tied. */
 function countParams(tensors: Iterable<{ name: string; shape: readonly number[] }>, tied: boolean): number {

@@ -2,7 +2,6 @@
 // the calibration set, runs the sequential pipeline, and writes the compressed-tensors checkpoint
 // and llmopt-report.json atomically (the output folder appears whole or not at all).
 
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { LlmoptError, UsageError } from '../../errors.js';
@@ -21,6 +20,7 @@ import { planLayers } from './modules.js';
 import { runQuantizationPipeline, type LayerReport } from './pipeline.js';
 import type { ScaleDType } from './qparams.js';
 import { quantizesActivations, resolveScheme, type Method, type ObserverName, type ResolvedScheme, type SchemeOptions } from './scheme.js';
+import { sha256File } from '../../io/hash.js';
 
 export const REPORT_FILE = 'llmopt-report.json';
 /** Files copied beside the weights when present (tokenizer, generation and chat settings). */
@@ -109,21 +109,6 @@ export interface QuantizeReport {
   size: { input_weight_bytes: number; output_weight_bytes: number };
 }
 
-function sha256File(file: string): string {
-  const hash = createHash('sha256');
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(1 << 22);
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      hash.update(buf.subarray(0, n));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return hash.digest('hex');
-}
 
 function checkOptions(o: QuantizeSettings, scheme: ResolvedScheme): void {
   const method = o.method ?? DEFAULTS.method;
