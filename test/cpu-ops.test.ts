@@ -7,18 +7,7 @@ import { OP_ADD } from '../src/tensor/cpu/kernels.js';
 import { WorkerPool } from '../src/tensor/cpu/pool.js';
 import { CpuDevice, CpuTensor, createCpuDevice } from '../src/tensor/cpu/index.js';
 import type { AttentionShape, Tensor } from '../src/tensor/device.js';
-
-/** mulberry32: uniform in [0, 1). */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom as rng } from '../src/random.js';
 
 /** n values uniform in [-scale, scale). */
 function randu(n: number, seed: number, scale = 1): Float32Array {

@@ -8,6 +8,7 @@
 
 import type { CudaDevice } from '../src/tensor/cuda/index.js';
 import type { AttentionShape, ComputeDType, Device, Tensor } from '../src/tensor/device.js';
+import { seededRandom as mulberry32 } from '../src/random.js';
 
 export interface Check {
   case: string;
@@ -30,17 +31,6 @@ export function tolerance(dtype: ComputeDType): number {
 }
 
 // --- deterministic inputs ---------------------------------------------------------------------
-
-function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Round-to-nearest-even of x to `mantissaBits` explicit bits, with subnormals below 2^minExp. */
 function roundToBits(x: number, mantissaBits: number, minExp: number): number {
@@ -653,5 +643,4 @@ export function runAtCases(gpu: CudaDevice, dtype: ComputeDType): CaseRun {
 
   return { checks, failures: checks.filter((c) => !c.ok).map((c) => `${c.dtype} ${c.case}: ${c.note ?? `error ${c.error}`}`) };
 }
-
 

@@ -18,6 +18,7 @@ import {
   roundHalfEven,
   type DType,
 } from '../src/io/dtypes.js';
+import { seededRandom as mulberry32 } from '../src/random.js';
 
 // Expected values straight from the format definitions: (-1)^s · 2^(e - bias) · (1 + m / 2^M) for
 // normals, (-1)^s · 2^(1 - bias) · (m / 2^M) for subnormals.
@@ -60,17 +61,6 @@ function sameFloat(actual: number, expected: number): boolean {
 
 function f32FromBits(bits: number): number {
   return new Float32Array(new Uint32Array([bits]).buffer)[0]!;
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 describe('dtype table', () => {

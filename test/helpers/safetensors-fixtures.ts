@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { seededRandom } from '../../src/random.js';
 
 export interface RawSafetensorsOptions {
   /** Pad the header with spaces to a multiple of this many bytes (python's safetensors uses 8). */
@@ -38,20 +39,11 @@ export function makeTempDir(prefix = 'llmopt-io-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
-/** Deterministic PRNG (mulberry32) for fixtures and fuzzing. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 export function randomBytes(rand: () => number, n: number): Uint8Array {
   const out = new Uint8Array(n);
   for (let i = 0; i < n; i++) out[i] = Math.floor(rand() * 256);
   return out;
 }
+
+/** Deterministic PRNG for fixtures and fuzzing. */
+export const mulberry32 = seededRandom;

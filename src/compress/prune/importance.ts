@@ -17,7 +17,7 @@
 import { hookNames, type ActivationHooks, type Decoder } from '../../model/decoder.js';
 import type { ModelSpec } from '../../model/spec.js';
 import type { Device, Tensor } from '../../tensor/device.js';
-import { seededRandom } from '../calibration.js';
+import { seededRandom } from '../../random.js';
 import { layerTensorName, modelPrefix } from './names.js';
 
 export type ImportanceMethod = 'activation' | 'magnitude' | 'random';
