@@ -13,7 +13,7 @@
 //     `python3 -c 'import torch, transformers'` works, and prints the ratios;
 //  5. writes <results>/<date>-<gpu>.json and a markdown table.
 // Usage: node .gpu/gpu-bench.mjs [--scratch DIR] [--results DIR] [--torch-script FILE] [--skip-torch]
-//        [--decode-batches 1,8,32] [--gen-len 128]
+//        [--decode-batches 1,8,32] [--gen-len 128] [--shape 1b|8b]
 
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -57,6 +57,25 @@ const LLAMA_3_2_1B = {
   use_cache: true,
 };
 
+const LLAMA_3_1_8B = {
+  ...LLAMA_3_2_1B,
+  hidden_size: 4096,
+  intermediate_size: 14336,
+  num_hidden_layers: 32,
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  head_dim: 128,
+  rope_scaling: { ...LLAMA_3_2_1B.rope_scaling, factor: 8.0 },
+  tie_word_embeddings: false,
+};
+
+/** --shape 1b (default) | 8b: which real config the random checkpoint takes. */
+const SHAPES = {
+  '1b': { label: 'Llama-3.2-1B', config: LLAMA_3_2_1B },
+  '8b': { label: 'Llama-3.1-8B', config: LLAMA_3_1_8B },
+} as const;
+type ShapeName = keyof typeof SHAPES;
+
 const log = (line: string) => console.log(line);
 
 /** bf16 bytes of uniform(-a, a) values (a fast LCG; a = std·√3). */
@@ -78,8 +97,7 @@ function onesBf16(n: number): Uint8Array {
   return new Uint8Array(new Uint16Array(n).fill(0x3f80).buffer);
 }
 
-function writeRandomCheckpoint(dir: string): void {
-  const c = LLAMA_3_2_1B;
+function writeRandomCheckpoint(dir: string, c: typeof LLAMA_3_2_1B): void {
   const H = c.hidden_size, I = c.intermediate_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
   const tensors: TensorToWrite[] = [];
   let seed = 1;
@@ -102,6 +120,7 @@ function writeRandomCheckpoint(dir: string): void {
     rand(`${p}.mlp.down_proj.weight`, [H, I], 0.02);
   }
   ones('model.norm.weight', H);
+  if (!c.tie_word_embeddings) rand('lm_head.weight', [c.vocab_size, H], 0.02);
   writeCheckpointTensors(dir, tensors);
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(c, null, 2));
 }
@@ -234,20 +253,23 @@ async function main(): Promise<void> {
   const torchScript = flag('torch-script', path.resolve(path.dirname(new URL(import.meta.url).pathname), 'gpu_bench_torch.py'))!;
   const decodeBatches = (flag('decode-batches', '1,8,32')!).split(',').map(Number);
   const genLen = Number(flag('gen-len', '128'));
-  const modelDir = path.join(scratch, 'llama-3.2-1b-shape-random');
+  const shapeName = flag('shape', '1b') as ShapeName;
+  const shape = SHAPES[shapeName];
+  if (shape === undefined) throw new Error(`--shape: expected one of ${Object.keys(SHAPES).join(', ')}`);
+  const modelDir = path.join(scratch, `${shape.label.toLowerCase()}-shape-random`);
 
   const dev = new CudaDevice({ dtype: 'bf16' });
   log(`GPU: ${dev.info.name}, ${dev.info.multiprocessors} SMs, ${(dev.info.totalMemoryBytes / 1e9).toFixed(1)} GB, driver ${dev.info.driverVersion}, ${dev.info.arch}`);
 
   let t0 = performance.now();
-  if (!fs.existsSync(path.join(modelDir, 'config.json'))) writeRandomCheckpoint(modelDir);
+  if (!fs.existsSync(path.join(modelDir, 'config.json'))) writeRandomCheckpoint(modelDir, shape.config);
   const writeS = (performance.now() - t0) / 1000;
   t0 = performance.now();
   const model = await loadModel(modelDir, dev);
   dev.synchronize();
   const loadS = (performance.now() - t0) / 1000;
   const wBytes = weightBytes(model.decoder.weights);
-  log(`checkpoint: Llama-3.2-1B config, random bf16 weights, ${(wBytes / 1e9).toFixed(3)} GB on the GPU; written in ${writeS.toFixed(1)} s, loaded in ${loadS.toFixed(1)} s`);
+  log(`checkpoint: ${shape.label} config, random bf16 weights, ${(wBytes / 1e9).toFixed(3)} GB on the GPU; written in ${writeS.toFixed(1)} s, loaded in ${loadS.toFixed(1)} s`);
 
   const bandwidth = copyBandwidth(dev);
   const floorMs = (wBytes / bandwidth) * 1000;
@@ -314,7 +336,7 @@ async function main(): Promise<void> {
     rows.push([`decode batch ${b}, tokens/s`, fmt(mine), fmt(theirs), ratio(mine, theirs)]);
   }
   const table = [
-    `| ${dev.info.name}, Llama-3.2-1B shape, bf16 | llmopt | transformers ${t ? '(eager, sdpa)' : ''} | ratio |`,
+    `| ${dev.info.name}, ${shape.label} shape, bf16 | llmopt | transformers ${t ? '(eager, sdpa)' : ''} | ratio |`,
     '|---|---:|---:|---:|',
     ...rows.map((r) => `| ${r.join(' | ')} |`),
     '',
@@ -328,7 +350,7 @@ async function main(): Promise<void> {
   const result = {
     date,
     gpu: dev.info,
-    model: { config: 'Llama-3.2-1B (random bf16 weights)', weight_bytes: wBytes, write_s: writeS, load_s: loadS },
+    model: { config: `${shape.label} (random bf16 weights)`, weight_bytes: wBytes, write_s: writeS, load_s: loadS },
     bandwidth_bytes_per_s: bandwidth,
     decode_floor_ms: floorMs,
     llmopt: {
@@ -347,9 +369,10 @@ async function main(): Promise<void> {
     table,
   };
   fs.mkdirSync(resultsDir, { recursive: true });
-  const file = path.join(resultsDir, `${date}-${gpuSlug}.json`);
+  const stem = `${date}-${gpuSlug}${shapeName === '1b' ? '' : `-${shapeName}`}`;
+  const file = path.join(resultsDir, `${stem}.json`);
   fs.writeFileSync(file, JSON.stringify(result, null, 1));
-  fs.writeFileSync(path.join(resultsDir, `${date}-${gpuSlug}.md`), table + '\n');
+  fs.writeFileSync(path.join(resultsDir, `${stem}.md`), table + '\n');
   log(`wrote ${file}`);
 }
 

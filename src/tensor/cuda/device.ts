@@ -177,10 +177,13 @@ export class CudaDevice implements Device {
   readonly driver: CudaDriver;
   readonly info: CudaDeviceInfo;
   private readonly nvrtc: Nvrtc;
-  private readonly blas: CublasLt;
-  private readonly kernels: KernelLibrary;
+  /** @internal cuBLASLt, for the op-family modules beside this file. */
+  readonly blas: CublasLt;
+  /** @internal the kernel library, for the op-family modules beside this file. */
+  readonly kernels: KernelLibrary;
   private readonly staging: IntStaging;
-  private readonly suffix: string;
+  /** @internal Kernel name suffix of the device dtype (f32, bf16, f16). */
+  readonly suffix: string;
   private capturing = false;
   private tensorBytes = 0;
   private peakTensorBytes = 0;
@@ -235,27 +238,49 @@ export class CudaDevice implements Device {
 
   // --- memory ---------------------------------------------------------------------------------
 
-  private allocate(shape: readonly number[]): CudaTensor {
+  /** @internal A new tensor of `dtype` (default the device's), contents undefined; counted in memoryStats. */
+  allocate(shape: readonly number[], dtype: ComputeDType = this.dtype): CudaTensor {
     this.noCapture('allocating a tensor');
-    const bytes = shapeSize(shape) * elementBytes(this.dtype);
+    const bytes = shapeSize(shape) * elementBytes(dtype);
     const ptr = bytes > 0 ? this.driver.allocAsync(bytes) : 0n;
     this.tensorBytes += bytes;
     this.peakTensorBytes = Math.max(this.peakTensorBytes, this.tensorBytes);
-    return new CudaTensor(this, this.dtype, ptr, shape, new Storage(ptr, bytes), true);
+    return new CudaTensor(this, dtype, ptr, shape, new Storage(ptr, bytes), true);
+  }
+
+  /** @internal Raw device bytes (packed/quantized data, scratch) counted in memoryStats; release with releaseBytes. */
+  allocateBytes(bytes: number): DevicePtr {
+    this.noCapture('allocating device memory');
+    const ptr = bytes > 0 ? this.driver.allocAsync(bytes) : 0n;
+    this.tensorBytes += bytes;
+    this.peakTensorBytes = Math.max(this.peakTensorBytes, this.tensorBytes);
+    return ptr;
+  }
+
+  /** @internal Frees what allocateBytes returned. */
+  releaseBytes(ptr: DevicePtr, bytes: number): void {
+    this.noCapture('freeing device memory');
+    if (bytes > 0) this.driver.freeAsync(ptr);
+    this.tensorBytes -= bytes;
   }
 
   upload(data: Float32Array, shape: readonly number[]): CudaTensor {
+    return this.uploadAs(data, shape, this.dtype);
+  }
+
+  /** upload into a tensor of `dtype` (f32 tensors on a bf16 device: Hessians, master weights). */
+  uploadAs(data: Float32Array, shape: readonly number[], dtype: ComputeDType): CudaTensor {
     const n = shapeSize(shape);
     if (data.length !== n) throw new Error(`upload: ${data.length} values for shape [${shape.join(',')}] (${n})`);
-    const t = this.allocate(shape);
-    if (this.dtype === 'f32') {
+    const t = this.allocate(shape, dtype);
+    if (dtype === 'f32') {
       this.driver.copyToDevice(t.ptr, data, n * 4);
       return t;
     }
     const chunk = Math.min(n, UPLOAD_CHUNK_ELEMENTS);
     if (chunk === 0) return t;
     const staging = this.driver.allocAsync(chunk * 4);
-    const convert = this.kernel('convert', `convert_f32_to_${this.suffix}`, 'ppq');
+    const convert = this.kernel('convert', `convert_f32_to_${dtype}`, 'ppq');
     for (let off = 0; off < n; off += chunk) {
       const len = Math.min(chunk, n - off);
       this.driver.copyToDevice(staging, data.subarray(off, off + len), len * 4);
@@ -267,46 +292,51 @@ export class CudaDevice implements Device {
 
   /** A new tensor, zero-filled (like the cpu device's). */
   empty(shape: readonly number[]): CudaTensor {
-    const t = this.allocate(shape);
+    return this.emptyAs(shape, this.dtype);
+  }
+
+  /** empty() for a tensor of `dtype` (zero-filled). */
+  emptyAs(shape: readonly number[], dtype: ComputeDType): CudaTensor {
+    const t = this.allocate(shape, dtype);
     this.driver.memsetZero(t.ptr, t.bytes);
     return t;
   }
 
   download(t: Tensor): Float32Array {
-    const c = this.tensor(t, 'download', 't');
+    const c = this.tensor(t, 'download', 't', 'any');
     this.noCapture('download');
     const out = new Float32Array(c.size);
     if (c.size === 0) return out;
-    if (this.dtype === 'f32') {
+    if (c.dtype === 'f32') {
       this.driver.copyToHost(out, c.ptr, c.size * 4);
       return out;
     }
     const tmp = this.driver.allocAsync(c.size * 4);
-    this.launch1d(this.kernel('convert', `convert_${this.suffix}_to_f32`, 'ppq'), c.size, [tmp, c.ptr, c.size]);
+    this.launch1d(this.kernel('convert', `convert_${c.dtype}_to_f32`, 'ppq'), c.size, [tmp, c.ptr, c.size]);
     this.driver.copyToHost(out, tmp, c.size * 4);
     this.driver.freeAsync(tmp);
     return out;
   }
 
   view(t: Tensor, shape: readonly number[]): CudaTensor {
-    const c = this.tensor(t, 'view', 't');
+    const c = this.tensor(t, 'view', 't', 'any');
     const n = shapeSize(shape);
     if (n !== c.size) throw new Error(`view: ${fmtShape(c)} has ${c.size} elements, [${shape.join(',')}] has ${n}`);
-    return new CudaTensor(this, this.dtype, c.ptr, shape, c.storage, false);
+    return new CudaTensor(this, c.dtype, c.ptr, shape, c.storage, false);
   }
 
   rows(t: Tensor, start: number, count: number): CudaTensor {
-    const c = this.tensor(t, 'rows', 't');
+    const c = this.tensor(t, 'rows', 't', 'any');
     if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 || start + count > c.rowCount) {
       throw new Error(`rows: [${start}, ${start + count}) out of ${c.rowCount} rows of ${fmtShape(c)}`);
     }
-    const ptr = c.ptr + BigInt(start * c.cols * elementBytes(this.dtype));
-    return new CudaTensor(this, this.dtype, ptr, [count, c.cols], c.storage, false);
+    const ptr = c.ptr + BigInt(start * c.cols * elementBytes(c.dtype));
+    return new CudaTensor(this, c.dtype, ptr, [count, c.cols], c.storage, false);
   }
 
   /** Frees the storage of a tensor made by upload/empty (stream-ordered); views are left alone. */
   free(t: Tensor): void {
-    const c = this.tensor(t, 'free', 't');
+    const c = this.tensor(t, 'free', 't', 'any');
     if (!c.owner || c.storage.freed) return;
     this.noCapture('free');
     c.storage.freed = true;
@@ -910,31 +940,42 @@ export class CudaDevice implements Device {
     return { ...this.nvrtc.stats, gemmPlans: this.blas.planCount };
   }
 
+  // --- quantized linears (kernels/qgemv.cu, quant-linear.ts) ---------------------------------
+
+  // --- quantization jobs: Hessians, GPTQ on the device ------------------------------------------
+
+  // --- training (distill): backward ops, loss, optimizer ----------------------------------------
+
   // --- helpers --------------------------------------------------------------------------------
 
-  private tensor(t: Tensor, op: string, name: string): CudaTensor {
+  /** @internal A CudaTensor of this device, alive; errors name the op and argument. */
+  tensor(t: Tensor, op: string, name: string, dtype: ComputeDType | 'any' = this.dtype): CudaTensor {
     if (!(t instanceof CudaTensor)) throw new Error(`${op}: ${name} is not a cuda tensor`);
     if (t.device !== this) throw new Error(`${op}: ${name} belongs to another CudaDevice`);
     if (t.storage.freed) throw new Error(`${op}: ${name} was freed`);
+    if (dtype !== 'any' && t.dtype !== dtype) throw new Error(`${op}: ${name} is ${t.dtype}, expected ${dtype}`);
     return t;
   }
 
-  private ints(t: CudaInts, op: string, name: string): CudaInts {
+  /** @internal */
+  ints(t: CudaInts, op: string, name: string): CudaInts {
     if (!(t instanceof CudaInts) || t.device !== this) throw new Error(`${op}: ${name} is not an int buffer of this device`);
     if (t.freed) throw new Error(`${op}: ${name} was freed`);
     return t;
   }
 
-  private noCapture(op: string): void {
+  /** @internal Throws when called during graph capture. */
+  noCapture(op: string): void {
     if (this.capturing) throw new CudaError(`${op} is not allowed while capturing a CUDA graph`);
   }
 
-  private kernel(family: string, name: string, signature: ArgSignature): Kernel {
+  /** @internal Kernel `name` of kernels/<family>.cu (compiled on first use). */
+  kernel(family: string, name: string, signature: ArgSignature): Kernel {
     return this.kernels.get(family, name, signature);
   }
 
-  /** Grid-stride elementwise launch over n elements. */
-  private launch1d(k: Kernel, n: number, args: KernelArg[]): void {
+  /** @internal Grid-stride elementwise launch over n elements. */
+  launch1d(k: Kernel, n: number, args: KernelArg[]): void {
     if (n === 0) return;
     const threads = 256;
     const blocks = Math.min(Math.ceil(n / threads), this.info.multiprocessors * 16);
