@@ -290,6 +290,16 @@ async function main(): Promise<void> {
       `TTFT ${r.timeToFirstTokenMs.toFixed(1)} ms; peak ${(r.memory.peakBytes / 1e9).toFixed(2)} GB (KV ${(r.memory.kvCacheBytes / 1e6).toFixed(0)} MB, act ${(r.memory.activationsBytes / 1e6).toFixed(0)} MB)`);
   }
 
+  // The same batch-1 decode without programmatic dependent launch (what PDL buys, same run).
+  let decodeNoPdl: LatencyResult | undefined;
+  if (dev.kernels.pdl) {
+    dev.kernels.pdl = false;
+    decodeNoPdl = measureLatency({ decoder: model.decoder, promptLen: 512, genLen, batch: 1 });
+    dev.kernels.pdl = true;
+    log(`llmopt decode batch 1 without programmatic dependent launch: ${decodeNoPdl.decodeMsMedian.toFixed(3)} ms/step median, ` +
+      `${Math.round(decodeNoPdl.decodeTokensPerS).toLocaleString('en-US')} tokens/s`);
+  }
+
   const breakdowns: Record<string, ReturnType<typeof decodeBreakdown>> = {};
   for (const b of decodeBatches) {
     const breakdown = decodeBreakdown(model, dev, b, 576);
@@ -361,6 +371,7 @@ async function main(): Promise<void> {
         tokens_per_s: decode[b]!.decodeTokensPerS, ttft_ms: decode[b]!.timeToFirstTokenMs, floor_ratio: decode[b]!.decodeMsMedian / floorMs,
         memory: decode[b]!.memory, cuda_graph: decode[b]!.cudaGraph,
       }])),
+      decode_batch1_without_pdl: decodeNoPdl === undefined ? null : { ms_per_step_median: decodeNoPdl.decodeMsMedian, tokens_per_s: decodeNoPdl.decodeTokensPerS },
       decode_step_breakdowns: breakdowns,
       eval_forward_breakdown: fwd,
       small_m_gemms: gemms,

@@ -42,6 +42,7 @@ interface DriverFunctions {
   cuModuleGetFunction: NativeFunction;
   cuFuncSetAttribute: NativeFunction;
   cuLaunchKernel: NativeFunction;
+  cuLaunchKernelEx: NativeFunction;
   cuStreamCreate: NativeFunction;
   cuStreamSynchronize: NativeFunction;
   cuMemAlloc: NativeFunction;
@@ -90,6 +91,7 @@ function bindDriver(lib: LibraryHandle): DriverFunctions {
       'int cuLaunchKernel(void *f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, ' +
         'unsigned int by, unsigned int bz, unsigned int shmem, void *stream, void *params, void *extra)',
     ),
+    cuLaunchKernelEx: f('int cuLaunchKernelEx(void *config, void *f, void *params, void *extra)'),
     cuStreamCreate: f('int cuStreamCreate(void *stream, unsigned int flags)'),
     cuStreamSynchronize: f('int cuStreamSynchronize(void *stream)'),
     cuMemAlloc: f('int cuMemAlloc_v2(void *dptr, size_t bytes)'),

@@ -10,6 +10,7 @@
 // decode:  block = (query row, head); 8 warps split the keys, each keeps its own running max/sum/
 //   output, merged through shared memory at the end. Used when seqQ is small.
 #include "common.cuh"
+// llmopt:pdl
 
 namespace prefill {
 constexpr int NW = 4;
@@ -418,19 +419,19 @@ __device__ __forceinline__ void attention_combine(T* out, const float* partO, co
 #define ATTENTION_PASS out, q, k, v, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window, kvLens
 
 #define DEF_ATTENTION_D(T, S, D)                                                                             \
-  extern "C" __global__ void __launch_bounds__(prefill::NW * 32) attention_prefill_##S##_d##D(ATTENTION_ARGS(T)) { \
+  extern "C" __global__ void __launch_bounds__(prefill::NW * 32) attention_prefill_##S##_d##D(ATTENTION_ARGS(T)) { pdl_start(); \
     attention_prefill<T, D>(ATTENTION_PASS);                                                                 \
   }                                                                                                          \
-  extern "C" __global__ void __launch_bounds__(decode::NW * 32) attention_decode_##S##_d##D(ATTENTION_ARGS(T)) {   \
+  extern "C" __global__ void __launch_bounds__(decode::NW * 32) attention_decode_##S##_d##D(ATTENTION_ARGS(T)) { pdl_start();   \
     attention_decode<T, D>(ATTENTION_PASS);                                                                  \
   }                                                                                                          \
   extern "C" __global__ void __launch_bounds__(splitkv::NW * 32)                                             \
-      attention_decode_split_##S##_d##D(float* partO, float* partML, ATTENTION_ARGS(T), int splits, int vecK) { \
+      attention_decode_split_##S##_d##D(float* partO, float* partML, ATTENTION_ARGS(T), int splits, int vecK) { pdl_start(); \
     attention_decode_split<T, D>(partO, partML, ATTENTION_PASS, splits, vecK);                               \
   }
 #define DEF_COMBINE(T, S)                                                                                  \
   extern "C" __global__ void attention_combine_##S(T* out, const float* partO, const float* partML, int nHead,    \
-                                                   int headDim, int splits) {                                    \
+                                                   int headDim, int splits) { pdl_start();                                    \
     attention_combine<T>(out, partO, partML, nHead, headDim, splits);                                          \
   }
 FOR_EACH_DTYPE(DEF_COMBINE)

@@ -67,5 +67,24 @@ __device__ __forceinline__ float block_sum(float v) {
   return warp_sum(lane < warps ? partial[lane] : 0.f);
 }
 
+// Programmatic dependent launch (see kernels.ts): in a family marked `// llmopt:pdl`, every kernel
+// calls pdl_start() first — or pdl_launch(), then only work that reads nothing the previous kernel
+// writes (weight prefetch), then pdl_wait() — before it reads any input or writes any output. Every
+// block reaches pdl_wait() before it returns. No-ops before sm_90 and when launched without PDL.
+__device__ __forceinline__ void pdl_launch() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_start() {
+  pdl_launch();
+  pdl_wait();
+}
+
 // Instantiates `MACRO(T, suffix)` for every storage type.
 #define FOR_EACH_DTYPE(MACRO) MACRO(float, f32) MACRO(bf16_t, bf16) MACRO(f16_t, f16)

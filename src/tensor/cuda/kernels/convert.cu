@@ -1,5 +1,6 @@
 // Storage-type conversions: uploads arrive as f32 and downloads leave as f32.
 #include "common.cuh"
+// llmopt:pdl
 
 template <typename S, typename D>
 __device__ __forceinline__ void convert(D* dst, const S* src, long long n) {
@@ -8,10 +9,10 @@ __device__ __forceinline__ void convert(D* dst, const S* src, long long n) {
 }
 
 #define DEF_CONVERT(T, S)                                                                   \
-  extern "C" __global__ void convert_f32_to_##S(T* dst, const float* src, long long n) {   \
+  extern "C" __global__ void convert_f32_to_##S(T* dst, const float* src, long long n) { pdl_start();   \
     convert<float, T>(dst, src, n);                                                         \
   }                                                                                         \
-  extern "C" __global__ void convert_##S##_to_f32(float* dst, const T* src, long long n) { \
+  extern "C" __global__ void convert_##S##_to_f32(float* dst, const T* src, long long n) { pdl_start(); \
     convert<T, float>(dst, src, n);                                                         \
   }
 DEF_CONVERT(bf16_t, bf16)

@@ -1,5 +1,6 @@
 // Elementwise ops over whole tensors (grid-stride loops, f32 math, one rounding at the store).
 #include "common.cuh"
+// llmopt:pdl
 
 #define GRID_STRIDE(i, n) \
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
@@ -27,9 +28,9 @@ __device__ __forceinline__ void gelu_tanh(T* out, const T* x, long long n) {
 }
 
 #define DEF_ELEMENTWISE(T, S)                                                                                     \
-  extern "C" __global__ void add_inplace_##S(T* x, const T* y, long long n) { add_inplace<T>(x, y, n); }          \
-  extern "C" __global__ void silu_mul_##S(T* out, const T* gate, const T* up, long long n) {                      \
+  extern "C" __global__ void add_inplace_##S(T* x, const T* y, long long n) { pdl_start(); add_inplace<T>(x, y, n); }          \
+  extern "C" __global__ void silu_mul_##S(T* out, const T* gate, const T* up, long long n) { pdl_start();                      \
     silu_mul<T>(out, gate, up, n);                                                                                \
   }                                                                                                               \
-  extern "C" __global__ void gelu_tanh_##S(T* out, const T* x, long long n) { gelu_tanh<T>(out, x, n); }
+  extern "C" __global__ void gelu_tanh_##S(T* out, const T* x, long long n) { pdl_start(); gelu_tanh<T>(out, x, n); }
 FOR_EACH_DTYPE(DEF_ELEMENTWISE)

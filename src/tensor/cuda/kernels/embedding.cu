@@ -1,5 +1,6 @@
 // Row gathers and scatters: token embeddings, learned positions, KV-cache appends. One block per row.
 #include "common.cuh"
+// llmopt:pdl
 
 // out[r,:] = table[ids[r],:]
 template <typename T>
@@ -29,14 +30,14 @@ __device__ __forceinline__ void write_kv(T* cache, const T* src, int seq, int st
 }
 
 #define DEF_EMBEDDING(T, S)                                                                                  \
-  extern "C" __global__ void embedding_##S(T* out, const T* table, const int* ids, int cols) {              \
+  extern "C" __global__ void embedding_##S(T* out, const T* table, const int* ids, int cols) { pdl_start();              \
     embedding<T>(out, table, ids, cols);                                                                     \
   }                                                                                                          \
-  extern "C" __global__ void add_embedding_##S(T* out, const T* table, const int* ids, int cols) {          \
+  extern "C" __global__ void add_embedding_##S(T* out, const T* table, const int* ids, int cols) { pdl_start();          \
     add_embedding<T>(out, table, ids, cols);                                                                 \
   }                                                                                                          \
   extern "C" __global__ void write_kv_##S(T* cache, const T* src, int seq, int start, int kvStride, int cols,  \
-                                          const int* starts) {                                               \
+                                          const int* starts) { pdl_start();                                               \
     write_kv<T>(cache, src, seq, start, kvStride, cols, starts);                                             \
   }
 FOR_EACH_DTYPE(DEF_EMBEDDING)

@@ -5,6 +5,7 @@
 //   fp8:  q = e4m3(clamp(v, -448, 448))   (RNE on the f32 bits, as torch's cast)
 // Dynamic (scale <= 0 passed): s = f32(absmax(row) / half), a zero row gets 2^-23.
 #include "common.cuh"
+// llmopt:pdl
 
 // E4M3 value of f32 `v` (|v| <= 448 after the clamp), rounded to nearest even.
 __device__ __forceinline__ float e4m3_round(float v) {
@@ -58,7 +59,7 @@ __device__ __forceinline__ void fake_quant_rows(T* x, int cols, int fp8, double 
 }
 
 #define DEF_FAKE_QUANT(T, S)                                                                             \
-  extern "C" __global__ void fake_quant_rows_##S(T* x, int cols, int fp8, double staticScale) {         \
+  extern "C" __global__ void fake_quant_rows_##S(T* x, int cols, int fp8, double staticScale) { pdl_start();         \
     fake_quant_rows<T>(x, cols, fp8, staticScale);                                                       \
   }
 FOR_EACH_DTYPE(DEF_FAKE_QUANT)

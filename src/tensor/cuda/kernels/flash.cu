@@ -8,6 +8,7 @@
 // layout of m16n8 matches the A layout of m16n8k16). Online softmax per row; each thread holds rows
 // g and g+8 of its warp's 16 (g = lane / 4) and keys/dims 2*(lane % 4) + {0,1} of each 8-wide tile.
 #include "common.cuh"
+// llmopt:pdl
 
 namespace flash {
 constexpr int NW = 4;
@@ -241,7 +242,7 @@ __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const 
       float scale, int window, const int *kvLens
 #define FLASH_PASS out, q, k, v, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window, kvLens
 #define DEF_FLASH(T, S, D)                                                                                    \
-  extern "C" __global__ void __launch_bounds__(flash::NW * 32) attention_prefill_mma_##S##_d##D(FLASH_ARGS(T)) { \
+  extern "C" __global__ void __launch_bounds__(flash::NW * 32) attention_prefill_mma_##S##_d##D(FLASH_ARGS(T)) { pdl_start(); \
     attention_prefill_mma<T, D>(FLASH_PASS);                                                                  \
   }
 DEF_FLASH(bf16_t, bf16, 64)

@@ -4,6 +4,7 @@
 // accumulation, one warp reduction per row. The vector path needs K % VEC == 0 and 16-byte aligned
 // rows; otherwise the scalar loop runs (same math, element by element).
 #include "common.cuh"
+// llmopt:pdl
 
 constexpr int GEMV_WARPS = 8;
 
@@ -29,6 +30,20 @@ __device__ __forceinline__ void unpack(const uint4& u, float* f, const f16_t*) {
   for (int i = 0; i < 4; ++i) {
     f[2 * i] = to_float(f16_t{(u16)(w[i] & 0xffffu)});
     f[2 * i + 1] = to_float(f16_t{(u16)(w[i] >> 16)});
+  }
+}
+
+// Programmatic dependent launch: weights never depend on the previous kernel, so a warp asks L2 for
+// the start of its row(s) (the first 8 16-byte vectors per lane, what the M = 1 loop loads first:
+// a whole row at K = 2048) before waiting for the previous kernel, overlapping that kernel's tail.
+template <typename T>
+__device__ __forceinline__ void prefetch_row(const T* row, int K) {
+  constexpr int VEC = Vec<T>::N;
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int u = 0; u < 8; ++u) {
+    const int k0 = lane * VEC + u * 32 * VEC;
+    if (k0 < K) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + k0));
   }
 }
 
@@ -94,20 +109,22 @@ template <typename T, int M>
 __device__ __forceinline__ void gemv3(T* out0, T* out1, T* out2, const T* x, const T* w0, const T* w1, const T* w2,
                                       const T* b0, const T* b1, const T* b2, int N0, int N1, int N2, int K,
                                       int vectorized) {
+  pdl_launch();
   int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-  T* out;
-  const T* w;
-  const T* bias;
-  int N;
+  T* out = nullptr;
+  const T* w = nullptr;
+  const T* bias = nullptr;
+  int N = 0;
   if (n < N0) {
     out = out0, w = w0, bias = b0, N = N0;
   } else if (n < N0 + N1) {
     n -= N0, out = out1, w = w1, bias = b1, N = N1;
   } else if (n < N0 + N1 + N2) {
     n -= N0 + N1, out = out2, w = w2, bias = b2, N = N2;
-  } else {
-    return;
   }
+  if (w != nullptr) prefetch_row(w + (long long)n * K, K);
+  pdl_wait();
+  if (w == nullptr) return;
   float acc[M];
   gemv_row<T, M>(acc, x, w + (long long)n * K, K, vectorized);
   if ((threadIdx.x & 31) == 0) {
@@ -193,7 +210,13 @@ __device__ __forceinline__ void gemv_row2(float* a, float* b, const T* x, const 
 // (the unfused path rounds gate and up to the dtype first).
 template <typename T, int M>
 __device__ __forceinline__ void gemv_silu_mul(T* out, const T* x, const T* wg, const T* wu, int N, int K, int vectorized) {
+  pdl_launch();
   const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+  if (n < N) {
+    prefetch_row(wg + (long long)n * K, K);
+    prefetch_row(wu + (long long)n * K, K);
+  }
+  pdl_wait();
   if (n >= N) return;
   float g[M], u[M];
   gemv_row2<T, M>(g, u, x, wg + (long long)n * K, wu + (long long)n * K, K, vectorized);
@@ -205,7 +228,10 @@ __device__ __forceinline__ void gemv_silu_mul(T* out, const T* x, const T* wg, c
 
 template <typename T, int M>
 __device__ __forceinline__ void gemv(T* out, const T* x, const T* w, const T* bias, int N, int K, int vectorized) {
+  pdl_launch();
   const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+  if (n < N) prefetch_row(w + (long long)n * K, K);
+  pdl_wait();
   if (n >= N) return;
   float acc[M];
   gemv_row<T, M>(acc, x, w + (long long)n * K, K, vectorized);

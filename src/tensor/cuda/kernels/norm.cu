@@ -1,5 +1,6 @@
 // Row normalizations, one block per row, f32 accumulation.
 #include "common.cuh"
+// llmopt:pdl
 
 // out = x / sqrt(mean(x^2) + eps) * w
 template <typename T>
@@ -50,16 +51,16 @@ __device__ __forceinline__ void add_rms_norm(T* out, T* x, const T* y, const T* 
 }
 
 #define DEF_ADD_NORM(T, S)                                                                                   \
-  extern "C" __global__ void add_rms_norm_##S(T* out, T* x, const T* y, const T* w, int cols, float eps) {  \
+  extern "C" __global__ void add_rms_norm_##S(T* out, T* x, const T* y, const T* w, int cols, float eps) { pdl_start();  \
     add_rms_norm<T>(out, x, y, w, cols, eps);                                                                \
   }
 FOR_EACH_DTYPE(DEF_ADD_NORM)
 
 #define DEF_NORM(T, S)                                                                                       \
-  extern "C" __global__ void rms_norm_##S(T* out, const T* x, const T* w, int cols, float eps) {            \
+  extern "C" __global__ void rms_norm_##S(T* out, const T* x, const T* w, int cols, float eps) { pdl_start();            \
     rms_norm<T>(out, x, w, cols, eps);                                                                       \
   }                                                                                                          \
-  extern "C" __global__ void layer_norm_##S(T* out, const T* x, const T* w, const T* b, int cols, float eps) { \
+  extern "C" __global__ void layer_norm_##S(T* out, const T* x, const T* w, const T* b, int cols, float eps) { pdl_start(); \
     layer_norm<T>(out, x, w, b, cols, eps);                                                                  \
   }
 FOR_EACH_DTYPE(DEF_NORM)

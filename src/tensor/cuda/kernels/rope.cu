@@ -2,6 +2,7 @@
 // x is [rows, nHeads, headDim]; cos/sin are [maxPos, rotaryDim/2]; row r uses position pos[r].
 // For i < rotaryDim/2: (x[i], x[i+half]) <- (x[i] cos - x[i+half] sin, x[i+half] cos + x[i] sin).
 #include "common.cuh"
+// llmopt:pdl
 
 template <typename T>
 __device__ __forceinline__ void rope(T* x, const int* pos, const T* cosT, const T* sinT, int nHeads, int headDim, int rotaryDim) {
@@ -50,14 +51,14 @@ __device__ __forceinline__ void rope_write_kv(T* q, T* k, const T* v, T* cacheK,
 #define DEF_ROPE_KV(T, S)                                                                                        \
   extern "C" __global__ void rope_write_kv_##S(T* q, T* k, const T* v, T* cacheK, T* cacheV, const int* pos,      \
                                                const T* cosT, const T* sinT, int nHeads, int nKvHeads, int headDim, \
-                                               int rotaryDim, int seq, int kvStride) {                           \
+                                               int rotaryDim, int seq, int kvStride) { pdl_start();                           \
     rope_write_kv<T>(q, k, v, cacheK, cacheV, pos, cosT, sinT, nHeads, nKvHeads, headDim, rotaryDim, seq, kvStride); \
   }
 FOR_EACH_DTYPE(DEF_ROPE_KV)
 
 #define DEF_ROPE(T, S)                                                                                          \
   extern "C" __global__ void rope_##S(T* x, const int* pos, const T* cosT, const T* sinT, int nHeads, int headDim, \
-                                      int rotaryDim) {                                                          \
+                                      int rotaryDim) { pdl_start();                                                          \
     rope<T>(x, pos, cosT, sinT, nHeads, headDim, rotaryDim);                                                    \
   }
 FOR_EACH_DTYPE(DEF_ROPE)

@@ -7,6 +7,7 @@
 //     algorithm on the host (the running sums may round differently).
 // The chosen id goes to ids[row] (the next step's input) and history[step * B + row].
 #include "common.cuh"
+// llmopt:pdl
 
 constexpr int SAMPLE_THREADS = 1024;
 
@@ -154,13 +155,13 @@ __device__ __forceinline__ void sample_rows(const T* logits, int V, float invTem
 #define DEF_SAMPLE(T, S)                                                                                       \
   extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)                                                 \
       sample_rows_##S(const T* logits, int V, float invTemp, int topK, unsigned seed, int* ids, int* history, \
-                      const int* step, int historyCap) {                                                     \
+                      const int* step, int historyCap) { pdl_start();                                                     \
     sample_rows<T>(logits, V, invTemp, topK, seed, ids, history, step, historyCap);                           \
   }
 FOR_EACH_DTYPE(DEF_SAMPLE)
 
 // After a step: every sequence's position and KV length advance by one, and so does the step counter.
-extern "C" __global__ void decode_advance(int* positions, int* kvLens, int* step, int B) {
+extern "C" __global__ void decode_advance(int* positions, int* kvLens, int* step, int B) { pdl_start();
   for (int b = threadIdx.x; b < B; b += blockDim.x) {
     positions[b] += 1;
     kvLens[b] += 1;

@@ -5,6 +5,7 @@
 //   argmax of x and of the baseline (lowest index on ties)
 // res[2 row] = nll, res[2 row + 1] = kld; resArg[2 row] = argmax, resArg[2 row + 1] = baseline argmax (-1 without).
 #include "common.cuh"
+// llmopt:pdl
 
 struct RowStats {
   float m;     // running max
@@ -123,7 +124,7 @@ __device__ __forceinline__ void score_logits(double* res, int* resArg, const T* 
 
 #define DEF_SCORE(T, S)                                                                                        \
   extern "C" __global__ void score_logits_##S(double* res, int* resArg, const T* logits, const T* base,         \
-                                              const int* targets, int V) {                                     \
+                                              const int* targets, int V) { pdl_start();                                     \
     score_logits<T>(res, resArg, logits, base, targets, V);                                                    \
   }
 FOR_EACH_DTYPE(DEF_SCORE)
