@@ -341,6 +341,8 @@ export interface SimdContext {
   pack: (w: number, wp: number, Np: number, K: number) => void;
   /** attention functions by head size; key 0 is the generic one. */
   attention: Map<number, (...args: number[]) => void>;
+  /** The same with softmax statistics (lseAttention…), for training. */
+  lseAttention: Map<number, (...args: number[]) => void>;
   siluMul: (g: number, u: number, o: number, n: number) => void;
   add: (x: number, y: number, n: number) => void;
   rmsNorm: (x: number, w: number, o: number, rows: number, C: number, eps: number) => void;
@@ -359,12 +361,14 @@ export function createSimdContext(bytes: Uint8Array): SimdContext {
   const mem = new wa.Memory({ initial: 16, maximum: 65536 });
   const inst = new wa.Instance(new wa.Module(bytes), { env: { mem } });
   const attention = new Map<number, (...args: number[]) => void>();
+  const lseAttention = new Map<number, (...args: number[]) => void>();
   for (const name of Object.keys(inst.exports)) {
     if (name.startsWith('attention')) attention.set(Number(name.slice(9)), inst.exports[name] as (...args: number[]) => void);
+    if (name.startsWith('lseAttention')) lseAttention.set(Number(name.slice(12)), inst.exports[name] as (...args: number[]) => void);
   }
   const ex = inst.exports;
   return {
-    mem, f32: new Float32Array(mem.buffer), attention, matmul: ex.matmul as SimdContext['matmul'],
+    mem, f32: new Float32Array(mem.buffer), attention, lseAttention, matmul: ex.matmul as SimdContext['matmul'],
     pack: ex.pack as SimdContext['pack'],
     siluMul: ex.siluMul as SimdContext['siluMul'], add: ex.add as SimdContext['add'], rmsNorm: ex.rmsNorm as SimdContext['rmsNorm'],
     score: ex.score as SimdContext['score'],
@@ -424,12 +428,13 @@ export function simdMatmulKernel(
 /**
  * attentionKernel's units [u0, u1) through the SIMD module (headDim a multiple of 4): copies
  * the q/k/v rows of the sequences those units touch, runs, and scatters the compact outputs.
+ * withLse (training): also lse[lOff + row·nHead + h] = the log-sum-exp of each query's scores.
  */
 export function simdAttentionKernel(
   ctx: SimdContext, o: Float32Array, oOff: number, q: Float32Array, qOff: number, k: Float32Array, kOff: number,
   v: Float32Array, vOff: number,
   seqQ: number, kvLen: number, kvStride: number, nHead: number, nKvHead: number, hd: number,
-  scale: number, window: number, u0: number, u1: number,
+  scale: number, window: number, u0: number, u1: number, lse: Float32Array, lOff: number, withLse: number,
 ): void {
   if (u0 >= u1) return;
   const qBlocks = (seqQ + 3) >> 2;
@@ -446,13 +451,15 @@ export function simdAttentionKernel(
   const sP = (vP + kvN + 3) & ~3;
   const tP = sP + 4 * kvLen;
   const oP = tP + 4 * hd;
-  const mem = simdReserve(ctx, oP + (u1 - u0) * 4 * hd);
+  const stP = oP + (u1 - u0) * 4 * hd;
+  const mem = simdReserve(ctx, stP + (withLse !== 0 ? (u1 - u0) * 8 : 0));
   mem.set(q.subarray(qOff + bStart * seqQ * qRow, qOff + bStart * seqQ * qRow + qN), qP);
   mem.set(k.subarray(kOff + bStart * kvStride * kvRow, kOff + bStart * kvStride * kvRow + kvN), kP);
   mem.set(v.subarray(vOff + bStart * kvStride * kvRow, vOff + bStart * kvStride * kvRow + kvN), vP);
-  const fn = ctx.attention.get(hd) ?? ctx.attention.get(0)!;
+  const fns = withLse !== 0 ? ctx.lseAttention : ctx.attention;
+  const fn = fns.get(hd) ?? fns.get(0)!;
   fn(qP * 4, kP * 4, vP * 4, oP * 4, sP * 4, tP * 4, u0, u1, bStart, seqQ, kvLen, kvStride, nHead, nKvHead, hd,
-    scale, window);
+    scale, window, stP * 4);
   const out = ctx.f32;
   for (let u = u0; u < u1; u++) {
     const blk = u % qBlocks;
@@ -465,6 +472,10 @@ export function simdAttentionKernel(
       const dst = oOff + (bIdx * seqQ + t0 + i) * qRow + h * hd;
       const src = oP + ((u - u0) * 4 + i) * hd;
       for (let d = 0; d < hd; d++) o[dst + d] = out[src + d];
+      if (withLse !== 0) {
+        const stat = stP + (u - u0) * 8;
+        lse[lOff + (bIdx * seqQ + t0 + i) * nHead + h] = out[stat + i] * Math.LN2 + Math.log(out[stat + 4 + i]);
+      }
     }
   }
 }
@@ -770,9 +781,9 @@ export function runKernel(
     case 9: // OP_MATMUL_SIMD
       simdMatmulKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, f[3], p[3] | 0, p[4] | 0, p[5] | 0, p[6] | 0, lo, hi);
       break;
-    case 10: // OP_ATTENTION_SIMD
+    case 10: // OP_ATTENTION_SIMD (f[4], p[12] and p[13]: lse storage, offset, on/off)
       simdAttentionKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, f[3], p[3] | 0,
-        p[4] | 0, p[5] | 0, p[6] | 0, p[7] | 0, p[8] | 0, p[9] | 0, p[10], p[11] | 0, lo, hi);
+        p[4] | 0, p[5] | 0, p[6] | 0, p[7] | 0, p[8] | 0, p[9] | 0, p[10], p[11] | 0, lo, hi, f[4], p[12] | 0, p[13] | 0);
       break;
     case 11: // OP_SILUMUL_SIMD
       simdSiluMulKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, lo, hi);

@@ -161,13 +161,10 @@ export class CpuTrainingOps implements TrainingOps {
 
   attentionForward(out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): void {
     // The inference kernel computes out (so training's forward is Decoder.forward's, bit for bit);
-    // the log-sum-exps are one more pass over the scores.
-    this.device.attention(out, q, k, v, shape);
+    // its SIMD version also gives the log-sum-exps, else they take one more pass over the scores.
+    if (this.device.attentionWithLse(out, lse, q, k, v, shape)) return;
     const op = 'attentionForward';
     const [l, qc, kc] = [this.cpu(lse, op, 'lse'), this.cpu(q, op, 'q'), this.cpu(k, op, 'k')];
-    if (l.length !== shape.batch * shape.seqQ * shape.nHead) {
-      throw new Error(`${op}: lse ${fmtShape(l)} should hold batch*seqQ*nHead = ${shape.batch * shape.seqQ * shape.nHead} values`);
-    }
     this.device.runUnits(OP_ATTENTION_LSE, [l.base, qc.base, kc.base], [l.offset, qc.offset, kc.offset, ...attnParams(shape)],
       shape.batch * shape.nKvHead, attnWork(shape));
   }
