@@ -10,7 +10,7 @@ import type {
 import type { CpuDevice } from './cpu-device.js';
 import { distillLossKernel, LOSS_KL, LOSS_REVERSE_KL, LOSS_SKEW_KL, topKKernel } from './distill-loss.js';
 import { CpuTensor, fmtShape } from './tensor.js';
-import { OP_ATTENTION_BACKWARD, OP_ATTENTION_LSE } from './kernels.js';
+import { OP_ATTENTION_BACKWARD, OP_ATTENTION_BACKWARD_SIMD, OP_ATTENTION_LSE } from './kernels.js';
 import {
   adamwKernel, biasGradKernel, embeddingBackwardKernel, geluTanhBackwardKernel,
   layerNormBackwardKernel, ropeBackwardKernel, rmsNormBackwardKernel, siluMulBackwardKernel, sumSquaresKernel,
@@ -197,7 +197,8 @@ export class CpuTrainingOps implements TrainingOps {
       dld[r] = s;
     }
     dld.set(t.lse.data, R);
-    this.device.runUnits(OP_ATTENTION_BACKWARD, [t.dq.base, dkv.base, t.dOut.base, dl.base, t.q.base, kv.base],
+    const kernel = this.device.simd && hd % 4 === 0 ? OP_ATTENTION_BACKWARD_SIMD : OP_ATTENTION_BACKWARD;
+    this.device.runUnits(kernel, [t.dq.base, dkv.base, t.dOut.base, dl.base, t.q.base, kv.base],
       [t.dq.offset, 0, kvLen, t.dOut.offset, 0, R, t.q.offset, 0, kvLen, ...attnParams(shape)], batch * nKvHead, 2.5 * attnWork(shape));
     t.dk.data.set(dkv.data.subarray(0, kvLen));
     t.dv.data.set(dkv.data.subarray(kvLen, 2 * kvLen));
