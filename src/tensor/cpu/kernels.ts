@@ -32,6 +32,7 @@ export const OP_SCORE_SIMD = 14;
 export const OP_ATTENTION_LSE = 15;
 export const OP_ATTENTION_BACKWARD = 16;
 export const OP_ATTENTION_BACKWARD_SIMD = 17;
+export const OP_SILUMUL_BACKWARD_SIMD = 18;
 
 // --- JS kernels (the reference) ---------------------------------------------------------------
 
@@ -347,6 +348,7 @@ export interface SimdContext {
   /** Attention backward functions (attnGrad…) by head size; key 0 is the generic one. */
   attnGrad: Map<number, (...args: number[]) => void>;
   siluMul: (g: number, u: number, o: number, n: number) => void;
+  siluMulGrad: (g: number, u: number, da: number, dg: number, du: number, n: number) => void;
   add: (x: number, y: number, n: number) => void;
   rmsNorm: (x: number, w: number, o: number, rows: number, C: number, eps: number) => void;
   score: (l: number, b: number, hasBase: number, rows: number, Vp: number, res: number) => void;
@@ -375,7 +377,7 @@ export function createSimdContext(bytes: Uint8Array): SimdContext {
   return {
     mem, f32: new Float32Array(mem.buffer), attention, lseAttention, attnGrad, matmul: ex.matmul as SimdContext['matmul'],
     pack: ex.pack as SimdContext['pack'],
-    siluMul: ex.siluMul as SimdContext['siluMul'], add: ex.add as SimdContext['add'], rmsNorm: ex.rmsNorm as SimdContext['rmsNorm'],
+    siluMul: ex.siluMul as SimdContext['siluMul'], siluMulGrad: ex.siluMulGrad as SimdContext['siluMulGrad'], add: ex.add as SimdContext['add'], rmsNorm: ex.rmsNorm as SimdContext['rmsNorm'],
     score: ex.score as SimdContext['score'],
   };
 }
@@ -568,6 +570,24 @@ export function simdSiluMulKernel(
     mem.set(u.subarray(uOff + s, uOff + s + n), CH);
     ctx.siluMul(0, CH * 4, 2 * CH * 4, (n + 3) & ~3);
     o.set(mem.subarray(2 * CH, 2 * CH + n), oOff + s);
+  }
+}
+
+/** The backward of siluMul through the SIMD module (siluMulGrad), elements [e0, e1), in chunks. */
+export function simdSiluMulBackwardKernel(
+  ctx: SimdContext, dg: Float32Array, dgOff: number, du: Float32Array, duOff: number, da: Float32Array, daOff: number,
+  g: Float32Array, gOff: number, u: Float32Array, uOff: number, e0: number, e1: number,
+): void {
+  const CH = 8192;
+  const mem = simdReserve(ctx, 5 * CH);
+  for (let s = e0; s < e1; s += CH) {
+    const n = Math.min(CH, e1 - s);
+    mem.set(g.subarray(gOff + s, gOff + s + n), 0);
+    mem.set(u.subarray(uOff + s, uOff + s + n), CH);
+    mem.set(da.subarray(daOff + s, daOff + s + n), 2 * CH);
+    ctx.siluMulGrad(0, CH * 4, 2 * CH * 4, 3 * CH * 4, 4 * CH * 4, (n + 3) & ~3);
+    dg.set(mem.subarray(3 * CH, 3 * CH + n), dgOff + s);
+    du.set(mem.subarray(4 * CH, 4 * CH + n), duOff + s);
   }
 }
 
@@ -878,6 +898,9 @@ export function runKernel(
       attentionBackwardUnits(f[0], p[0] | 0, f[1], p[1] | 0, p[2] | 0, f[2], p[3] | 0, f[3], p[4] | 0, p[5] | 0, f[4], p[6] | 0,
         f[5], p[7] | 0, p[8] | 0, p[9] | 0, p[10] | 0, p[11] | 0, p[12] | 0, p[13] | 0, p[14] | 0, p[15], p[16] | 0, lo, hi);
       break;
+    case 18: // OP_SILUMUL_BACKWARD_SIMD
+      simdSiluMulBackwardKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, f[3], p[3] | 0, f[4], p[4] | 0, lo, hi);
+      break;
     case 17: // OP_ATTENTION_BACKWARD_SIMD
       simdAttentionBackwardKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, p[2] | 0, f[2], p[3] | 0, f[3], p[4] | 0, p[5] | 0, f[4], p[6] | 0,
         f[5], p[7] | 0, p[8] | 0, p[9] | 0, p[10] | 0, p[11] | 0, p[12] | 0, p[13] | 0, p[14] | 0, p[15], p[16] | 0, lo, hi);
@@ -891,5 +914,5 @@ export function runKernel(
 export const KERNEL_FUNCTIONS: readonly ((...args: never[]) => void)[] = [
   matmulKernel, attentionKernel, rmsNormKernel, layerNormKernel, siluMulKernel, geluTanhKernel,
   addKernel, scoreKernel, createSimdContext, simdReserve, simdMatmulKernel, simdAttentionKernel, simdSiluMulKernel, simdAddKernel, simdRmsNormKernel, simdScoreKernel,
-  attentionLseUnits, attentionBackwardUnits, simdAttentionBackwardKernel, runKernel,
+  attentionLseUnits, attentionBackwardUnits, simdAttentionBackwardKernel, simdSiluMulBackwardKernel, runKernel,
 ];

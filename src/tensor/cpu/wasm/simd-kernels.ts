@@ -544,6 +544,33 @@ function siluMulFn(): Fn {
   return f;
 }
 
+/**
+ * siluMulGrad(g, u, da, dg, du, n): the backward of act = silu(g)·u for n (a multiple of 4) floats:
+ * with s = 1 / (1 + e^-g), du = da·g·s and dg = da·u·s·(1 + g·(1 − s)).
+ */
+function siluMulGradFn(): Fn {
+  const f = new Fn('siluMulGrad', [I32, I32, I32, I32, I32, I32]);
+  const [g, u, da, dg, du, n] = [0, 1, 2, 3, 4, 5];
+  const i = f.local(I32), gv = f.local(V128), e = f.local(V128), t = f.local(V128), m = f.local(V128);
+  const one = f.local(V128), sg = f.local(V128), av = f.local(V128);
+  const ec = expConstants(f);
+  f.f32(1).f32x4Splat().set(one);
+  f.forLoop(i, () => f.i32(0), () => f.get(n).i32(2).i32Shl(), 16, () => {
+    f.get(g).get(i).i32Add().v128Load().set(gv);
+    f.get(da).get(i).i32Add().v128Load().set(av);
+    emitExp(f, ec, gv, e, t, m, 'expNeg');
+    f.get(one).get(one).get(e).f32x4Add().f32x4Div().set(sg);
+    f.get(du).get(i).i32Add();
+    f.get(av).get(gv).f32x4Mul().get(sg).f32x4Mul();
+    f.v128Store();
+    f.get(dg).get(i).i32Add();
+    f.get(av).get(u).get(i).i32Add().v128Load().f32x4Mul().get(sg).f32x4Mul();
+    f.get(one).get(gv).get(one).get(sg).f32x4Sub().f32x4Mul().f32x4Add().f32x4Mul();
+    f.v128Store();
+  });
+  return f;
+}
+
 /** add(x, y, n): x += y for n (a multiple of 4) floats. */
 function addFn(): Fn {
   const f = new Fn('add', [I32, I32, I32]);
@@ -736,13 +763,13 @@ let cached: Uint8Array | undefined;
 
 /**
  * The module binary (exports matmul, pack, attention, attention<hd>, lseAttention, lseAttention<hd>,
- * attnGrad, attnGrad<hd>, siluMul, add, rmsNorm, score; imports env.mem).
+ * attnGrad, attnGrad<hd>, siluMul, siluMulGrad, add, rmsNorm, score; imports env.mem).
  */
 export function simdModuleBytes(): Uint8Array {
   cached ??= buildModule([
     matmulFn(MATMUL_ROWS, MATMUL_COLS), packFn(MATMUL_COLS), attentionFn(null), ...ATTENTION_HEAD_SIZES.map((hd) => attentionFn(hd)),
     attentionFn(null, true), ...ATTENTION_HEAD_SIZES.map((hd) => attentionFn(hd, true)),
-    attnGradFn(null), ...ATTENTION_GRAD_HEAD_SIZES.map((hd) => attnGradFn(hd)), siluMulFn(), addFn(), rmsNormFn(), scoreFn(),
+    attnGradFn(null), ...ATTENTION_GRAD_HEAD_SIZES.map((hd) => attnGradFn(hd)), siluMulFn(), siluMulGradFn(), addFn(), rmsNormFn(), scoreFn(),
   ]);
   return cached;
 }
