@@ -508,10 +508,13 @@ export function simdAttentionBackwardKernel(
   for (let u = u0; u < u1; u++) {
     const g = u % nKvHead;
     const b = (u - g) / nKvHead;
+    // Rows are short (hd floats): plain loops beat subarray copies.
     for (let j = 0; j < kvLen; j++) {
       const src = (b * kvStride + j) * kvRow + g * hd;
-      mem.set(kv.subarray(kOff + src, kOff + src + hd), KP + j * hd);
-      mem.set(kv.subarray(vOff + src, vOff + src + hd), VP + j * hd);
+      for (let d = 0; d < hd; d++) {
+        mem[KP + j * hd + d] = kv[kOff + src + d];
+        mem[VP + j * hd + d] = kv[vOff + src + d];
+      }
     }
     for (let hh = 0; hh < group; hh++) {
       const h = g * group + hh;
@@ -519,8 +522,10 @@ export function simdAttentionBackwardKernel(
         const at = hh * seqQp + t;
         if (t < seqQ) {
           const src = (b * seqQ + t) * qRow + h * hd;
-          mem.set(q.subarray(qOff + src, qOff + src + hd), QP + at * hd);
-          mem.set(dOut.subarray(doOff + src, doOff + src + hd), OP + at * hd);
+          for (let d = 0; d < hd; d++) {
+            mem[QP + at * hd + d] = q[qOff + src + d];
+            mem[OP + at * hd + d] = dOut[doOff + src + d];
+          }
           const r = (b * seqQ + t) * nHead + h;
           mem[LP + at] = dl[lseOff + r] * Math.LOG2E;
           mem[DP + at] = dl[dOffD + r];
@@ -539,17 +544,15 @@ export function simdAttentionBackwardKernel(
       const h = g * group + hh;
       for (let t = 0; t < seqQ; t++) {
         const from = GQ + (hh * seqQp + t) * hd;
-        dq.set(mem.subarray(from, from + hd), dqOff + (b * seqQ + t) * qRow + h * hd);
+        const to = dqOff + (b * seqQ + t) * qRow + h * hd;
+        for (let d = 0; d < hd; d++) dq[to + d] = mem[from + d];
       }
     }
     for (let j = 0; j < kvStride; j++) {
       const dst = (b * kvStride + j) * kvRow + g * hd;
-      if (j < kvLen) {
-        dkv.set(mem.subarray(DK + j * hd, DK + (j + 1) * hd), dkOff + dst);
-        dkv.set(mem.subarray(DV + j * hd, DV + (j + 1) * hd), dvOff + dst);
-      } else {
-        dkv.fill(0, dkOff + dst, dkOff + dst + hd);
-        dkv.fill(0, dvOff + dst, dvOff + dst + hd);
+      for (let d = 0; d < hd; d++) {
+        dkv[dkOff + dst + d] = j < kvLen ? mem[DK + j * hd + d] : 0;
+        dkv[dvOff + dst + d] = j < kvLen ? mem[DV + j * hd + d] : 0;
       }
     }
   }
