@@ -21,7 +21,7 @@ constexpr int KT = 32;
 template <typename T, int D>
 __device__ __forceinline__ void attention_prefill(T* out, const T* q, const T* k, const T* v, int seqQ, int kvLen,
                                                   int kvStride, int nHead, int nKvHead, int headDim, float scale,
-                                                  int window, const int* kvLens) {
+                                                  int window, const int* kvLens, float* lse) {
   using namespace prefill;
   constexpr int DP = D + 1;  // padded K rows: lanes reading different keys hit different banks
   constexpr int DL = D / 32;
@@ -107,6 +107,7 @@ __device__ __forceinline__ void attention_prefill(T* out, const T* q, const T* k
     const int t = t0 + warp * QPW + r;
     if (t >= seqQ) continue;
     const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    if (lse != nullptr && lane == 0) lse[((long long)b * seqQ + t) * nHead + h] = l[r] > 0.f ? m[r] + logf(l[r]) : -INF_F;
     T* o = out + ((long long)b * seqQ + t) * qStride + (long long)h * headDim;
 #pragma unroll
     for (int i = 0; i < DL; ++i) {
@@ -419,7 +420,12 @@ __device__ __forceinline__ void attention_combine(T* out, const float* partO, co
 
 #define DEF_ATTENTION_D(T, S, D)                                                                             \
   extern "C" __global__ void __launch_bounds__(prefill::NW * 32) attention_prefill_##S##_d##D(ATTENTION_ARGS(T)) { \
-    attention_prefill<T, D>(ATTENTION_PASS);                                                                 \
+    attention_prefill<T, D>(ATTENTION_PASS, nullptr);                                                        \
+  }                                                                                                          \
+  /* the same, also writing the softmax log-sum-exp per (query row, head) to lse (training) */              \
+  extern "C" __global__ void __launch_bounds__(prefill::NW * 32)                                             \
+      attention_prefill_lse_##S##_d##D(ATTENTION_ARGS(T), float* lse) {                                      \
+    attention_prefill<T, D>(ATTENTION_PASS, lse);                                                            \
   }                                                                                                          \
   extern "C" __global__ void __launch_bounds__(decode::NW * 32) attention_decode_##S##_d##D(ATTENTION_ARGS(T)) {   \
     attention_decode<T, D>(ATTENTION_PASS);                                                                  \

@@ -77,7 +77,7 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 template <typename T, int D>
 __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const T* k, const T* v, int seqQ, int kvLen,
                                                       int kvStride, int nHead, int nKvHead, int headDim, float scale,
-                                                      int window, const int* kvLens) {
+                                                      int window, const int* kvLens, float* lse) {
   using namespace flash;
   constexpr int SP = D + 8;     // shared row stride (halves): 16-byte rows, conflict-free ldmatrix
   constexpr int KD = D / 16;    // k-steps over the head dim for S = Q K^T
@@ -227,6 +227,12 @@ __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const 
   l1 += __shfl_xor_sync(FULL_MASK, l1, 1);
   l1 += __shfl_xor_sync(FULL_MASK, l1, 2);
   const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  if (lse != nullptr && tig == 0) {
+    // natural log-sum-exp of the scaled scores: m is in log2 units, l = sum exp2(s - m)
+    const long long base = (long long)b * seqQ * nHead + h;
+    if (row0 < seqQ) lse[base + (long long)row0 * nHead] = l0 > 0.f ? m0 * 0.6931471805599453f + logf(l0) : -INF_F;
+    if (row1 < seqQ) lse[base + (long long)row1 * nHead] = l1 > 0.f ? m1 * 0.6931471805599453f + logf(l1) : -INF_F;
+  }
   u16* og = reinterpret_cast<u16*>(out) + (long long)b * seqQ * qStride + (long long)h * headDim;
 #pragma unroll
   for (int dt = 0; dt < ND; ++dt) {
@@ -240,9 +246,16 @@ __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const 
   T *out, const T *q, const T *k, const T *v, int seqQ, int kvLen, int kvStride, int nHead, int nKvHead, int headDim, \
       float scale, int window, const int *kvLens
 #define FLASH_PASS out, q, k, v, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window, kvLens
+// attention_prefill_mma_lse_*: the same kernel, also writing the log-sum-exp of each (query row, head)
+// to lse [batch*seqQ, nHead] (f32) for the training backward; the inference entry points pass no lse
+// pointer and their outputs are unchanged.
 #define DEF_FLASH(T, S, D)                                                                                    \
   extern "C" __global__ void __launch_bounds__(flash::NW * 32) attention_prefill_mma_##S##_d##D(FLASH_ARGS(T)) { \
-    attention_prefill_mma<T, D>(FLASH_PASS);                                                                  \
+    attention_prefill_mma<T, D>(FLASH_PASS, nullptr);                                                         \
+  }                                                                                                           \
+  extern "C" __global__ void __launch_bounds__(flash::NW * 32) attention_prefill_mma_lse_##S##_d##D(FLASH_ARGS(T), \
+                                                                                                float* lse) { \
+    attention_prefill_mma<T, D>(FLASH_PASS, lse);                                                             \
   }
 DEF_FLASH(bf16_t, bf16, 64)
 DEF_FLASH(bf16_t, bf16, 128)
