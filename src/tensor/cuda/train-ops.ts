@@ -277,10 +277,11 @@ export class CudaTrainingOps implements TrainingOps {
     const lambda = args.skewLambda ?? 0.1;
     if (!(temperature > 0 && Number.isFinite(temperature))) throw new Error(`${op}: temperature must be a positive number, got ${temperature}`);
     if (!(alpha >= 0 && alpha <= 1)) throw new Error(`${op}: alpha must be in [0, 1], got ${alpha}`);
-    if (!(lambda >= 0 && lambda <= 1)) throw new Error(`${op}: skewLambda must be in [0, 1], got ${lambda}`);
+    if (!(lambda >= 0 && lambda < 1)) throw new Error(`${op}: skewLambda must be in [0, 1), got ${lambda}`);
     if (!Number.isFinite(gradScale)) throw new Error(`${op}: gradScale must be finite, got ${gradScale}`);
     for (let r = 0; r < rows; r++) {
-      if (args.targets[r]! >= V) throw new Error(`${op}: target ${args.targets[r]} at row ${r} ≥ vocab ${V}`);
+      const t = args.targets[r]!;
+      if (!(t >= -1 && t < V)) throw new Error(`${op}: target ${t} at row ${r} outside [-1, ${V})`);
     }
     let mode = 0, teacherPtr = 0n, k = 0, tkIds = 0n, tkLogits = 0n, tkLse = 0n;
     if (args.teacher !== undefined && 'logits' in args.teacher) {
@@ -314,7 +315,7 @@ export class CudaTrainingOps implements TrainingOps {
     const targets = this.dev.stageInts(args.targets);
     const res = this.scratch.get('loss.result', rows * 24);
     const shared = mode === 2 ? (Math.ceil(V / 32) + k) * 4 : 0;
-    const kern = this.dev.kernel('loss', `distill_loss_${this.dev.suffix}`, 'pppppppipiiifffff');
+    const kern = this.dev.kernel('loss', `distill_loss_${this.dev.suffix}`, 'pppppppipiiiddddf');
     this.dev.kernels.launch(kern, [rows], [V >= 4096 ? 1024 : 256], shared, [
       res, d.ptr, l.ptr, teacherPtr, tkIds, tkLogits, tkLse, k, targets, V, kind, mode, 1 / temperature, temperature, alpha, lambda, gradScale,
     ]);

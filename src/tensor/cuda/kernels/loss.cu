@@ -86,6 +86,8 @@ __device__ __forceinline__ double block_sum_f64(double v) {
 
 enum { KIND_KL = 0, KIND_REVERSE = 1, KIND_SKEW = 2 };
 enum { MODE_CE = 0, MODE_FULL = 1, MODE_TOPK = 2 };
+// Smallest bucket mass used in a log (as the cpu reference's BUCKET_FLOOR).
+#define BUCKET_FLOOR 1e-20
 
 // Divergence term and G of one bucket with teacher mass P (log lp) and student mass Q (log lq).
 __device__ __forceinline__ void bucket_terms(int kind, double P, double lp, double Q, double lq, double lambda, double& d, double& G) {
@@ -107,7 +109,7 @@ __device__ __forceinline__ void bucket_terms(int kind, double P, double lp, doub
 template <typename T>
 __device__ __forceinline__ void distill_loss(double* res, T* dLogits, const T* logits, const T* teacher, const int* tkIds,
                                              const float* tkLogits, const float* tkLse, int k, const int* targets, int V,
-                                             int kind, int mode, float invT, float temperature, float alpha, float lambda,
+                                             int kind, int mode, double invT, double temperature, double alpha, double lambda,
                                              float gradScale) {
   extern __shared__ unsigned lossShared[];
   const long long row = blockIdx.x;
@@ -120,7 +122,8 @@ __device__ __forceinline__ void distill_loss(double* res, T* dLogits, const T* l
     if (threadIdx.x == 0) res[3 * row] = res[3 * row + 1] = res[3 * row + 2] = 0.0;
     return;
   }
-  const bool unitT = temperature == 1.f;
+  const bool unitT = temperature == 1.0;
+  const float invTf = (float)invT;
   const int words = (V + 31) / 32;
   unsigned* inK = lossShared;
   float* gK = reinterpret_cast<float*>(lossShared + words);
@@ -138,10 +141,10 @@ __device__ __forceinline__ void distill_loss(double* res, T* dLogits, const T* l
   Lse ls = lse_init(), l1 = lse_init(), lt = lse_init(), lr = lse_init();
   for (int c = threadIdx.x; c < V; c += blockDim.x) {
     const float zc = to_float(z[c]);
-    const float u = zc * invT;
+    const float u = zc * invTf;
     lse_add(ls, u);
     if (!unitT) lse_add(l1, zc);
-    if (mode == MODE_FULL) lse_add(lt, to_float(teacher[off + c]) * invT);
+    if (mode == MODE_FULL) lse_add(lt, to_float(teacher[off + c]) * invTf);
     if (mode == MODE_TOPK && !((inK[c >> 5] >> (c & 31)) & 1u)) lse_add(lr, u);
   }
   const double lseS = block_lse(ls);
@@ -153,52 +156,71 @@ __device__ __forceinline__ void distill_loss(double* res, T* dLogits, const T* l
   const double wCE = mode == MODE_CE ? 1.0 : alpha;
   const float lseSf = (float)lseS, lse1f = (float)lse1, lseTf = (float)lseT;
 
-  // the distillation divergence D and sum_b Q_b G_b (Sg) where the gradient needs them before pass 3
-  double D = 0.0, Sg = 0.0, Grest = 0.0;
+  // the distillation divergence D (and what the gradient needs of it) before pass 3
+  double D = 0.0, Sg = 0.0;
+  float restCoef = 0.f;  // top-k: dD/du_j = q_j restCoef for the columns of the rest bucket
   if (mode == MODE_TOPK) {
-    // the k singleton buckets: terms summed here, each column's final gradient kept in gK
-    double d = 0.0, sg = 0.0, sumP = 0.0, G;
+    // the k classes of the teacher's top-k; each of their columns' final gradient is kept in gK.
+    // As the cpu reference: the bucket R = 1 - sum P (floored at BUCKET_FLOOR) exists when k < V.
+    double dK = 0.0, sK = 0.0, sumP = 0.0;
     for (int i = threadIdx.x; i < k; i += blockDim.x) {
       const int id = tkIds[row * k + i];
       const double lp = (double)tkLogits[row * k + i] * invT - (double)tkLse[row];
-      const double lq = (double)(to_float(z[id]) * invT) - lseS;
+      const double lq = (double)to_float(z[id]) * invT - lseS;
       const double P = exp(lp), Q = exp(lq);
-      double di;
-      bucket_terms(kind, P, lp, Q, lq, lambda, di, G);
-      d += di;
-      sg += Q * G;
       sumP += P;
+      if (kind == KIND_KL) {
+        dK += P * (lp - lq);
+      } else if (kind == KIND_REVERSE) {
+        dK += Q * (lq - lp);
+      } else {
+        const double M = lambda * P + (1.0 - lambda) * Q;
+        dK += P * (lp - log(M));
+        sK += Q * P / M;
+      }
     }
-    d = block_sum_f64(d);
-    sg = block_sum_f64(sg);
+    dK = block_sum_f64(dK);
+    sK = block_sum_f64(sK);
     sumP = block_sum_f64(sumP);
-    // the rest bucket
-    const double Prest = fmax(0.0, 1.0 - sumP);
-    const double lpRest = log(Prest), lqRest = lseRest - lseS;
-    double dRest;
-    bucket_terms(kind, Prest, lpRest, exp(lqRest), lqRest, lambda, dRest, Grest);
-    D = d + dRest;
-    Sg = sg + exp(lqRest) * Grest;
-    if (kind == KIND_REVERSE) Sg = D + 1.0;  // exactly sum_b Q_b (log Q_b - log P_b + 1)
+    const bool bucket = k < V;
+    const double qBucket = bucket ? exp(lseRest - lseS) : 0.0;
+    const double R = bucket ? fmax(1.0 - sumP, BUCKET_FLOOR) : 0.0;
+    const double QR = bucket ? fmax(qBucket, BUCKET_FLOOR) : 0.0;
+    double S = 0.0;
+    if (kind == KIND_KL) {
+      D = dK + (bucket ? R * (log(R) - log(QR)) : 0.0);
+      restCoef = bucket ? (float)(1.0 - R / QR) : 0.f;
+    } else if (kind == KIND_REVERSE) {
+      const double aB = bucket ? log(QR) - log(R) : 0.0;
+      D = dK + qBucket * aB;
+      restCoef = (float)(aB - D);
+    } else {
+      const double M = lambda * R + (1.0 - lambda) * qBucket;
+      const double rB = bucket ? R / M : 0.0;
+      D = dK + (bucket ? R * (log(R) - log(M)) : 0.0);
+      S = sK + qBucket * rB;
+      restCoef = (float)((1.0 - lambda) * (S - rB));
+    }
     for (int i = threadIdx.x; i < k; i += blockDim.x) {
       const int id = tkIds[row * k + i];
       const double lp = (double)tkLogits[row * k + i] * invT - (double)tkLse[row];
-      const float zc = to_float(z[id]);
-      const double lq = (double)(zc * invT) - lseS;
+      const double zc = (double)to_float(z[id]);
+      const double lq = zc * invT - lseS;
       const double P = exp(lp), Q = exp(lq);
-      double di;
-      bucket_terms(kind, P, lp, Q, lq, lambda, di, G);
-      const double q1 = unitT ? Q : exp((double)zc - lse1);
-      const double g = wD * Q * (G - Sg) + wCE * (q1 - (id == target ? 1.0 : 0.0));
-      gK[i] = (float)(gradScale * g);
+      double dD;
+      if (kind == KIND_KL) dD = Q - P;
+      else if (kind == KIND_REVERSE) dD = Q * (lq - lp - D);
+      else dD = (1.0 - lambda) * Q * (S - P / (lambda * P + (1.0 - lambda) * Q));
+      const double q1 = unitT ? Q : exp(zc - lse1);
+      gK[i] = (float)(gradScale * (wD * dD + wCE * (q1 - (id == target ? 1.0 : 0.0))));
     }
   } else if (mode == MODE_FULL && kind != KIND_KL) {
-    // pass 2 (reverse / skew KL): D and Sg need the whole row before any gradient
+    // pass 2 (reverse / skew KL): D and Sg = sum_j q_j G_j need the whole row before any gradient
     double d = 0.0, sg = 0.0;
     for (int c = threadIdx.x; c < V; c += blockDim.x) {
-      const float u = to_float(z[c]) * invT;
-      const float wt = to_float(teacher[off + c]) * invT;
-      const double lq = (double)u - lseS, lp = (double)wt - lseT;
+      const float zc = to_float(z[c]), tc = to_float(teacher[off + c]);
+      const float u = zc * invTf, wt = tc * invTf;
+      const double lq = (double)zc * invT - lseS, lp = (double)tc * invT - lseT;
       const double Q = (double)expf(u - lseSf), P = (double)expf(wt - lseTf);
       double di, G;
       bucket_terms(kind, P, lp, Q, lq, lambda, di, G);
@@ -213,27 +235,27 @@ __device__ __forceinline__ void distill_loss(double* res, T* dLogits, const T* l
   // every read of a column other than the thread's own (z[target], the top-k columns) is done by now.
   __syncthreads();
   double dKl = 0.0;
-  const float lambdaF = lambda;
+  const float lambdaF = (float)lambda;
   for (int c = threadIdx.x; c < V; c += blockDim.x) {
     const float zc = to_float(z[c]);
-    const float u = zc * invT;
+    const float u = zc * invTf;
     const float q = expf(u - lseSf);
     float dD = 0.f;
     if (mode == MODE_FULL) {
-      const float wt = to_float(teacher[off + c]) * invT;
-      const float p = expf(wt - lseTf);
+      const float tc = to_float(teacher[off + c]);
+      const float p = expf(tc * invTf - lseTf);
       if (kind == KIND_KL) {
         dD = q - p;
-        if (p > 0.f) dKl += (double)p * (((double)wt - lseT) - ((double)u - lseS));
+        if (p > 0.f) dKl += (double)p * (((double)tc * invT - lseT) - ((double)zc * invT - lseS));
       } else if (kind == KIND_REVERSE) {
-        dD = q * (float)(((double)u - lseS) - ((double)wt - lseT) - D);
+        dD = q * (float)(((double)zc * invT - lseS) - ((double)tc * invT - lseT) - D);
       } else {
         const float M = lambdaF * p + (1.f - lambdaF) * q;
         const float G = M > 0.f ? -(1.f - lambdaF) * p / M : 0.f;
         dD = q * (G - (float)Sg);
       }
     } else if (mode == MODE_TOPK) {
-      dD = q * (float)(Grest - Sg);  // the top-k columns are overwritten below
+      dD = q * restCoef;  // the top-k columns are overwritten below
     }
     float g = (float)wD * dD;
     if (wCE != 0.0) {
@@ -248,7 +270,7 @@ __device__ __forceinline__ void distill_loss(double* res, T* dLogits, const T* l
     for (int i = threadIdx.x; i < k; i += blockDim.x) dz[tkIds[row * k + i]] = from_float<T>(gK[i]);
   }
   if (threadIdx.x == 0) {
-    const double loss = mode == MODE_CE ? ce : (1.0 - alpha) * (double)temperature * temperature * D + alpha * ce;
+    const double loss = mode == MODE_CE ? ce : (1.0 - alpha) * temperature * temperature * D + alpha * ce;
     res[3 * row] = loss;
     res[3 * row + 1] = D;
     res[3 * row + 2] = ce;
@@ -389,8 +411,8 @@ __device__ __forceinline__ void top_k(int* outIds, float* outVals, float* outLse
 #define DEF_LOSS(T, S)                                                                                              \
   extern "C" __global__ void __launch_bounds__(1024) distill_loss_##S(double* res, T* dLogits, const T* logits, const T* teacher,            \
                                               const int* tkIds, const float* tkLogits, const float* tkLse, int k,   \
-                                              const int* targets, int V, int kind, int mode, float invT,            \
-                                              float temperature, float alpha, float lambda, float gradScale) {      \
+                                              const int* targets, int V, int kind, int mode, double invT,           \
+                                              double temperature, double alpha, double lambda, float gradScale) {   \
     distill_loss<T>(res, dLogits, logits, teacher, tkIds, tkLogits, tkLse, k, targets, V, kind, mode, invT,         \
                     temperature, alpha, lambda, gradScale);                                                         \
   }                                                                                                                 \
