@@ -596,6 +596,7 @@ export function trainCases(): OpCase[] {
     topKCase(4, 1000, 1000, 2, false),
     topKCase(3, 50257, 100, 2, true),
     topKCase(2, 50257, 3000, 1, false),
+    topKCase(3, 999, 513, 1, true), // the k-th value among ties of -0 and +0
     sumSquaresCase(),
     adamwCase(1001),
     ...MODEL_SPECS.map(([label, spec, batch, seq]) => modelGradientCase(label, spec, batch, seq)),

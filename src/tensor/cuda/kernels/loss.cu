@@ -279,9 +279,10 @@ __device__ __forceinline__ void distill_loss(double* res, T* dLogits, const T* l
 
 // --- top-k -------------------------------------------------------------------------------------
 
-// Order-preserving key of a float: larger float, larger unsigned key.
+// Order-preserving key of a float: larger float, larger unsigned key (-0 and +0 are one key: equal
+// values, ordered by column like the cpu's comparison).
 __device__ __forceinline__ unsigned float_key(float f) {
-  const unsigned u = __float_as_uint(f);
+  const unsigned u = __float_as_uint(f == 0.f ? 0.f : f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
