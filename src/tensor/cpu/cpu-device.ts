@@ -340,6 +340,16 @@ export class CpuDevice implements Device {
     fakeQuantRowsKernel(c.data, c.rowCount, c.cols, spec);
   }
 
+  /**
+   * @internal Runs kernel `op` of kernels.ts over work units [0, units), split across the worker
+   * pool when `work` (≈ multiply-adds) pays for it (CpuTrainingOps' attention kernels).
+   */
+  runUnits(op: number, arrays: Float32Array[], params: readonly number[], units: number, work: number): void {
+    const pool = this.pool;
+    if (pool === null || units < 2 || work < PARALLEL_MIN_WORK) this.runHere(op, arrays, params, 0, units, 0, 0, 0);
+    else pool.run(op, arrays, null, null, params, chunkRange(units, pool.size * CHUNKS_PER_THREAD, 1), 0);
+  }
+
   // --- helpers --------------------------------------------------------------------------------
 
   private cpu(t: Tensor, op: string, name: string): CpuTensor {
