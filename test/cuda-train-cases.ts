@@ -16,6 +16,7 @@ import { TrainableDecoder } from '../src/model/train/index.js';
 import type { ModelSpec } from '../src/model/spec.js';
 import { seededRandom } from '../src/random.js';
 import type { AttentionShape, ComputeDType, Device, DistillLossKind, Tensor, TeacherTopK, TrainingOps } from '../src/tensor/device.js';
+import { CudaTrainingOps } from '../src/tensor/cuda/train-ops.js';
 import { Inputs, both, compare, freeAll, roundTo, tolerance, type CaseRun, type Check, type OpCase } from './cuda-cases.js';
 import { baseSpec, randomTensors, sourceOf } from './helpers/tiny-models.js';
 
@@ -288,11 +289,20 @@ function attentionTrainCase(label: string, s: Omit<AttentionShape, 'scale'>): Op
         freeAll(d, dq, dk, dv);
         return out;
       };
-      const c = grads(cpu, co2, cl2, cdo, cq, ck, cv), g = grads(gpu, go2, gl2, gdo, gq, gk, gv);
+      const c = grads(cpu, co2, cl2, cdo, cq, ck, cv);
       const tol = tolAttentionBackward(dtype);
-      checks.push(compare(`${name}: dq`, dtype, g.dq, c.dq, tol));
-      checks.push(compare(`${name}: dk`, dtype, g.dk, c.dk, tol));
-      checks.push(compare(`${name}: dv`, dtype, g.dv, c.dv, tol));
+      // On cuda with a 16-bit dtype, both backward paths (the fused mma kernel where it applies, and the GEMM one).
+      const cudaOps = gpu.training instanceof CudaTrainingOps ? gpu.training : undefined;
+      const paths = cudaOps !== undefined && gpu.dtype !== 'f32' ? [true, false] : [undefined];
+      for (const fused of paths) {
+        if (cudaOps !== undefined && fused !== undefined) cudaOps.fusedAttentionBackward = fused;
+        const g = grads(gpu, go2, gl2, gdo, gq, gk, gv);
+        const tag = fused === undefined ? '' : fused ? ' (fused if it applies)' : ' (gemm path)';
+        checks.push(compare(`${name}: dq${tag}`, dtype, g.dq, c.dq, tol));
+        checks.push(compare(`${name}: dk${tag}`, dtype, g.dk, c.dk, tol));
+        checks.push(compare(`${name}: dv${tag}`, dtype, g.dv, c.dv, tol));
+      }
+      if (cudaOps !== undefined) cudaOps.fusedAttentionBackward = true;
       freeAll(gpu, gq, gk, gv, go, gl, go2, gl2, gdo);
       return checks;
     },
@@ -578,6 +588,10 @@ export function trainCases(): OpCase[] {
     attentionTrainCase('sliding window blocks', { batch: 2, seqQ: 517, kvLen: 517, kvStride: 517, nHead: 4, nKvHead: 2, headDim: 32, window: 100 }),
     attentionTrainCase('past keys, padded stride', { batch: 2, seqQ: 20, kvLen: 50, kvStride: 56, nHead: 4, nKvHead: 2, headDim: 16 }),
     attentionTrainCase('MHA d128', { batch: 2, seqQ: 70, kvLen: 70, kvStride: 70, nHead: 3, nKvHead: 3, headDim: 128 }),
+    attentionTrainCase('d64 GQA 4, sliding window', { batch: 2, seqQ: 517, kvLen: 517, kvStride: 517, nHead: 8, nKvHead: 2, headDim: 64, window: 100 }),
+    attentionTrainCase('d64 past keys, padded stride', { batch: 2, seqQ: 70, kvLen: 200, kvStride: 208, nHead: 4, nKvHead: 1, headDim: 64 }),
+    attentionTrainCase('d64 three query blocks', { batch: 3, seqQ: 600, kvLen: 600, kvStride: 600, nHead: 4, nKvHead: 2, headDim: 64 }),
+    attentionTrainCase('d128 window past keys', { batch: 1, seqQ: 150, kvLen: 181, kvStride: 181, nHead: 2, nKvHead: 2, headDim: 128, window: 64 }),
     attentionTrainCase('window 2', { batch: 1, seqQ: 33, kvLen: 33, kvStride: 33, nHead: 2, nKvHead: 1, headDim: 8, window: 2 }),
     lossCase(5, 1000, { teacher: 'none', kind: 'kl', T: 1, alpha: 0 }),
     lossCase(6, 1000, { teacher: 'full', kind: 'kl', T: 1, alpha: 0, inPlace: true }),

@@ -34,6 +34,11 @@ const LOSS_KINDS = { kl: 0, 'reverse-kl': 1, 'skew-kl': 2 } as const;
 
 export class CudaTrainingOps implements TrainingOps {
   private readonly scratch: ScratchBuffers;
+  /**
+   * @internal false: attentionBackward always takes the GEMM path (LLMOPT_CUDA_ATTENTION_BACKWARD=gemm; tests
+   * compare both paths against the cpu).
+   */
+  fusedAttentionBackward = process.env.LLMOPT_CUDA_ATTENTION_BACKWARD !== 'gemm';
 
   constructor(private readonly dev: CudaDevice) {
     this.scratch = new ScratchBuffers(dev);
@@ -199,7 +204,7 @@ export class CudaTrainingOps implements TrainingOps {
   }
 
   attentionBackward(dq: Tensor, dk: Tensor, dv: Tensor, dOut: Tensor, out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): void {
-    attentionBackward(this.dev, this.scratch, dq, dk, dv, dOut, out, lse, q, k, v, shape);
+    attentionBackward(this.dev, this.scratch, dq, dk, dv, dOut, out, lse, q, k, v, shape, this.fusedAttentionBackward);
   }
 
   siluMulBackward(dGate: Tensor, dUp: Tensor, dAct: Tensor, gate: Tensor, up: Tensor): void {
