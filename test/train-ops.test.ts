@@ -203,6 +203,7 @@ const ATTENTION_SHAPES: [string, AttentionShape][] = [
   ['MHA, hd 8, window 3', { batch: 1, seqQ: 9, kvLen: 9, kvStride: 9, nHead: 4, nKvHead: 4, headDim: 8, scale: 1 / Math.sqrt(8), window: 3 }],
   ['MQA 3/1, window 4, odd seq', { batch: 3, seqQ: 11, kvLen: 11, kvStride: 11, nHead: 3, nKvHead: 1, headDim: 3, scale: 0.7, window: 4 }],
   ['past keys, kvStride > kvLen', { batch: 2, seqQ: 4, kvLen: 6, kvStride: 7, nHead: 2, nKvHead: 1, headDim: 4, scale: 0.5 }],
+  ['GQA 4/2, hd 12 (generic SIMD), window 5', { batch: 1, seqQ: 10, kvLen: 10, kvStride: 10, nHead: 4, nKvHead: 2, headDim: 12, scale: 0.3, window: 5 }],
 ];
 
 describe.each(ATTENTION_SHAPES)('attention (%s)', (_name, s) => {

@@ -31,6 +31,7 @@ export const OP_SCORE_SIMD = 14;
 /** Training's attention kernels (CpuTrainingOps). */
 export const OP_ATTENTION_LSE = 15;
 export const OP_ATTENTION_BACKWARD = 16;
+export const OP_ATTENTION_BACKWARD_SIMD = 17;
 
 // --- JS kernels (the reference) ---------------------------------------------------------------
 
@@ -341,6 +342,10 @@ export interface SimdContext {
   pack: (w: number, wp: number, Np: number, K: number) => void;
   /** attention functions by head size; key 0 is the generic one. */
   attention: Map<number, (...args: number[]) => void>;
+  /** The same with softmax statistics (lseAttention…), for training. */
+  lseAttention: Map<number, (...args: number[]) => void>;
+  /** Attention backward functions (attnGrad…) by head size; key 0 is the generic one. */
+  attnGrad: Map<number, (...args: number[]) => void>;
   siluMul: (g: number, u: number, o: number, n: number) => void;
   add: (x: number, y: number, n: number) => void;
   rmsNorm: (x: number, w: number, o: number, rows: number, C: number, eps: number) => void;
@@ -359,12 +364,16 @@ export function createSimdContext(bytes: Uint8Array): SimdContext {
   const mem = new wa.Memory({ initial: 16, maximum: 65536 });
   const inst = new wa.Instance(new wa.Module(bytes), { env: { mem } });
   const attention = new Map<number, (...args: number[]) => void>();
+  const lseAttention = new Map<number, (...args: number[]) => void>();
+  const attnGrad = new Map<number, (...args: number[]) => void>();
   for (const name of Object.keys(inst.exports)) {
     if (name.startsWith('attention')) attention.set(Number(name.slice(9)), inst.exports[name] as (...args: number[]) => void);
+    if (name.startsWith('lseAttention')) lseAttention.set(Number(name.slice(12)), inst.exports[name] as (...args: number[]) => void);
+    if (name.startsWith('attnGrad')) attnGrad.set(Number(name.slice(8)), inst.exports[name] as (...args: number[]) => void);
   }
   const ex = inst.exports;
   return {
-    mem, f32: new Float32Array(mem.buffer), attention, matmul: ex.matmul as SimdContext['matmul'],
+    mem, f32: new Float32Array(mem.buffer), attention, lseAttention, attnGrad, matmul: ex.matmul as SimdContext['matmul'],
     pack: ex.pack as SimdContext['pack'],
     siluMul: ex.siluMul as SimdContext['siluMul'], add: ex.add as SimdContext['add'], rmsNorm: ex.rmsNorm as SimdContext['rmsNorm'],
     score: ex.score as SimdContext['score'],
@@ -424,12 +433,13 @@ export function simdMatmulKernel(
 /**
  * attentionKernel's units [u0, u1) through the SIMD module (headDim a multiple of 4): copies
  * the q/k/v rows of the sequences those units touch, runs, and scatters the compact outputs.
+ * withLse (training): also lse[lOff + row·nHead + h] = the log-sum-exp of each query's scores.
  */
 export function simdAttentionKernel(
   ctx: SimdContext, o: Float32Array, oOff: number, q: Float32Array, qOff: number, k: Float32Array, kOff: number,
   v: Float32Array, vOff: number,
   seqQ: number, kvLen: number, kvStride: number, nHead: number, nKvHead: number, hd: number,
-  scale: number, window: number, u0: number, u1: number,
+  scale: number, window: number, u0: number, u1: number, lse: Float32Array, lOff: number, withLse: number,
 ): void {
   if (u0 >= u1) return;
   const qBlocks = (seqQ + 3) >> 2;
@@ -446,13 +456,15 @@ export function simdAttentionKernel(
   const sP = (vP + kvN + 3) & ~3;
   const tP = sP + 4 * kvLen;
   const oP = tP + 4 * hd;
-  const mem = simdReserve(ctx, oP + (u1 - u0) * 4 * hd);
+  const stP = oP + (u1 - u0) * 4 * hd;
+  const mem = simdReserve(ctx, stP + (withLse !== 0 ? (u1 - u0) * 8 : 0));
   mem.set(q.subarray(qOff + bStart * seqQ * qRow, qOff + bStart * seqQ * qRow + qN), qP);
   mem.set(k.subarray(kOff + bStart * kvStride * kvRow, kOff + bStart * kvStride * kvRow + kvN), kP);
   mem.set(v.subarray(vOff + bStart * kvStride * kvRow, vOff + bStart * kvStride * kvRow + kvN), vP);
-  const fn = ctx.attention.get(hd) ?? ctx.attention.get(0)!;
+  const fns = withLse !== 0 ? ctx.lseAttention : ctx.attention;
+  const fn = fns.get(hd) ?? fns.get(0)!;
   fn(qP * 4, kP * 4, vP * 4, oP * 4, sP * 4, tP * 4, u0, u1, bStart, seqQ, kvLen, kvStride, nHead, nKvHead, hd,
-    scale, window);
+    scale, window, stP * 4);
   const out = ctx.f32;
   for (let u = u0; u < u1; u++) {
     const blk = u % qBlocks;
@@ -465,6 +477,78 @@ export function simdAttentionKernel(
       const dst = oOff + (bIdx * seqQ + t0 + i) * qRow + h * hd;
       const src = oP + ((u - u0) * 4 + i) * hd;
       for (let d = 0; d < hd; d++) o[dst + d] = out[src + d];
+      if (withLse !== 0) {
+        const stat = stP + (u - u0) * 8;
+        lse[lOff + (bIdx * seqQ + t0 + i) * nHead + h] = out[stat + i] * Math.LN2 + Math.log(out[stat + 4 + i]);
+      }
+    }
+  }
+}
+
+/**
+ * attentionBackwardUnits through the SIMD module (headDim a multiple of 4, see attnGrad in
+ * wasm/simd-kernels.ts): per unit, packs its keys/values and its heads' q, dOut, lse·log2 e and D
+ * (rows padded to a multiple of 4 with probability-0 rows), runs, and scatters dq, dk, dv.
+ */
+export function simdAttentionBackwardKernel(
+  ctx: SimdContext, dq: Float32Array, dqOff: number, dkv: Float32Array, dkOff: number, dvOff: number, dOut: Float32Array, doOff: number,
+  dl: Float32Array, dOffD: number, lseOff: number, q: Float32Array, qOff: number, kv: Float32Array, kOff: number, vOff: number,
+  seqQ: number, kvLen: number, kvStride: number, nHead: number, nKvHead: number, hd: number,
+  scale: number, window: number, u0: number, u1: number,
+): void {
+  const qRow = nHead * hd, kvRow = nKvHead * hd, group = nHead / nKvHead, past = kvLen - seqQ;
+  const seqQp = (seqQ + 3) & ~3;
+  const KP = 0, VP = KP + kvLen * hd, QP = VP + kvLen * hd, OP = QP + group * seqQp * hd, LP = OP + group * seqQp * hd;
+  const DP = LP + group * seqQp, GQ = DP + group * seqQp, DK = GQ + group * seqQp * hd, DV = DK + kvLen * hd;
+  const QT = DV + kvLen * hd, OT = QT + 4 * hd, GT = OT + 4 * hd;
+  const mem = simdReserve(ctx, GT + 4 * hd);
+  const fn = ctx.attnGrad.get(hd) ?? ctx.attnGrad.get(0)!;
+  for (let u = u0; u < u1; u++) {
+    const g = u % nKvHead;
+    const b = (u - g) / nKvHead;
+    for (let j = 0; j < kvLen; j++) {
+      const src = (b * kvStride + j) * kvRow + g * hd;
+      mem.set(kv.subarray(kOff + src, kOff + src + hd), KP + j * hd);
+      mem.set(kv.subarray(vOff + src, vOff + src + hd), VP + j * hd);
+    }
+    for (let hh = 0; hh < group; hh++) {
+      const h = g * group + hh;
+      for (let t = 0; t < seqQp; t++) {
+        const at = hh * seqQp + t;
+        if (t < seqQ) {
+          const src = (b * seqQ + t) * qRow + h * hd;
+          mem.set(q.subarray(qOff + src, qOff + src + hd), QP + at * hd);
+          mem.set(dOut.subarray(doOff + src, doOff + src + hd), OP + at * hd);
+          const r = (b * seqQ + t) * nHead + h;
+          mem[LP + at] = dl[lseOff + r] * Math.LOG2E;
+          mem[DP + at] = dl[dOffD + r];
+        } else {
+          mem.fill(0, QP + at * hd, QP + (at + 1) * hd);
+          mem.fill(0, OP + at * hd, OP + (at + 1) * hd);
+          mem[LP + at] = Infinity;
+          mem[DP + at] = 0;
+        }
+      }
+    }
+    mem.fill(0, DK, DV + kvLen * hd);
+    fn(KP * 4, VP * 4, QP * 4, OP * 4, LP * 4, DP * 4, GQ * 4, DK * 4, DV * 4, QT * 4, OT * 4, GT * 4,
+      group, seqQp, kvLen, past, hd, scale, window);
+    for (let hh = 0; hh < group; hh++) {
+      const h = g * group + hh;
+      for (let t = 0; t < seqQ; t++) {
+        const from = GQ + (hh * seqQp + t) * hd;
+        dq.set(mem.subarray(from, from + hd), dqOff + (b * seqQ + t) * qRow + h * hd);
+      }
+    }
+    for (let j = 0; j < kvStride; j++) {
+      const dst = (b * kvStride + j) * kvRow + g * hd;
+      if (j < kvLen) {
+        dkv.set(mem.subarray(DK + j * hd, DK + (j + 1) * hd), dkOff + dst);
+        dkv.set(mem.subarray(DV + j * hd, DV + (j + 1) * hd), dvOff + dst);
+      } else {
+        dkv.fill(0, dkOff + dst, dkOff + dst + hd);
+        dkv.fill(0, dvOff + dst, dvOff + dst + hd);
+      }
     }
   }
 }
@@ -770,9 +854,9 @@ export function runKernel(
     case 9: // OP_MATMUL_SIMD
       simdMatmulKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, f[3], p[3] | 0, p[4] | 0, p[5] | 0, p[6] | 0, lo, hi);
       break;
-    case 10: // OP_ATTENTION_SIMD
+    case 10: // OP_ATTENTION_SIMD (f[4], p[12] and p[13]: lse storage, offset, on/off)
       simdAttentionKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, f[3], p[3] | 0,
-        p[4] | 0, p[5] | 0, p[6] | 0, p[7] | 0, p[8] | 0, p[9] | 0, p[10], p[11] | 0, lo, hi);
+        p[4] | 0, p[5] | 0, p[6] | 0, p[7] | 0, p[8] | 0, p[9] | 0, p[10], p[11] | 0, lo, hi, f[4], p[12] | 0, p[13] | 0);
       break;
     case 11: // OP_SILUMUL_SIMD
       simdSiluMulKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, lo, hi);
@@ -794,6 +878,10 @@ export function runKernel(
       attentionBackwardUnits(f[0], p[0] | 0, f[1], p[1] | 0, p[2] | 0, f[2], p[3] | 0, f[3], p[4] | 0, p[5] | 0, f[4], p[6] | 0,
         f[5], p[7] | 0, p[8] | 0, p[9] | 0, p[10] | 0, p[11] | 0, p[12] | 0, p[13] | 0, p[14] | 0, p[15], p[16] | 0, lo, hi);
       break;
+    case 17: // OP_ATTENTION_BACKWARD_SIMD
+      simdAttentionBackwardKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, p[2] | 0, f[2], p[3] | 0, f[3], p[4] | 0, p[5] | 0, f[4], p[6] | 0,
+        f[5], p[7] | 0, p[8] | 0, p[9] | 0, p[10] | 0, p[11] | 0, p[12] | 0, p[13] | 0, p[14] | 0, p[15], p[16] | 0, lo, hi);
+      break;
     default:
       throw new Error(`cpu kernel: unknown op ${op}`);
   }
@@ -803,5 +891,5 @@ export function runKernel(
 export const KERNEL_FUNCTIONS: readonly ((...args: never[]) => void)[] = [
   matmulKernel, attentionKernel, rmsNormKernel, layerNormKernel, siluMulKernel, geluTanhKernel,
   addKernel, scoreKernel, createSimdContext, simdReserve, simdMatmulKernel, simdAttentionKernel, simdSiluMulKernel, simdAddKernel, simdRmsNormKernel, simdScoreKernel,
-  attentionLseUnits, attentionBackwardUnits, runKernel,
+  attentionLseUnits, attentionBackwardUnits, simdAttentionBackwardKernel, runKernel,
 ];

@@ -10,7 +10,7 @@ import type {
 import type { CpuDevice } from './cpu-device.js';
 import { distillLossKernel, LOSS_KL, LOSS_REVERSE_KL, LOSS_SKEW_KL, topKKernel } from './distill-loss.js';
 import { CpuTensor, fmtShape } from './tensor.js';
-import { OP_ATTENTION_BACKWARD, OP_ATTENTION_LSE } from './kernels.js';
+import { OP_ATTENTION_BACKWARD, OP_ATTENTION_BACKWARD_SIMD, OP_ATTENTION_LSE } from './kernels.js';
 import {
   adamwKernel, biasGradKernel, embeddingBackwardKernel, geluTanhBackwardKernel,
   layerNormBackwardKernel, ropeBackwardKernel, rmsNormBackwardKernel, siluMulBackwardKernel, sumSquaresKernel,
@@ -161,13 +161,10 @@ export class CpuTrainingOps implements TrainingOps {
 
   attentionForward(out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): void {
     // The inference kernel computes out (so training's forward is Decoder.forward's, bit for bit);
-    // the log-sum-exps are one more pass over the scores.
-    this.device.attention(out, q, k, v, shape);
+    // its SIMD version also gives the log-sum-exps, else they take one more pass over the scores.
+    if (this.device.attentionWithLse(out, lse, q, k, v, shape)) return;
     const op = 'attentionForward';
     const [l, qc, kc] = [this.cpu(lse, op, 'lse'), this.cpu(q, op, 'q'), this.cpu(k, op, 'k')];
-    if (l.length !== shape.batch * shape.seqQ * shape.nHead) {
-      throw new Error(`${op}: lse ${fmtShape(l)} should hold batch*seqQ*nHead = ${shape.batch * shape.seqQ * shape.nHead} values`);
-    }
     this.device.runUnits(OP_ATTENTION_LSE, [l.base, qc.base, kc.base], [l.offset, qc.offset, kc.offset, ...attnParams(shape)],
       shape.batch * shape.nKvHead, attnWork(shape));
   }
@@ -200,7 +197,8 @@ export class CpuTrainingOps implements TrainingOps {
       dld[r] = s;
     }
     dld.set(t.lse.data, R);
-    this.device.runUnits(OP_ATTENTION_BACKWARD, [t.dq.base, dkv.base, t.dOut.base, dl.base, t.q.base, kv.base],
+    const kernel = this.device.simd && hd % 4 === 0 ? OP_ATTENTION_BACKWARD_SIMD : OP_ATTENTION_BACKWARD;
+    this.device.runUnits(kernel, [t.dq.base, dkv.base, t.dOut.base, dl.base, t.q.base, kv.base],
       [t.dq.offset, 0, kvLen, t.dOut.offset, 0, R, t.q.offset, 0, kvLen, ...attnParams(shape)], batch * nKvHead, 2.5 * attnWork(shape));
     t.dk.data.set(dkv.data.subarray(0, kvLen));
     t.dv.data.set(dkv.data.subarray(kvLen, 2 * kvLen));
