@@ -72,7 +72,7 @@ function category(name: string): string {
   if (name.startsWith('cublasLt')) return 'GEMMs: forward (student + teacher)';
   if (name.startsWith('distill_loss')) return 'distillation loss (softmax + KL + dLogits)';
   if (name.startsWith('adamw') || name.startsWith('sum_') || name.startsWith('fill_')) return 'optimizer (clip norm, AdamW, zero grads)';
-  if (name.includes('norm')) return 'norms (forward + backward)';
+  if (name.includes('norm') || name === 'reduce_partials') return 'norms (forward + backward)';
   return 'other elementwise (rope, SwiGLU, residual, embedding, casts)';
 }
 
