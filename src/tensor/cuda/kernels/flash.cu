@@ -7,7 +7,7 @@
 // (V transposed on the fly). The P fragments are the S accumulators converted in registers (the C
 // layout of m16n8 matches the A layout of m16n8k16). Online softmax per row; each thread holds rows
 // g and g+8 of its warp's 16 (g = lane / 4) and keys/dims 2*(lane % 4) + {0,1} of each 8-wide tile.
-#include "mma.cuh"
+#include "common.cuh"
 
 namespace flash {
 constexpr int NW = 4;
@@ -15,10 +15,13 @@ constexpr int BQ = 16 * NW;
 constexpr int BK = 64;
 }  // namespace flash
 
+// mma.sync / ldmatrix / cp.async helpers (shared with attention_backward.cu)
+#include "mma.cuh"
+
 template <typename T, int D>
 __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const T* k, const T* v, int seqQ, int kvLen,
                                                       int kvStride, int nHead, int nKvHead, int headDim, float scale,
-                                                      int window, const int* kvLens, float* lse) {
+                                                      int window, const int* kvLens, float* lse = nullptr) {
   using namespace flash;
   constexpr int SP = D + 8;     // shared row stride (halves): 16-byte rows, conflict-free ldmatrix
   constexpr int KD = D / 16;    // k-steps over the head dim for S = Q K^T
@@ -187,18 +190,26 @@ __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const 
   T *out, const T *q, const T *k, const T *v, int seqQ, int kvLen, int kvStride, int nHead, int nKvHead, int headDim, \
       float scale, int window, const int *kvLens
 #define FLASH_PASS out, q, k, v, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window, kvLens
-// attention_prefill_mma_lse_*: the same kernel, also writing the log-sum-exp of each (query row, head)
-// to lse [batch*seqQ, nHead] (f32) for the training backward; the inference entry points pass no lse
-// pointer and their outputs are unchanged.
 #define DEF_FLASH(T, S, D)                                                                                    \
   extern "C" __global__ void __launch_bounds__(flash::NW * 32) attention_prefill_mma_##S##_d##D(FLASH_ARGS(T)) { \
-    attention_prefill_mma<T, D>(FLASH_PASS, nullptr);                                                         \
-  }                                                                                                           \
-  extern "C" __global__ void __launch_bounds__(flash::NW * 32) attention_prefill_mma_lse_##S##_d##D(FLASH_ARGS(T), \
-                                                                                                float* lse) { \
-    attention_prefill_mma<T, D>(FLASH_PASS, lse);                                                             \
+    attention_prefill_mma<T, D>(FLASH_PASS);                                                                  \
   }
 DEF_FLASH(bf16_t, bf16, 64)
 DEF_FLASH(bf16_t, bf16, 128)
 DEF_FLASH(f16_t, f16, 64)
 DEF_FLASH(f16_t, f16, 128)
+
+// attention_prefill_mma_lse_*: the same kernel, also writing the log-sum-exp of each (query row, head)
+// to lse [batch*seqQ, nHead] (f32) for the training backward; the inference entry points pass no lse
+// and are unchanged. griddepcontrol.wait (a no-op unless launched with programmatic dependent launch)
+// makes the entry safe in a family launched with it.
+#define DEF_FLASH_LSE(T, S, D)                                                                                \
+  extern "C" __global__ void __launch_bounds__(flash::NW * 32) attention_prefill_mma_lse_##S##_d##D(FLASH_ARGS(T), \
+                                                                                                float* lse) { \
+    GRID_DEPENDENCY_WAIT();                                                                                   \
+    attention_prefill_mma<T, D>(FLASH_PASS, lse);                                                             \
+  }
+DEF_FLASH_LSE(bf16_t, bf16, 64)
+DEF_FLASH_LSE(bf16_t, bf16, 128)
+DEF_FLASH_LSE(f16_t, f16, 64)
+DEF_FLASH_LSE(f16_t, f16, 128)
