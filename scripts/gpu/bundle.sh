@@ -16,7 +16,7 @@ for entry in "${entries[@]}"; do
     --external:koffi --log-level=warning --outfile="$out" \
     --banner:js="import { createRequire as __llmoptRequire } from 'node:module'; const require = __llmoptRequire(import.meta.url);"
 done
-cp bench/gpu_bench_torch.py .gpu/gpu_bench_torch.py
+cp bench/*_torch.py .gpu/
 rm -rf .gpu/node_modules/koffi .gpu/node_modules/@koromix/koffi-linux-x64 .gpu/kernels
 cp -r node_modules/koffi .gpu/node_modules/koffi
 cp -r node_modules/@koromix/koffi-linux-x64 .gpu/node_modules/@koromix/koffi-linux-x64

@@ -1,7 +1,8 @@
 // The GPU machine's test runner (bundled by scripts/gpu/bundle.sh into .gpu/, which carries no
-// vitest): the engine smoke test, then every op case of test/cuda-cases.ts in f32, bf16 and f16
-// against the cpu device. Prints a pass/fail table; writes $OUT/cuda-tests.json when $OUT is set.
-// Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--self-test]
+// vitest): the engine smoke test, then every op case of test/cuda-cases.ts and every training case of
+// test/cuda-train-cases.ts in f32, bf16 and f16 against the cpu device. Prints a pass/fail table;
+// writes $OUT/cuda-tests.json when $OUT is set.
+// Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--self-test] [--train-only | --skip-train]
 // --self-test compares the cpu device with itself (no GPU): checks the harness and the bundle.
 
 import fs from 'node:fs';
@@ -10,6 +11,7 @@ import { createCpuDevice } from '../../src/tensor/cpu/index.js';
 import { CudaDevice } from '../../src/tensor/cuda/index.js';
 import type { ComputeDType } from '../../src/tensor/device.js';
 import { runAtCases, runCases, type Check } from '../../test/cuda-cases.js';
+import { runTrainCases } from '../../test/cuda-train-cases.js';
 import { runSmoke } from './smoke.js';
 
 const args = process.argv.slice(2);
@@ -18,6 +20,8 @@ const log = (line: string) => console.log(line);
 
 const failures: string[] = [];
 const selfTest = args.includes('--self-test');
+const trainOnly = args.includes('--train-only');
+const skipTrain = args.includes('--skip-train');
 if (!args.includes('--skip-smoke') && !selfTest) {
   log('== engine smoke test');
   try {
@@ -31,14 +35,20 @@ if (!args.includes('--skip-smoke') && !selfTest) {
 const cpu = createCpuDevice({ threads: 8 });
 const all: (Check & { ms: number })[] = [];
 for (const dtype of ['f32', 'bf16', 'f16'] as ComputeDType[]) {
-  log(`== op cases, ${dtype}`);
+  log(`== op${skipTrain ? '' : ' and training'} cases, ${dtype}`);
   const gpu = selfTest ? createCpuDevice({ threads: 2 }) : new CudaDevice({ dtype });
   const t0 = performance.now();
-  const run = runCases(cpu, gpu, dtype, only ? (n) => n.includes(only) : undefined);
-  if (gpu instanceof CudaDevice) {
+  const filter = only ? (n: string) => n.includes(only) : undefined;
+  const run = trainOnly ? { checks: [], failures: [] } : runCases(cpu, gpu, dtype, filter);
+  if (gpu instanceof CudaDevice && !trainOnly) {
     const at = runAtCases(gpu, dtype);
     run.checks.push(...at.checks);
     run.failures.push(...at.failures);
+  }
+  if (!skipTrain) {
+    const train = runTrainCases(cpu, gpu, dtype, filter);
+    run.checks.push(...train.checks);
+    run.failures.push(...train.failures);
   }
   const ms = performance.now() - t0;
   for (const c of run.checks) {

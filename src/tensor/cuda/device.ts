@@ -3,13 +3,14 @@
 // GEMM, queued on one stream. Nothing waits for the GPU except download, scoreLogits and
 // synchronize. Host integer inputs (ids, positions, targets) are staged through pinned memory.
 
-import type { AttentionShape, ComputeDType, Device, FakeQuantSpec, ScoredRows, Tensor } from '../device.js';
+import type { AttentionShape, ComputeDType, Device, FakeQuantSpec, ScoredRows, Tensor, TrainingOps } from '../device.js';
 import { CublasLt } from './cublaslt.js';
 import { CudaDriver, type DevicePtr, type GpuInfo, type Handle } from './driver.js';
 import { CudaError } from './errors.js';
 import { KernelLibrary, type ArgSignature, type Kernel, type KernelArg } from './kernels.js';
 import { Nvrtc, gpuArchitecture } from './nvrtc.js';
 import { CudaTensor, Storage, elementBytes, shapeSize } from './tensor.js';
+import { CudaTrainingOps } from './train-ops.js';
 
 export interface CudaDeviceOptions {
   /** Storage/compute dtype of weights and activations (accumulation is f32). Default bf16. */
@@ -945,6 +946,14 @@ export class CudaDevice implements Device {
   // --- quantization jobs: Hessians, GPTQ on the device ------------------------------------------
 
   // --- training (distill): backward ops, loss, optimizer ----------------------------------------
+
+  /** Backward ops, loss and optimizer on this GPU (train-ops.ts). */
+  readonly training: TrainingOps = new CudaTrainingOps(this);
+
+  /** @internal Host int32 values copied to the device through the pinned ring, for the next queued work. */
+  stageInts(values: Int32Array): DevicePtr {
+    return this.staging.stage(values, this.capturing);
+  }
 
   // --- helpers --------------------------------------------------------------------------------
 

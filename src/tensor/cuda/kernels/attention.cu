@@ -22,7 +22,7 @@ constexpr int KT = 32;
 template <typename T, int D>
 __device__ __forceinline__ void attention_prefill(T* out, const T* q, const T* k, const T* v, int seqQ, int kvLen,
                                                   int kvStride, int nHead, int nKvHead, int headDim, float scale,
-                                                  int window, const int* kvLens) {
+                                                  int window, const int* kvLens, float* lse = nullptr) {
   using namespace prefill;
   constexpr int DP = D + 1;  // padded K rows: lanes reading different keys hit different banks
   constexpr int DL = D / 32;
@@ -108,6 +108,7 @@ __device__ __forceinline__ void attention_prefill(T* out, const T* q, const T* k
     const int t = t0 + warp * QPW + r;
     if (t >= seqQ) continue;
     const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    if (lse != nullptr && lane == 0) lse[((long long)b * seqQ + t) * nHead + h] = l[r] > 0.f ? m[r] + logf(l[r]) : -INF_F;
     T* o = out + ((long long)b * seqQ + t) * qStride + (long long)h * headDim;
 #pragma unroll
     for (int i = 0; i < DL; ++i) {
@@ -438,3 +439,16 @@ FOR_EACH_DTYPE(DEF_COMBINE)
 #define DEF_ATTENTION(T, S) \
   DEF_ATTENTION_D(T, S, 32) DEF_ATTENTION_D(T, S, 64) DEF_ATTENTION_D(T, S, 128) DEF_ATTENTION_D(T, S, 256)
 FOR_EACH_DTYPE(DEF_ATTENTION)
+
+// attention_prefill_lse_*: the prefill kernel also writing the softmax log-sum-exp per (query row, head)
+// to lse [batch*seqQ, nHead] (f32), for the training backward (attention_prefill_* are unchanged).
+// griddepcontrol.wait: a no-op unless launched with programmatic dependent launch.
+#define DEF_ATTENTION_LSE_D(T, S, D)                                                                         \
+  extern "C" __global__ void __launch_bounds__(prefill::NW * 32)                                             \
+      attention_prefill_lse_##S##_d##D(ATTENTION_ARGS(T), float* lse) {                                      \
+    GRID_DEPENDENCY_WAIT();                                                                                  \
+    attention_prefill<T, D>(ATTENTION_PASS, lse);                                                            \
+  }
+#define DEF_ATTENTION_LSE(T, S) \
+  DEF_ATTENTION_LSE_D(T, S, 32) DEF_ATTENTION_LSE_D(T, S, 64) DEF_ATTENTION_LSE_D(T, S, 128) DEF_ATTENTION_LSE_D(T, S, 256)
+FOR_EACH_DTYPE(DEF_ATTENTION_LSE)

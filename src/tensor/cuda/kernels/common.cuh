@@ -10,6 +10,15 @@ struct f16_t { u16 x; };
 #define INF_F __int_as_float(0x7f800000)
 #define FULL_MASK 0xffffffffu
 
+// Waits for the preceding grid's results when this kernel was launched with programmatic dependent
+// launch (sm_90+); a no-op otherwise. Entry points added to a family that may be launched that way
+// call it before reading any input.
+#if __CUDA_ARCH__ >= 900
+#define GRID_DEPENDENCY_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#else
+#define GRID_DEPENDENCY_WAIT() ((void)0)
+#endif
+
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(bf16_t v) { return __uint_as_float(((unsigned)v.x) << 16); }
 __device__ __forceinline__ float to_float(f16_t v) {

@@ -16,69 +16,13 @@ constexpr int BQ = 16 * NW;
 constexpr int BK = 64;
 }  // namespace flash
 
-template <typename T> struct Mma;
-template <> struct Mma<bf16_t> {
-  static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  static __device__ __forceinline__ unsigned pack(float lo, float hi) {
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-  }
-};
-template <> struct Mma<f16_t> {
-  static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  static __device__ __forceinline__ unsigned pack(float lo, float hi) {
-    unsigned r;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-  }
-};
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  return (unsigned)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
-// Queues asynchronous copies (cp.async, 16 bytes each) of rows [0, 64) of a [*, rowStride]-strided
-// 16-bit matrix (head slice of width D) into shared memory [64][D + 8]; rows outside [0, valid) are
-// zero-filled (source size 0). Complete after cp_async_wait + __syncthreads.
-template <int D>
-__device__ __forceinline__ void stage_tile_async(u16* dst, const u16* src, long long rowStride, int valid) {
-  constexpr int SP = D + 8, VPR = D / 8;
-  for (int i = threadIdx.x; i < 64 * VPR; i += blockDim.x) {
-    const int r = i / VPR, c = (i % VPR) * 8;
-    const bool ok = r < valid;
-    const u16* from = src + (ok ? (long long)r * rowStride + c : 0);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst + r * SP + c)), "l"(from), "r"(ok ? 16 : 0));
-  }
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+// mma.sync / ldmatrix / cp.async helpers (shared with attention_backward.cu)
+#include "mma.cuh"
 
 template <typename T, int D>
 __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const T* k, const T* v, int seqQ, int kvLen,
                                                       int kvStride, int nHead, int nKvHead, int headDim, float scale,
-                                                      int window, const int* kvLens) {
+                                                      int window, const int* kvLens, float* lse = nullptr) {
   using namespace flash;
   constexpr int SP = D + 8;     // shared row stride (halves): 16-byte rows, conflict-free ldmatrix
   constexpr int KD = D / 16;    // k-steps over the head dim for S = Q K^T
@@ -228,6 +172,12 @@ __device__ __forceinline__ void attention_prefill_mma(T* out, const T* q, const 
   l1 += __shfl_xor_sync(FULL_MASK, l1, 1);
   l1 += __shfl_xor_sync(FULL_MASK, l1, 2);
   const float i0 = l0 > 0.f ? 1.f / l0 : 0.f, i1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  if (lse != nullptr && tig == 0) {
+    // natural log-sum-exp of the scaled scores: m is in log2 units, l = sum exp2(s - m)
+    const long long base = (long long)b * seqQ * nHead + h;
+    if (row0 < seqQ) lse[base + (long long)row0 * nHead] = l0 > 0.f ? m0 * 0.6931471805599453f + logf(l0) : -INF_F;
+    if (row1 < seqQ) lse[base + (long long)row1 * nHead] = l1 > 0.f ? m1 * 0.6931471805599453f + logf(l1) : -INF_F;
+  }
   u16* og = reinterpret_cast<u16*>(out) + (long long)b * seqQ * qStride + (long long)h * headDim;
 #pragma unroll
   for (int dt = 0; dt < ND; ++dt) {
@@ -249,3 +199,18 @@ DEF_FLASH(bf16_t, bf16, 64)
 DEF_FLASH(bf16_t, bf16, 128)
 DEF_FLASH(f16_t, f16, 64)
 DEF_FLASH(f16_t, f16, 128)
+
+// attention_prefill_mma_lse_*: the same kernel, also writing the log-sum-exp of each (query row, head)
+// to lse [batch*seqQ, nHead] (f32) for the training backward; the inference entry points pass no lse
+// and are unchanged. griddepcontrol.wait (a no-op unless launched with programmatic dependent launch)
+// makes the entry safe in a family launched with it.
+#define DEF_FLASH_LSE(T, S, D)                                                                                \
+  extern "C" __global__ void __launch_bounds__(flash::NW * 32) attention_prefill_mma_lse_##S##_d##D(FLASH_ARGS(T), \
+                                                                                                float* lse) { \
+    GRID_DEPENDENCY_WAIT();                                                                                   \
+    attention_prefill_mma<T, D>(FLASH_PASS, lse);                                                             \
+  }
+DEF_FLASH_LSE(bf16_t, bf16, 64)
+DEF_FLASH_LSE(bf16_t, bf16, 128)
+DEF_FLASH_LSE(f16_t, f16, 64)
+DEF_FLASH_LSE(f16_t, f16, 128)
