@@ -54,7 +54,7 @@ export function roundTo(dtype: ComputeDType, data: Float32Array): Float32Array {
   return out;
 }
 
-class Inputs {
+export class Inputs {
   private readonly next: () => number;
   constructor(
     seed: number,
@@ -75,7 +75,7 @@ class Inputs {
   }
 }
 
-function compare(name: string, dtype: ComputeDType, got: Float32Array, want: Float32Array, tol = tolerance(dtype)): Check {
+export function compare(name: string, dtype: ComputeDType, got: Float32Array, want: Float32Array, tol = tolerance(dtype)): Check {
   if (got.length !== want.length) {
     return { case: name, dtype, error: Infinity, tol, ok: false, note: `length ${got.length} vs ${want.length}` };
   }
@@ -97,11 +97,11 @@ function compare(name: string, dtype: ComputeDType, got: Float32Array, want: Flo
 }
 
 /** Uploads the same host data to both devices. */
-function both(cpu: Device, gpu: Device, data: Float32Array, shape: number[]): [Tensor, Tensor] {
+export function both(cpu: Device, gpu: Device, data: Float32Array, shape: number[]): [Tensor, Tensor] {
   return [cpu.upload(data, shape), gpu.upload(data, shape)];
 }
 
-function freeAll(dev: Device, ...ts: Tensor[]): void {
+export function freeAll(dev: Device, ...ts: Tensor[]): void {
   for (const t of ts) dev.free(t);
 }
 

@@ -1,7 +1,11 @@
 // The GPU machine's test runner (bundled by scripts/gpu/bundle.sh into .gpu/, which carries no
-// vitest): the engine smoke test, then every op case of test/cuda-cases.ts in f32, bf16 and f16
-// against the cpu device. Prints a pass/fail table; writes $OUT/cuda-tests.json when $OUT is set.
-// Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--self-test]
+// vitest): the engine smoke test, then every op case of test/cuda-cases.ts and the quantized-linear
+// cases of test/cuda-quant-cases.ts in f32, bf16 and f16 against the cpu device, then stories260K
+// quantized to each scheme and evaluated on the GPU (needs --model/--data, default data/stories260K
+// and data/tinystories-valid.txt beside the runner's working folder; skipped when absent).
+// Prints a pass/fail table; writes $OUT/cuda-tests.json when $OUT is set.
+// Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--skip-ops] [--skip-quant]
+//        [--skip-quant-model] [--model DIR] [--data FILE] [--self-test]
 // --self-test compares the cpu device with itself (no GPU): checks the harness and the bundle.
 
 import fs from 'node:fs';
@@ -9,11 +13,13 @@ import path from 'node:path';
 import { createCpuDevice } from '../../src/tensor/cpu/index.js';
 import { CudaDevice } from '../../src/tensor/cuda/index.js';
 import type { ComputeDType } from '../../src/tensor/device.js';
-import { runAtCases, runCases, type Check } from '../../test/cuda-cases.js';
+import { runAtCases, runCases, type CaseRun, type Check } from '../../test/cuda-cases.js';
+import { runQuantCases, runQuantGraphCases, runQuantModelChecks } from '../../test/cuda-quant-cases.js';
 import { runSmoke } from './smoke.js';
 
 const args = process.argv.slice(2);
-const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
+const value = (name: string, fallback?: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
+const only = value('--only');
 const log = (line: string) => console.log(line);
 
 const failures: string[] = [];
@@ -30,23 +36,49 @@ if (!args.includes('--skip-smoke') && !selfTest) {
 
 const cpu = createCpuDevice({ threads: 8 });
 const all: (Check & { ms: number })[] = [];
-for (const dtype of ['f32', 'bf16', 'f16'] as ComputeDType[]) {
-  log(`== op cases, ${dtype}`);
-  const gpu = selfTest ? createCpuDevice({ threads: 2 }) : new CudaDevice({ dtype });
-  const t0 = performance.now();
-  const run = runCases(cpu, gpu, dtype, only ? (n) => n.includes(only) : undefined);
-  if (gpu instanceof CudaDevice) {
-    const at = runAtCases(gpu, dtype);
-    run.checks.push(...at.checks);
-    run.failures.push(...at.failures);
-  }
-  const ms = performance.now() - t0;
+const filter = only ? (n: string) => n.includes(only) : undefined;
+const report = (label: string, run: CaseRun, ms: number) => {
   for (const c of run.checks) {
     all.push({ ...c, ms });
     log(`${c.ok ? 'ok  ' : 'FAIL'} ${c.dtype.padEnd(4)} ${c.case.padEnd(78)} err ${c.error.toExponential(2)} tol ${c.tol.toExponential(0)}${c.note ? `  ${c.note}` : ''}`);
   }
   failures.push(...run.failures);
-  log(`${dtype}: ${run.checks.length - run.failures.length}/${run.checks.length} passed in ${ms.toFixed(0)} ms`);
+  log(`${label}: ${run.checks.length - run.failures.length}/${run.checks.length} passed in ${ms.toFixed(0)} ms`);
+};
+const makeGpu = (dtype: ComputeDType) => (selfTest ? createCpuDevice({ threads: 2 }) : new CudaDevice({ dtype }));
+for (const dtype of ['f32', 'bf16', 'f16'] as ComputeDType[]) {
+  const gpu = makeGpu(dtype);
+  if (!args.includes('--skip-ops')) {
+    log(`== op cases, ${dtype}`);
+    const t0 = performance.now();
+    const run = runCases(cpu, gpu, dtype, filter);
+    if (gpu instanceof CudaDevice) {
+      const at = runAtCases(gpu, dtype);
+      run.checks.push(...at.checks);
+      run.failures.push(...at.failures);
+    }
+    report(dtype, run, performance.now() - t0);
+  }
+  if (!args.includes('--skip-quant')) {
+    log(`== quantized-linear cases, ${dtype}`);
+    const t0 = performance.now();
+    const run = runQuantCases(cpu, gpu, dtype, filter);
+    if (gpu instanceof CudaDevice && dtype !== 'f32') {
+      const graphs = runQuantGraphCases(gpu, dtype);
+      run.checks.push(...graphs.checks);
+      run.failures.push(...graphs.failures);
+    }
+    report(`quant ${dtype}`, run, performance.now() - t0);
+  }
+}
+const model = value('--model', 'data/stories260K')!;
+const data = value('--data', 'data/tinystories-valid.txt')!;
+if (!args.includes('--skip-quant-model') && fs.existsSync(path.join(model, 'config.json')) && fs.existsSync(data)) {
+  log(`== stories260K quantized to each scheme (cpu quantize), evaluated on the GPU`);
+  const t0 = performance.now();
+  report('quant models', await runQuantModelChecks(cpu, makeGpu, { model, data }, log), performance.now() - t0);
+} else if (!args.includes('--skip-quant-model')) {
+  log(`== quantized stories260K checks skipped: no ${model}/config.json or ${data}`);
 }
 cpu.close();
 
