@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Everything for one GPU-machine call (after scripts/gpu/bundle.sh scripts/gpu/run-cuda-tests.ts
-# scripts/gpu/eval-ppl.ts bench/gpu-bench.ts scripts/gpu/llmopt-cli.ts): op suite, stories260K
+# scripts/gpu/eval-ppl.ts bench/gpu-bench.ts scripts/gpu/llmopt-cli.ts [bench/quant-bench.ts]): op suite, stories260K
 # perplexity + greedy, the CLI on cuda (generate, eval, eval --latency), then bench:gpu. All logs go
 # to $OUT/run.log (few files: the machine returns a limited count); JSON results beside it. Steps
-# continue past failures; each has its own time limit. SKIP_OPS=1 / SKIP_QUANT=1 / SKIP_BENCH=1 skip those steps.
+# continue past failures; each has its own time limit. SKIP_OPS=1 / SKIP_QUANT=1 / SKIP_BENCH=1 /
+# SKIP_QBENCH=1 skip those steps (bench-quant runs when bench/quant-bench.ts was bundled).
 set -u
 xz -dc .gpu/node.xz > /tmp/node && chmod +x /tmp/node && export PATH=/tmp:$PATH
 export XDG_CACHE_HOME=$PWD/.gpu/cache LLMOPT_CUDA_KERNELS=$PWD/.gpu/kernels
@@ -16,4 +17,5 @@ step eval-ppl 120 node .gpu/eval-ppl.mjs --model $M --data $D --ref .gpu/data/st
 step cli-generate 90 bash -c "node .gpu/cli/bin/llmopt.mjs generate $M --device cuda --dtype fp32 -n 200 --json > /tmp/g.json; python3 -c \"import json; a=json.load(open('/tmp/g.json')); r=json.load(open('.gpu/data/stories260K-greedy.json'))['greedy_from_bos_200_steps']; print('greedy fp32 on cuda == reference ids:', a['token_ids']==r['token_ids'][1:], 'text:', a['text']==r['text'], 'graph:', a['cuda_graph'], 'tok/s', a['decode_tokens_per_s'])\"; node .gpu/cli/bin/llmopt.mjs generate $M --prompt 'Once upon a time' -n 60; node .gpu/cli/bin/llmopt.mjs generate $M --prompt 'Lily' -n 40 --temperature 0.9 --top-k 40 --seed 3; node .gpu/cli/bin/llmopt.mjs generate $M --prompt 'Lily' -n 40 --temperature 0.9 --top-k 40 --seed 3"
 step cli-eval 90 bash -c "node .gpu/cli/bin/llmopt.mjs eval $M --data $D --device cuda --dtype fp32 | tail -3; node .gpu/cli/bin/llmopt.mjs eval $M --data $D | tail -4; node .gpu/cli/bin/llmopt.mjs eval $M --latency --batch 4; node .gpu/cli/bin/llmopt.mjs eval $M --latency --json --gate decode_tps'>='500 > $OUT/latency-stories.json; echo exit \$?"
 [ "${SKIP_BENCH:-0}" = 1 ] || step bench-gpu 420 node .gpu/gpu-bench.mjs --results "$OUT" ${BENCH_ARGS:-}
+[ "${SKIP_QBENCH:-0}" = 1 ] || [ ! -f .gpu/quant-bench.mjs ] || step bench-quant 420 node .gpu/quant-bench.mjs --results "$OUT" ${QBENCH_ARGS:-}
 grep -v "^ok " "$LOG" | tail -c 11000
