@@ -399,7 +399,8 @@ export class QuantLinearOps {
   private launchShape(w: CudaQuantLinear, x: CudaTensor, rows: number, family: string, signature: string) {
     const act = w.act === 'quantize';
     const nChunks = w.Kp / (16 * WORD_COLUMNS[w.format]);
-    const warps = Math.min(QG_MAX_WARPS, Math.max(1, Math.ceil(nChunks / QG_UNROLL)));
+    // ≥ 4 warps: the block's 128 first threads write the tile's 16 × 8 outputs
+    const warps = Math.min(QG_MAX_WARPS, Math.max(4, Math.ceil(nChunks / QG_UNROLL)));
     const stride = stageStride(w.format, act, w.Kp);
     const smem = qgemvSmemBytes(rows, stride, warps);
     const vec = w.K % 8 === 0 && x.ptr % 16n === 0n && w.perm === 0n ? 1 : 0;

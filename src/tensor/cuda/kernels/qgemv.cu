@@ -301,7 +301,8 @@ __device__ __forceinline__ QgSmem qg_smem(int fmt, int act, int M, int Kp) {
   return s;
 }
 
-// Sums the warps' partial tiles: after it, thread i < 128 holds (row i % 16, token i / 16) in *v.
+// Sums the warps' partial tiles: after it, thread i < 128 holds (row i % 16, token i / 16) in *v (blocks
+// have at least 4 warps).
 __device__ __forceinline__ bool qg_reduce(const QgSmem& s, const float* acc, float* v, int* r, int* m) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   float* mine = s.red + warp * 128;
