@@ -375,6 +375,8 @@ export const MODEL_SCHEMES: ModelScheme[] = [
 
 /** Relative ppl tolerance, native GPU (bf16/f16 activations) vs the cpu (f32, simulated): see the README. */
 export const MODEL_PPL_TOL = 5e-3;
+/** max |Δ| / max |logit| of the fused decode step against a full forward on the same device (a broken kernel gives O(1)). */
+const DECODE_LOGITS_TOL = 5e-2;
 
 export interface ModelPaths {
   model: string;
@@ -474,7 +476,8 @@ async function modelStructureChecks(name: string, dir: string, dev: CudaDevice, 
     const logits = dev.empty([1, d.spec.vocabSize]);
     const ops = dev.profile(() => dev.matmul(logits, d.decodeStepAt(ws, at, cache), d.weights.lmHead));
     const stepLogits = dev.download(logits);
-    checks.push(compare(`${name} ${dtype}: decode step logits = forward`, dtype, stepLogits, Float32Array.from(full), 4 * tolerance(dtype)));
+    // Not bit-equal: prefill vs split-KV decode attention, SwiGLU fused in f32, and an activation code can move by one step.
+    checks.push(compare(`${name} ${dtype}: decode step logits = forward`, dtype, stepLogits, Float32Array.from(full), DECODE_LOGITS_TOL));
     const kernels = new Set(ops.map((o) => o.name));
     const wantFused = m.kvCache === undefined;
     const fusedQuant = [...kernels].some((k) => k.startsWith('qgemv_silu_'));
