@@ -22,67 +22,9 @@ import path from 'node:path';
 import { evaluatePerplexity } from '../src/eval/perplexity.js';
 import { measureLatency, weightBytes, type LatencyResult } from '../src/eval/latency.js';
 import { makeWindows } from '../src/eval/windows.js';
-import { Workspace, type DecodeStepAt } from '../src/model/decoder.js';
 import { loadModel, type LoadedModel } from '../src/model/load.js';
-import { CudaDevice, type CudaInts, type ProfiledOp } from '../src/tensor/cuda/index.js';
-import { LLAMA_3_1_8B, LLAMA_3_2_1B, writeRandomCheckpoint } from './random-checkpoint.js';
-
-function flag(name: string, fallback?: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : fallback;
-}
-
-/** --shape 1b (default) | 8b: which real config the random checkpoint takes. */
-const SHAPES = {
-  '1b': { label: 'Llama-3.2-1B', config: LLAMA_3_2_1B },
-  '8b': { label: 'Llama-3.1-8B', config: LLAMA_3_1_8B },
-} as const;
-type ShapeName = keyof typeof SHAPES;
-
-const log = (line: string) => console.log(line);
-
-/** Device-to-device copy bandwidth (read + write bytes per second), best of 5. */
-function copyBandwidth(dev: CudaDevice): number {
-  const n = 256 * 1024 * 1024; // elements of 2 bytes: 512 MiB
-  const a = dev.empty([n]);
-  const b = dev.empty([n]);
-  let best = Infinity;
-  dev.copy(b, a);
-  for (let i = 0; i < 5; i++) {
-    const e0 = dev.recordEvent();
-    dev.copy(b, a);
-    const e1 = dev.recordEvent();
-    best = Math.min(best, dev.elapsedMs(e0, e1));
-    dev.destroyEvent(e0);
-    dev.destroyEvent(e1);
-  }
-  dev.free(a);
-  dev.free(b);
-  return (2 * n * 2) / (best / 1000);
-}
-
-/** One eager decode step (batch B, kv ≈ ctx) under the profiler: time per kernel, summed by name. */
-function decodeBreakdown(model: LoadedModel, dev: CudaDevice, batch: number, ctx: number): { ops: { name: string; ms: number; count: number }[]; totalMs: number } {
-  const d = model.decoder;
-  const cache = d.newCache(batch, ctx + 2);
-  const ws = new Workspace(dev, d.spec, batch, 1);
-  const logits = dev.empty([batch, d.spec.vocabSize]);
-  const ids = dev.allocInts(batch), positions = dev.allocInts(batch), kvLens = dev.allocInts(batch), step = dev.allocInts(1);
-  dev.setInts(positions, new Int32Array(batch).fill(ctx));
-  dev.setInts(kvLens, new Int32Array(batch).fill(ctx + 1));
-  const at: DecodeStepAt<CudaInts> = { ops: dev, ids, positions, kvLens };
-  const stepOnce = () => {
-    dev.matmul(logits, d.decodeStepAt(ws, at, cache), d.weights.lmHead);
-    dev.sampleAt(logits, { temperature: 0, topK: 0, seed: 0 }, ids, step);
-  };
-  stepOnce(); // warm: kernels loaded, plans made
-  const raw: ProfiledOp[] = dev.profile(stepOnce);
-  cache.free();
-  ws.free();
-  dev.free(logits);
-  for (const t of [ids, positions, kvLens, step]) dev.freeInts(t);
-  return summarize(raw);
-}
+import { CudaDevice } from '../src/tensor/cuda/index.js';
+import { SHAPES, copyBandwidth, decodeBreakdown, flag, gpuSlug, log, summarize, writeRandomCheckpoint, type ShapeName } from './gpu-common.js';
 
 /** Small-M GEMMs at the decode shapes: our GEMV kernel vs cuBLASLt (µs, weight GB/s), median of 20 event-timed runs. */
 function smallMGemms(dev: CudaDevice): { M: number; N: number; K: number; gemvUs: number | null; cublasUs: number }[] {
@@ -130,18 +72,6 @@ function forwardBreakdown(model: LoadedModel, dev: CudaDevice): { ops: { name: s
     model.decoder.logitsForRows(h, 0, 130);
   });
   return summarize(raw);
-}
-
-function summarize(raw: ProfiledOp[]): { ops: { name: string; ms: number; count: number }[]; totalMs: number } {
-  const byName = new Map<string, { ms: number; count: number }>();
-  for (const op of raw) {
-    const e = byName.get(op.name) ?? { ms: 0, count: 0 };
-    e.ms += op.ms;
-    e.count++;
-    byName.set(op.name, e);
-  }
-  const ops = [...byName.entries()].map(([name, e]) => ({ name, ...e })).sort((a, b) => b.ms - a.ms);
-  return { ops, totalMs: raw.reduce((a, o) => a + o.ms, 0) };
 }
 
 async function perplexityThroughput(model: LoadedModel, dev: CudaDevice, windows: number, batch: number, logitsChunkRows?: number): Promise<number> {
@@ -271,7 +201,6 @@ async function main(): Promise<void> {
   ].join('\n');
   log('\n' + table);
 
-  const gpuSlug = dev.info.name.toLowerCase().replace(/nvidia\s*/, '').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
   const date = new Date().toISOString().slice(0, 10);
   const result = {
     date,
@@ -296,7 +225,7 @@ async function main(): Promise<void> {
     table,
   };
   fs.mkdirSync(resultsDir, { recursive: true });
-  const stem = `${date}-${gpuSlug}${shapeName === '1b' ? '' : `-${shapeName}`}`;
+  const stem = `${date}-${gpuSlug(dev)}${shapeName === '1b' ? '' : `-${shapeName}`}`;
   const file = path.join(resultsDir, `${stem}.json`);
   fs.writeFileSync(file, JSON.stringify(result, null, 1));
   fs.writeFileSync(path.join(resultsDir, `${stem}.md`), table + '\n');

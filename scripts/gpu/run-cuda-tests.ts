@@ -1,8 +1,13 @@
 // The GPU machine's test runner (bundled by scripts/gpu/bundle.sh into .gpu/, which carries no
-// vitest): the engine smoke test, then every op case of test/cuda-cases.ts and every training case of
-// test/cuda-train-cases.ts in f32, bf16 and f16 against the cpu device. Prints a pass/fail table;
-// writes $OUT/cuda-tests.json when $OUT is set.
-// Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--self-test] [--train-only | --skip-train]
+// vitest): the engine smoke test, then every op case of test/cuda-cases.ts, the quantized-linear
+// cases of test/cuda-quant-cases.ts and the training cases of test/cuda-train-cases.ts in f32, bf16
+// and f16 against the cpu device, then stories260K
+// quantized to each scheme and evaluated on the GPU (needs --model/--data, default data/stories260K
+// and data/tinystories-valid.txt beside the runner's working folder; skipped when absent).
+// Prints a pass/fail table; writes $OUT/cuda-tests.json when $OUT is set.
+// Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--skip-ops] [--skip-quant]
+//        [--skip-quant-model] [--skip-train] [--train-only] [--model DIR] [--data FILE] [--self-test]
+// --train-only = --skip-ops --skip-quant --skip-quant-model.
 // --self-test compares the cpu device with itself (no GPU): checks the harness and the bundle.
 
 import fs from 'node:fs';
@@ -10,18 +15,20 @@ import path from 'node:path';
 import { createCpuDevice } from '../../src/tensor/cpu/index.js';
 import { CudaDevice } from '../../src/tensor/cuda/index.js';
 import type { ComputeDType } from '../../src/tensor/device.js';
-import { runAtCases, runCases, type Check } from '../../test/cuda-cases.js';
+import { runAtCases, runCases, type CaseRun, type Check } from '../../test/cuda-cases.js';
+import { runQuantCases, runQuantGraphCases, runQuantModelChecks } from '../../test/cuda-quant-cases.js';
 import { runTrainCases } from '../../test/cuda-train-cases.js';
 import { runSmoke } from './smoke.js';
 
 const args = process.argv.slice(2);
-const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
+const value = (name: string, fallback?: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
+const only = value('--only');
+const trainOnly = args.includes('--train-only');
+const skip = (step: string) => args.includes(`--skip-${step}`) || (trainOnly && step !== 'train');
 const log = (line: string) => console.log(line);
 
 const failures: string[] = [];
 const selfTest = args.includes('--self-test');
-const trainOnly = args.includes('--train-only');
-const skipTrain = args.includes('--skip-train');
 if (!args.includes('--skip-smoke') && !selfTest) {
   log('== engine smoke test');
   try {
@@ -34,29 +41,54 @@ if (!args.includes('--skip-smoke') && !selfTest) {
 
 const cpu = createCpuDevice({ threads: 8 });
 const all: (Check & { ms: number })[] = [];
-for (const dtype of ['f32', 'bf16', 'f16'] as ComputeDType[]) {
-  log(`== op${skipTrain ? '' : ' and training'} cases, ${dtype}`);
-  const gpu = selfTest ? createCpuDevice({ threads: 2 }) : new CudaDevice({ dtype });
-  const t0 = performance.now();
-  const filter = only ? (n: string) => n.includes(only) : undefined;
-  const run = trainOnly ? { checks: [], failures: [] } : runCases(cpu, gpu, dtype, filter);
-  if (gpu instanceof CudaDevice && !trainOnly) {
-    const at = runAtCases(gpu, dtype);
-    run.checks.push(...at.checks);
-    run.failures.push(...at.failures);
-  }
-  if (!skipTrain) {
-    const train = runTrainCases(cpu, gpu, dtype, filter);
-    run.checks.push(...train.checks);
-    run.failures.push(...train.failures);
-  }
-  const ms = performance.now() - t0;
+const filter = only ? (n: string) => n.includes(only) : undefined;
+const report = (label: string, run: CaseRun, ms: number) => {
   for (const c of run.checks) {
     all.push({ ...c, ms });
     log(`${c.ok ? 'ok  ' : 'FAIL'} ${c.dtype.padEnd(4)} ${c.case.padEnd(78)} err ${c.error.toExponential(2)} tol ${c.tol.toExponential(0)}${c.note ? `  ${c.note}` : ''}`);
   }
   failures.push(...run.failures);
-  log(`${dtype}: ${run.checks.length - run.failures.length}/${run.checks.length} passed in ${ms.toFixed(0)} ms`);
+  log(`${label}: ${run.checks.length - run.failures.length}/${run.checks.length} passed in ${ms.toFixed(0)} ms`);
+};
+const makeGpu = (dtype: ComputeDType) => (selfTest ? createCpuDevice({ threads: 2 }) : new CudaDevice({ dtype }));
+for (const dtype of ['f32', 'bf16', 'f16'] as ComputeDType[]) {
+  const gpu = makeGpu(dtype);
+  if (!skip('ops')) {
+    log(`== op cases, ${dtype}`);
+    const t0 = performance.now();
+    const run = runCases(cpu, gpu, dtype, filter);
+    if (gpu instanceof CudaDevice) {
+      const at = runAtCases(gpu, dtype);
+      run.checks.push(...at.checks);
+      run.failures.push(...at.failures);
+    }
+    report(dtype, run, performance.now() - t0);
+  }
+  if (!skip('quant')) {
+    log(`== quantized-linear cases, ${dtype}`);
+    const t0 = performance.now();
+    const run = runQuantCases(cpu, gpu, dtype, filter);
+    if (gpu instanceof CudaDevice && dtype !== 'f32') {
+      const graphs = runQuantGraphCases(gpu, dtype);
+      run.checks.push(...graphs.checks);
+      run.failures.push(...graphs.failures);
+    }
+    report(`quant ${dtype}`, run, performance.now() - t0);
+  }
+  if (!skip('train')) {
+    log(`== training cases, ${dtype}`);
+    const t0 = performance.now();
+    report(`train ${dtype}`, runTrainCases(cpu, gpu, dtype, filter), performance.now() - t0);
+  }
+}
+const model = value('--model', 'data/stories260K')!;
+const data = value('--data', 'data/tinystories-valid.txt')!;
+if (!skip('quant-model') && fs.existsSync(path.join(model, 'config.json')) && fs.existsSync(data)) {
+  log(`== stories260K quantized to each scheme (cpu quantize), evaluated on the GPU`);
+  const t0 = performance.now();
+  report('quant models', await runQuantModelChecks(cpu, makeGpu, { model, data }, log), performance.now() - t0);
+} else if (!skip('quant-model')) {
+  log(`== quantized stories260K checks skipped: no ${model}/config.json or ${data}`);
 }
 cpu.close();
 

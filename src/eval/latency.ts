@@ -93,7 +93,7 @@ function elementBytes(t: Tensor): number {
 }
 
 function tensorBytes(t: Tensor): number {
-  return t.shape.reduce((a, b) => a * b, 1) * elementBytes(t);
+  return t.storedBytes ?? t.shape.reduce((a, b) => a * b, 1) * elementBytes(t);
 }
 
 /** Bytes of every distinct weight tensor (a tied lm_head counts once). */

@@ -11,6 +11,8 @@
 // Dequantized weight = (q − zero_point) · scale, the scale broadcast per tensor, row, or row group.
 
 import { ConfigError, LlmoptError } from '../errors.js';
+import { decodeToFloat32 } from '../io/dtypes.js';
+import type { QuantizedCodes, QuantizedLinearData } from '../tensor/device.js';
 
 /** compressed-tensors' QuantizationArgs, as serialized in config.json (only the keys it defines). */
 export interface QuantArgsJson {
@@ -216,29 +218,36 @@ function int32Data(src: QuantTensorSource, name: string): Int32Array {
   return new Int32Array(copy.buffer);
 }
 
+function shapeSize(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
 /**
- * A Linear's weight [out, in] as float32, from whichever layout the checkpoint stores: a plain float
- * weight (ignored layers, or a decompressed checkpoint), F8_E4M3/I8 weight + scales, or int32-packed
- * weight + scales. `where` names the checkpoint in errors.
+ * A quantized Linear's stored tensors as QuantizedLinearData (what Device.uploadQuantizedLinear takes
+ * and dequantizeQuantizedLinear turns into floats): int32-packed weights, or F8_E4M3 / I8 weights,
+ * with a per-tensor [1], per-channel [out, 1] or group [out, groups] scale (act-order g_idx, zero
+ * points when the scheme is asymmetric). undefined: the weight is stored as floats (an ignored layer,
+ * a decompressed checkpoint) or in a layout outside that type (block scales, I16/I32 weights), which
+ * dequantizeLinear handles. Malformed tensors throw, naming the checkpoint (`where`) and tensor.
  */
-export function dequantizeLinear(
+export function readQuantizedLinear(
   src: QuantTensorSource,
   prefix: string,
   outF: number,
   inF: number,
   weights: QuantArgsJson | undefined,
   where: string,
-): Float32Array {
+): QuantizedLinearData | undefined {
   const fail = (tensor: string, why: string): never => {
     throw new LlmoptError(`${where}: tensor "${tensor}": ${why}`);
   };
   const packedName = `${prefix}.weight_packed`;
   const weightName = `${prefix}.weight`;
-  let q: ArrayLike<number>;
+  let codes: QuantizedCodes;
   if (src.has(packedName)) {
     if (weights === undefined) fail(packedName, 'packed weight but no quantization scheme targets this layer');
     const bits = weights!.num_bits;
@@ -252,22 +261,94 @@ export function dequantizeLinear(
     if (src.info(packedName).dtype !== 'I32' || !sameShape(packedShape, [outF, words])) {
       fail(packedName, `expected I32 [${outF}, ${words}] (${bits}-bit values of [${outF}, ${inF}]), found ${src.info(packedName).dtype} [${packedShape.join(', ')}]`);
     }
-    q = unpackInt32(int32Data(src, packedName), outF, inF, bits);
+    codes = { type: 'packed', bits: bits as 4 | 8, words: int32Data(src, packedName) };
   } else {
     if (!src.has(weightName)) fail(weightName, 'missing (the config needs it)');
     const info = src.info(weightName);
     if (!sameShape(info.shape, [outF, inF])) fail(weightName, `has shape [${info.shape.join(', ')}], expected [${outF}, ${inF}]`);
-    const values = src.readFloat32(weightName);
-    const quantized = info.dtype === 'F8_E4M3' || info.dtype === 'I8' || info.dtype === 'I16' || info.dtype === 'I32';
-    if (!quantized) return values;
-    q = values;
+    if (info.dtype === 'F8_E4M3') codes = { type: 'fp8_e4m3', bytes: src.readBytes(weightName) };
+    else if (info.dtype === 'I8') codes = { type: 'int8', values: new Int8Array(src.readBytes(weightName).slice().buffer) };
+    else return undefined;
   }
 
   const scaleName = `${prefix}.weight_scale`;
   if (!src.has(scaleName)) fail(scaleName, 'missing: a quantized weight needs its scale');
   const scaleShape = src.info(scaleName).shape;
+  let groups: number;
+  if (shapeSize(scaleShape) === 1) groups = 1;
+  else if (scaleShape.length === 2 && scaleShape[0] === outF) groups = scaleShape[1]!;
+  else if (scaleShape.length === 2) return undefined; // block scales
+  else return fail(scaleName, `shape [${scaleShape.join(', ')}] is not a per-tensor, per-channel, group or block scale for [${outF}, ${inF}]`);
   const scale = src.readFloat32(scaleName);
-  // Column → scale column, and row → scale row, from the scale's shape (as compressed-tensors' dequantize infers it).
+  let gIdx: Int32Array | undefined;
+  const gIdxName = `${prefix}.weight_g_idx`;
+  if (groups > 1 && src.has(gIdxName)) {
+    const g = src.readFloat32(gIdxName);
+    if (g.length !== inF) fail(gIdxName, `has ${g.length} entries for ${inF} input columns`);
+    if (g.some((v) => !(Number.isInteger(v) && v >= 0 && v < groups))) fail(gIdxName, `has entries outside the ${groups} groups of ${scaleName}`);
+    gIdx = Int32Array.from(g);
+  } else if (inF % groups !== 0) {
+    fail(scaleName, `[${scaleShape.join(', ')}]: ${groups} groups do not divide the ${inF} input columns`);
+  }
+
+  let zeroPoint: Int32Array | undefined;
+  const zpName = `${prefix}.weight_zero_point`;
+  if (weights !== undefined && !weights.symmetric && src.has(zpName)) {
+    const zInfo = src.info(zpName);
+    const zp = zInfo.dtype === 'I32' && codes.type === 'packed'
+      ? unpackInt32Dim0(int32Data(src, zpName), scale.length === 1 ? 1 : outF, groups, weights.num_bits)
+      : Int32Array.from(src.readFloat32(zpName));
+    if (zp.length !== 1 && zp.length !== scale.length) fail(zpName, `has ${zp.length} values for ${scale.length} scales`);
+    zeroPoint = zp.length === scale.length ? zp : new Int32Array(scale.length).fill(zp[0]!);
+  }
+  return { outFeatures: outF, inFeatures: inF, codes, scale, groups, zeroPoint, gIdx };
+}
+
+/** The float32 weight [out, in] of a quantized Linear: (code − zero point) · scale. */
+export function dequantizeQuantizedLinear(w: QuantizedLinearData): Float32Array {
+  const { outFeatures: outF, inFeatures: inF, scale, groups, zeroPoint, gIdx, codes } = w;
+  let q: ArrayLike<number>;
+  if (codes.type === 'packed') q = unpackInt32(codes.words, outF, inF, codes.bits);
+  else if (codes.type === 'int8') q = codes.values;
+  else q = decodeToFloat32('F8_E4M3', codes.bytes);
+  const groupSize = inF / groups;
+  const out = new Float32Array(outF * inF);
+  for (let r = 0; r < outF; r++) {
+    for (let c = 0; c < inF; c++) {
+      const s = scale.length === 1 ? 0 : r * groups + (gIdx !== undefined ? gIdx[c]! : Math.floor(c / groupSize));
+      const z = zeroPoint === undefined ? 0 : zeroPoint[s]!;
+      out[r * inF + c] = (q[r * inF + c]! - z) * scale[s]!;
+    }
+  }
+  return out;
+}
+
+/**
+ * A Linear's weight [out, in] as float32, from whichever layout the checkpoint stores: a plain float
+ * weight (ignored layers, or a decompressed checkpoint), a quantized one (readQuantizedLinear), or
+ * wide-integer weights / block scales. `where` names the checkpoint in errors.
+ */
+export function dequantizeLinear(
+  src: QuantTensorSource,
+  prefix: string,
+  outF: number,
+  inF: number,
+  weights: QuantArgsJson | undefined,
+  where: string,
+): Float32Array {
+  const stored = readQuantizedLinear(src, prefix, outF, inF, weights, where);
+  if (stored !== undefined) return dequantizeQuantizedLinear(stored);
+  const weightName = `${prefix}.weight`;
+  const info = src.info(weightName);
+  const q = src.readFloat32(weightName);
+  const quantized = info.dtype === 'F8_E4M3' || info.dtype === 'I8' || info.dtype === 'I16' || info.dtype === 'I32';
+  if (!quantized) return q;
+
+  // I16/I32 weights (any scale layout) or F8_E4M3/I8 with block scales.
+  const scaleName = `${prefix}.weight_scale`;
+  if (!src.has(scaleName)) throw new LlmoptError(`${where}: tensor "${scaleName}": missing: a quantized weight needs its scale`);
+  const scaleShape = src.info(scaleName).shape;
+  const scale = src.readFloat32(scaleName);
   let colGroup: (c: number) => number;
   let rowBlock: (r: number) => number;
   let scaleCols: number;
@@ -275,37 +356,23 @@ export function dequantizeLinear(
     scaleCols = 1;
     colGroup = () => 0;
     rowBlock = () => 0;
-  } else if (scaleShape.length === 2 && scaleShape[0] === outF) {
+  } else if (scaleShape[0] === outF) {
     scaleCols = scaleShape[1]!;
-    const gIdxName = `${prefix}.weight_g_idx`;
-    if (src.has(gIdxName)) {
-      const gIdx = src.readFloat32(gIdxName);
-      if (gIdx.length !== inF) fail(gIdxName, `has ${gIdx.length} entries for ${inF} input columns`);
-      colGroup = (c) => gIdx[c]!;
-    } else {
-      if (inF % scaleCols !== 0) fail(scaleName, `[${scaleShape.join(', ')}]: ${scaleCols} groups do not divide the ${inF} input columns`);
-      const g = inF / scaleCols;
-      colGroup = (c) => (c / g) | 0;
-    }
+    const g = inF / scaleCols;
+    colGroup = (c) => (c / g) | 0;
     rowBlock = (r) => r;
-  } else if (scaleShape.length === 2) {
+  } else {
     // Block strategy (e.g. FP8_BLOCK 128×128): scale [⌈out/bh⌉, ⌈in/bw⌉].
     const bh = Math.ceil(outF / scaleShape[0]!);
     const bw = Math.ceil(inF / scaleShape[1]!);
     scaleCols = scaleShape[1]!;
     colGroup = (c) => (c / bw) | 0;
     rowBlock = (r) => (r / bh) | 0;
-  } else {
-    return fail(scaleName, `shape [${scaleShape.join(', ')}] is not a per-tensor, per-channel, group or block scale for [${outF}, ${inF}]`);
   }
 
   let zp: ArrayLike<number> | undefined;
   const zpName = `${prefix}.weight_zero_point`;
-  if (weights !== undefined && !weights.symmetric && src.has(zpName)) {
-    const zInfo = src.info(zpName);
-    if (zInfo.dtype === 'I32' && src.has(packedName)) zp = unpackInt32Dim0(int32Data(src, zpName), outF, scaleCols, weights.num_bits);
-    else zp = src.readFloat32(zpName);
-  }
+  if (weights !== undefined && !weights.symmetric && src.has(zpName)) zp = src.readFloat32(zpName);
 
   const out = new Float32Array(outF * inF);
   for (let r = 0; r < outF; r++) {

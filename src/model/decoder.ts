@@ -32,7 +32,7 @@ import type { AttentionShape, Device, FakeQuantSpec, Tensor } from '../tensor/de
 import { layerSlidingWindow, rotaryDim } from './config.js';
 import { ropeTables } from './rope.js';
 import type { ModelSpec } from './spec.js';
-import { freeDecoderWeights, type DecoderWeights, type LayerWeights } from './weights.js';
+import { freeDecoderWeights, simulatesQuantization, type DecoderWeights, type LayerWeights } from './weights.js';
 
 export type ActivationHook = (t: Tensor) => void;
 
@@ -291,13 +291,16 @@ export class Decoder {
     return ws.xn;
   }
 
-  /** Plain Llama-family layers (rms norm, rope, SwiGLU, no q/k norm, no MLP bias, no simulated quantization) and a device with the fusions. */
+  /**
+   * Plain Llama-family layers (rms norm, rope, SwiGLU, no q/k norm, no MLP bias, no simulated
+   * activation/KV quantization; weights the device keeps quantized are fine) and a device with the fusions.
+   */
   private canFuseDecode<I>(ops: StepAtOps<I>): boolean {
     const s = this.spec;
     const w = this.weights;
     return ops.addRmsNorm !== undefined && ops.matmulMany !== undefined && ops.matmulSiluMul !== undefined && ops.ropeWriteKvAt !== undefined &&
       s.norm === 'rms' && s.positions === 'rope' && s.activation === 'silu' && !s.qkNorm &&
-      (w.quant === undefined || w.quant.every((q) => q === undefined)) &&
+      (w.quant === undefined || !w.quant.some(simulatesQuantization)) &&
       w.layers.every((l) => l.gateBias === undefined && l.upBias === undefined);
   }
 

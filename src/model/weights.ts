@@ -11,7 +11,15 @@
 import path from 'node:path';
 import { LlmoptError } from '../errors.js';
 import type { Device, FakeQuantSpec, Tensor } from '../tensor/device.js';
-import { dequantizeLinear, parseCompressedTensorsConfig, schemeFor, type CtConfig, type QuantArgsJson } from './compressed-tensors.js';
+import {
+  dequantizeLinear,
+  dequantizeQuantizedLinear,
+  parseCompressedTensorsConfig,
+  readQuantizedLinear,
+  schemeFor,
+  type CtConfig,
+  type QuantArgsJson,
+} from './compressed-tensors.js';
 import type { ModelSpec } from './spec.js';
 
 /** What weight loading needs from a checkpoint (CheckpointTensors implements it). */
@@ -80,6 +88,12 @@ export interface DecoderWeights {
   quant?: (LayerQuantSim | undefined)[];
 }
 
+/** True when the layer's activations or KV cache are simulated (fakeQuantRows) rather than left alone. */
+export function simulatesQuantization(q: LayerQuantSim | undefined): boolean {
+  return q !== undefined && (q.qkvInput !== undefined || q.oInput !== undefined || q.gateUpInput !== undefined || q.downInput !== undefined ||
+    q.kvCache !== undefined);
+}
+
 /** True when config.json says the checkpoint is quantized (compressed-tensors, GPTQ, AWQ, …). */
 export function isQuantizedConfig(spec: ModelSpec): boolean {
   const q = spec.rawConfig.quantization_config;
@@ -122,6 +136,30 @@ class TensorReader {
     if (quant === undefined) return this.upload(`${prefix}.weight`, [outF, inF]);
     const w = dequantizeLinear(this.src, prefix, outF, inF, schemeFor(quant, prefix)?.weights, this.where());
     return this.device.upload(w, [outF, inF]);
+  }
+
+  /**
+   * Linear weights that share one input (q/k/v, gate/up, or a single Linear). On a device with
+   * uploadQuantizedLinear, quantized ones stay quantized there, and when `activations` is given the
+   * device's GEMM quantizes their input itself: then all of them must be native (else all are
+   * dequantized and the decoder simulates the activations) and `activationsNative` is true.
+   */
+  linears(specs: readonly { prefix: string; outF: number; inF: number }[], quant: CtConfig | undefined, activations: FakeQuantSpec | undefined):
+  { tensors: Tensor[]; activationsNative: boolean } {
+    const upload = quant !== undefined ? this.device.uploadQuantizedLinear?.bind(this.device) : undefined;
+    if (upload === undefined) return { tensors: specs.map((l) => this.linear(l.prefix, l.outF, l.inF, quant)), activationsNative: false };
+    const stored = specs.map((l) => readQuantizedLinear(this.src, l.prefix, l.outF, l.inF, schemeFor(quant!, l.prefix)?.weights, this.where()));
+    const native = stored.map((w) => (w !== undefined ? upload(w, activations) : undefined));
+    const allNative = native.every((t) => t !== undefined);
+    if (activations !== undefined && !allNative) {
+      for (const t of native) if (t !== undefined) this.device.free(t);
+      native.fill(undefined);
+    }
+    const tensors = specs.map((l, i) => {
+      const w = stored[i];
+      return native[i] ?? (w !== undefined ? this.device.upload(dequantizeQuantizedLinear(w), [l.outF, l.inF]) : this.linear(l.prefix, l.outF, l.inF, quant));
+    });
+    return { tensors, activationsNative: activations !== undefined && allNative };
   }
 
   /** A scalar tensor's value (scales), trying each name in turn. */
@@ -191,28 +229,39 @@ function loadLlamaFamily(spec: ModelSpec, r: TensorReader, track: Track, quant?:
   for (let i = 0; i < spec.numLayers; i++) {
     const l = `${p}layers.${i}.`;
     const bias = (name: string, n: number, on: boolean) => (on ? track(r.upload(`${l}${name}.bias`, [n])) : undefined);
-    const linear = (name: string, outF: number, inF: number) => track(r.linear(`${l}${name}`, outF, inF, quant));
+    const sim = quant !== undefined ? layerQuantSim(r, quant, l) : undefined;
+    // Linears sharing an input load together; an input the device's GEMMs quantize is not simulated.
+    const group = (linears: [string, number, number][], input: 'qkvInput' | 'oInput' | 'gateUpInput' | 'downInput') => {
+      const g = r.linears(linears.map(([name, outF, inF]) => ({ prefix: `${l}${name}`, outF, inF })), quant, sim?.[input]);
+      g.tensors.forEach(track);
+      if (g.activationsNative) sim![input] = undefined;
+      return g.tensors;
+    };
+    const [q, k, v] = group([['self_attn.q_proj', qDim, H], ['self_attn.k_proj', kvDim, H], ['self_attn.v_proj', kvDim, H]], 'qkvInput');
+    const [o] = group([['self_attn.o_proj', H, qDim]], 'oInput');
+    const [gate, up] = group([['mlp.gate_proj', I, H], ['mlp.up_proj', I, H]], 'gateUpInput');
+    const [down] = group([['mlp.down_proj', H, I]], 'downInput');
     layers.push({
       attnNorm: track(r.upload(`${l}input_layernorm.weight`, [H])),
-      q: linear('self_attn.q_proj', qDim, H),
-      k: linear('self_attn.k_proj', kvDim, H),
-      v: linear('self_attn.v_proj', kvDim, H),
+      q: q!,
+      k: k!,
+      v: v!,
       qBias: bias('self_attn.q_proj', qDim, spec.qkvBias),
       kBias: bias('self_attn.k_proj', kvDim, spec.qkvBias),
       vBias: bias('self_attn.v_proj', kvDim, spec.qkvBias),
-      o: linear('self_attn.o_proj', H, qDim),
+      o: o!,
       oBias: bias('self_attn.o_proj', H, spec.oBias),
       qNorm: spec.qkNorm ? track(r.upload(`${l}self_attn.q_norm.weight`, [spec.headDim])) : undefined,
       kNorm: spec.qkNorm ? track(r.upload(`${l}self_attn.k_norm.weight`, [spec.headDim])) : undefined,
       mlpNorm: track(r.upload(`${l}post_attention_layernorm.weight`, [H])),
-      gate: linear('mlp.gate_proj', I, H),
+      gate,
       gateBias: bias('mlp.gate_proj', I, spec.mlpBias),
-      up: linear('mlp.up_proj', I, H),
+      up: up!,
       upBias: bias('mlp.up_proj', I, spec.mlpBias),
-      down: linear('mlp.down_proj', H, I),
+      down: down!,
       downBias: bias('mlp.down_proj', H, spec.mlpBias),
     });
-    if (quant !== undefined) layerQuant.push(layerQuantSim(r, quant, l));
+    if (sim !== undefined) layerQuant.push(sim);
   }
   const finalNorm = track(r.upload(`${p}norm.weight`, [H]));
   const lmHead = spec.tieWordEmbeddings ? embed : track(r.upload('lm_head.weight', [spec.vocabSize, H]));

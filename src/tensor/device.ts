@@ -15,6 +15,8 @@ export interface Tensor {
   readonly shape: readonly number[];
   readonly dtype: ComputeDType;
   readonly device: Device;
+  /** Device bytes when they are not shape × dtype size (a quantized Linear weight kept as stored). */
+  readonly storedBytes?: number;
 }
 
 /** Geometry of one attention call. Rows of q are [batch, seqQ]; of the K/V caches [batch, kvStride]. */
@@ -48,6 +50,30 @@ export interface FakeQuantSpec {
    * calculate_qparams); a zero row gets the float32 epsilon as its scale.
    */
   scale?: number;
+}
+
+/** The stored codes of a quantized Linear weight [out, in], as a compressed-tensors checkpoint holds them. */
+export type QuantizedCodes =
+  /** E4M3 bytes, row-major [out, in]. */
+  | { type: 'fp8_e4m3'; bytes: Uint8Array }
+  /** int8 values, row-major [out, in]. */
+  | { type: 'int8'; values: Int8Array }
+  /** pack-quantized: rows of ⌈in·bits/32⌉ int32 words, values offset by 2^(bits−1), packed LSB first. */
+  | { type: 'packed'; bits: 4 | 8; words: Int32Array };
+
+/** A quantized Linear weight [outFeatures, inFeatures]: w[r, c] = (code − zeroPoint) · scale of (r, group of c). */
+export interface QuantizedLinearData {
+  outFeatures: number;
+  inFeatures: number;
+  codes: QuantizedCodes;
+  /** Scales per row group, row-major [outFeatures, groups]; length 1 for a per-tensor scale. */
+  scale: Float32Array;
+  /** Scales per row: 1 for per-tensor and per-channel; in groups of inFeatures / groups columns otherwise. */
+  groups: number;
+  /** Signed zero points, the scale's layout (asymmetric weights only). */
+  zeroPoint?: Int32Array;
+  /** Act-order: the group of each input column [inFeatures]; absent = column c is in group ⌊c · groups / inFeatures⌋. */
+  gIdx?: Int32Array;
 }
 
 export interface Device {
@@ -114,6 +140,15 @@ export interface Device {
   // --- training -------------------------------------------------------------------------------
   /** Backward ops, loss and optimizer (distill); absent on a device that cannot train. */
   readonly training?: TrainingOps;
+  // --- quantized Linears (optional) -------------------------------------------------------------
+  /**
+   * Keeps a quantized Linear weight as stored on the device; the returned tensor ([out, in]) is a
+   * weight for matmul (and, where the device has them, matmulMany / matmulSiluMul) and nothing else.
+   * With `activations`, those matmuls also quantize x as the spec says (the caller must then not
+   * simulate it with fakeQuantRows). undefined: the device cannot run this layout natively (the
+   * caller dequantizes and uploads the float weight instead).
+   */
+  uploadQuantizedLinear?(weight: QuantizedLinearData, activations?: FakeQuantSpec): Tensor | undefined;
 }
 
 export interface ScoredRows {

@@ -3,12 +3,13 @@
 // GEMM, queued on one stream. Nothing waits for the GPU except download, scoreLogits and
 // synchronize. Host integer inputs (ids, positions, targets) are staged through pinned memory.
 
-import type { AttentionShape, ComputeDType, Device, FakeQuantSpec, ScoredRows, Tensor, TrainingOps } from '../device.js';
+import type { AttentionShape, ComputeDType, Device, FakeQuantSpec, QuantizedLinearData, ScoredRows, Tensor, TrainingOps } from '../device.js';
 import { CublasLt } from './cublaslt.js';
 import { CudaDriver, type DevicePtr, type GpuInfo, type Handle } from './driver.js';
 import { CudaError } from './errors.js';
 import { KernelLibrary, type ArgSignature, type Kernel, type KernelArg } from './kernels.js';
 import { Nvrtc, gpuArchitecture } from './nvrtc.js';
+import { CudaQuantLinear, QuantLinearOps } from './quant-linear.js';
 import { CudaTensor, Storage, elementBytes, shapeSize } from './tensor.js';
 import { CudaTrainingOps } from './train-ops.js';
 
@@ -195,6 +196,7 @@ export class CudaDevice implements Device {
   /** Largest M that goes to the GEMV kernels instead of cuBLASLt (LLMOPT_CUDA_GEMV_MAX_M, default 4 — at 8 cuBLASLt wins on large weights; 0 = never; benchmarks change it). */
   gemvMaxM = Math.min(8, Number(process.env.LLMOPT_CUDA_GEMV_MAX_M ?? 4));
   private profileEvents: { name: string; start: Handle; end: Handle }[] | undefined;
+  private readonly quant = new QuantLinearOps(this);
 
   constructor(opts: CudaDeviceOptions = {}) {
     this.dtype = opts.dtype ?? 'bf16';
@@ -337,6 +339,7 @@ export class CudaDevice implements Device {
 
   /** Frees the storage of a tensor made by upload/empty (stream-ordered); views are left alone. */
   free(t: Tensor): void {
+    if (t instanceof CudaQuantLinear) return this.quant.free(t);
     const c = this.tensor(t, 'free', 't', 'any');
     if (!c.owner || c.storage.freed) return;
     this.noCapture('free');
@@ -376,6 +379,7 @@ export class CudaDevice implements Device {
   }
 
   matmul(out: Tensor, x: Tensor, w: Tensor, bias?: Tensor): void {
+    if (w instanceof CudaQuantLinear) return this.quant.matmul(out, x, w, bias);
     const o = this.tensor(out, 'matmul', 'out');
     const xc = this.tensor(x, 'matmul', 'x');
     const wc = this.tensor(w, 'matmul', 'w');
@@ -436,6 +440,7 @@ export class CudaDevice implements Device {
    */
   matmulMany(outs: readonly Tensor[], x: Tensor, weights: readonly Tensor[], biases: readonly (Tensor | undefined)[] = []): void {
     if (outs.length !== weights.length || outs.length < 1 || outs.length > 3) throw new Error(`matmulMany: ${outs.length} outputs for ${weights.length} weights (1 to 3)`);
+    if (weights.some((w) => w instanceof CudaQuantLinear)) return this.quant.matmulMany(outs, x, weights, biases);
     const xc = this.tensor(x, 'matmulMany', 'x');
     const M = xc.rowCount, K = xc.cols;
     const os = outs.map((t, i) => this.tensor(t, 'matmulMany', `outs[${i}]`));
@@ -462,6 +467,7 @@ export class CudaDevice implements Device {
    * GEMMs into gate/up (scratch of out's shape) and siluMul.
    */
   matmulSiluMul(out: Tensor, x: Tensor, wGate: Tensor, wUp: Tensor, gate: Tensor, up: Tensor): void {
+    if (wGate instanceof CudaQuantLinear || wUp instanceof CudaQuantLinear) return this.quant.matmulSiluMul(out, x, wGate, wUp, gate, up);
     const o = this.tensor(out, 'matmulSiluMul', 'out');
     const xc = this.tensor(x, 'matmulSiluMul', 'x');
     const g = this.tensor(wGate, 'matmulSiluMul', 'wGate');
@@ -942,6 +948,19 @@ export class CudaDevice implements Device {
   }
 
   // --- quantized linears (kernels/qgemv.cu, quant-linear.ts) ---------------------------------
+
+  /** Keep quantized Linears quantized (LLMOPT_CUDA_NATIVE_QUANT=0: dequantize them, for A/B comparisons). */
+  nativeQuantizedLinears = process.env.LLMOPT_CUDA_NATIVE_QUANT !== '0';
+
+  /** Keeps a quantized Linear as stored (quant-linear.ts says which layouts); undefined: dequantize it instead. */
+  uploadQuantizedLinear(weight: QuantizedLinearData, activations?: FakeQuantSpec): CudaQuantLinear | undefined {
+    return this.nativeQuantizedLinears ? this.quant.upload(weight, activations) : undefined;
+  }
+
+  /** @internal True while captureGraph records (ops that would allocate pick allocation-free paths). */
+  get capturingGraph(): boolean {
+    return this.capturing;
+  }
 
   // --- quantization jobs: Hessians, GPTQ on the device ------------------------------------------
 
