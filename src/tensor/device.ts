@@ -8,6 +8,10 @@
 // - Linear weights are [out_features, in_features] (PyTorch nn.Linear layout); y = x · Wᵀ + b.
 // - Token ids and positions are host Int32Arrays; a device copies them where it needs them.
 
+import type { QuantJobOps } from './quant-job.js';
+
+export type { QuantJobOps } from './quant-job.js';
+
 /** The dtype a device computes and stores activations/weights in. */
 export type ComputeDType = 'f32' | 'bf16' | 'f16';
 
@@ -110,6 +114,10 @@ export interface Device {
    * (quantized checkpoints' activation and FP8 KV-cache simulation).
    */
   fakeQuantRows(x: Tensor, spec: FakeQuantSpec): void;
+
+  // --- quantization jobs (optional) ---------------------------------------------------------
+  /** Calibration statistics, GPTQ, observers and RTN where the activations are (quant-job.ts). */
+  readonly quantJob?: QuantJobOps;
 }
 
 export interface ScoredRows {

@@ -5,6 +5,7 @@
 import { availableParallelism } from 'node:os';
 import type { AttentionShape, Device, FakeQuantSpec, ScoredRows, Tensor } from '../device.js';
 import { fakeQuantRowsKernel } from './fake-quant.js';
+import { CpuQuantJob } from './quant-job.js';
 import {
   OP_ADD, OP_ATTENTION, OP_ATTENTION_SIMD, OP_GELU, OP_LAYERNORM, OP_MATMUL, OP_MATMUL_SIMD, OP_RMSNORM, OP_SCORE,
   OP_SILUMUL, OP_SILUMUL_SIMD, OP_ADD_SIMD, OP_RMSNORM_SIMD, OP_SCORE_SIMD, createSimdContext, runKernel, type SimdContext,
@@ -52,6 +53,8 @@ export class CpuDevice implements Device {
   private readonly noFloats = new Float32Array(0);
   private readonly noInts = new Int32Array(0);
   private readonly noDoubles = new Float64Array(0);
+  /** Quantization-job ops (Device.quantJob): the float64 host reference. */
+  readonly quantJob: CpuQuantJob = new CpuQuantJob(this);
 
   constructor(opts: CpuDeviceOptions = {}) {
     const threads = opts.threads ?? Math.min(availableParallelism(), 8);
