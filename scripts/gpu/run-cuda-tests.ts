@@ -1,7 +1,8 @@
 // The GPU machine's test runner (bundled by scripts/gpu/bundle.sh into .gpu/, which carries no
-// vitest): the engine smoke test, then every op case of test/cuda-cases.ts in f32, bf16 and f16
-// against the cpu device. Prints a pass/fail table; writes $OUT/cuda-tests.json when $OUT is set.
-// Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--self-test]
+// vitest): the engine smoke test, then every op case of test/cuda-cases.ts and the quantization-job
+// cases of test/quant-job-cases.ts in f32, bf16 and f16 against the cpu device. Prints a pass/fail
+// table; writes $OUT/cuda-tests.json when $OUT is set.
+// Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--self-test] [--no-quant-job | --quant-job-only]
 // --self-test compares the cpu device with itself (no GPU): checks the harness and the bundle.
 
 import fs from 'node:fs';
@@ -10,6 +11,7 @@ import { createCpuDevice } from '../../src/tensor/cpu/index.js';
 import { CudaDevice } from '../../src/tensor/cuda/index.js';
 import type { ComputeDType } from '../../src/tensor/device.js';
 import { runAtCases, runCases, type Check } from '../../test/cuda-cases.js';
+import { runQuantJobCases } from '../../test/quant-job-cases.js';
 import { runSmoke } from './smoke.js';
 
 const args = process.argv.slice(2);
@@ -34,8 +36,14 @@ for (const dtype of ['f32', 'bf16', 'f16'] as ComputeDType[]) {
   log(`== op cases, ${dtype}`);
   const gpu = selfTest ? createCpuDevice({ threads: 2 }) : new CudaDevice({ dtype });
   const t0 = performance.now();
-  const run = runCases(cpu, gpu, dtype, only ? (n) => n.includes(only) : undefined);
-  if (gpu instanceof CudaDevice) {
+  const filter = only ? (n: string) => n.includes(only) : undefined;
+  const run = args.includes('--quant-job-only') ? { checks: [], failures: [] } : runCases(cpu, gpu, dtype, filter);
+  if (!args.includes('--no-quant-job')) {
+    const qj = runQuantJobCases(cpu, gpu, dtype, filter);
+    run.checks.push(...qj.checks);
+    run.failures.push(...qj.failures);
+  }
+  if (gpu instanceof CudaDevice && !args.includes('--quant-job-only')) {
     const at = runAtCases(gpu, dtype);
     run.checks.push(...at.checks);
     run.failures.push(...at.failures);

@@ -9,6 +9,7 @@ import { CudaDriver, type DevicePtr, type GpuInfo, type Handle } from './driver.
 import { CudaError } from './errors.js';
 import { KernelLibrary, type ArgSignature, type Kernel, type KernelArg } from './kernels.js';
 import { Nvrtc, gpuArchitecture } from './nvrtc.js';
+import { CudaQuantJob } from './quant-job-ops.js';
 import { CudaTensor, Storage, elementBytes, shapeSize } from './tensor.js';
 
 export interface CudaDeviceOptions {
@@ -943,6 +944,9 @@ export class CudaDevice implements Device {
   // --- quantized linears (kernels/qgemv.cu, quant-linear.ts) ---------------------------------
 
   // --- quantization jobs: Hessians, GPTQ on the device ------------------------------------------
+
+  /** Calibration statistics, GPTQ, observers and RTN (quant-job-ops.ts, kernels/calibstats.cu, kernels/gptq.cu). */
+  readonly quantJob: CudaQuantJob = new CudaQuantJob(this);
 
   // --- training (distill): backward ops, loss, optimizer ----------------------------------------
 
