@@ -2,6 +2,8 @@
 // inputs of awkward shapes. Shared by test/quant-job-cuda.test.ts (vitest, where a GPU exists) and
 // scripts/gpu/run-cuda-tests.ts (the bundled runner on the GPU machine).
 //
+// deq outputs are compared after rounding to the GPU device's own dtype (in --self-test the "GPU"
+// is a second cpu device, f32 in every pass).
 // Both devices get identical inputs (activations rounded to the GPU dtype first; Hessians built once
 // on the cpu and uploaded to both). Statistics, observers and RTN must match exactly; the float64
 // cpu and the float32 GPU differ in the linear algebra by rounding only, so Cholesky, the inverse
@@ -286,7 +288,7 @@ function observerRtnCase(rows: number, cols: number, args: SchemeArgs, observer:
         return { codes, deq: v };
       });
       checks.push(exactCheck(`${this.name}: RTN codes`, dtype, rtn[1]!.codes, rtn[0]!.codes));
-      checks.push(exactCheck(`${this.name}: RTN deq`, dtype, rtn[1]!.deq, roundTo(dtype, rtn[0]!.deq)));
+      checks.push(exactCheck(`${this.name}: RTN deq`, dtype, rtn[1]!.deq, roundTo(gpu.dtype, rtn[0]!.deq)));
       return checks;
     },
   };
@@ -348,7 +350,7 @@ function gptqCase(rows: number, cols: number, args: SchemeArgs, actorder: boolea
         { case: `${this.name}: codes that differ (share)`, dtype, error: share, tol: GPTQ_CODE_MISMATCH_TOL, ok: share <= GPTQ_CODE_MISMATCH_TOL, note: `${differ}/${c.codes.length}, largest ${maxStep} step(s)` },
         { case: `${this.name}: largest code difference (steps)`, dtype, error: maxStep, tol: GPTQ_CODE_STEP_TOL, ok: maxStep <= GPTQ_CODE_STEP_TOL },
         { case: `${this.name}: loss`, dtype, error: lossDiff, tol: GPTQ_LOSS_TOL, ok: lossDiff <= GPTQ_LOSS_TOL && c.loss > 0, note: `gpu ${g.loss.toPrecision(6)} cpu ${c.loss.toPrecision(6)}` },
-        exactCheck(`${this.name}: deq = its codes dequantized`, dtype, g.deq, roundTo(dtype, own)),
+        exactCheck(`${this.name}: deq = its codes dequantized`, dtype, g.deq, roundTo(gpu.dtype, own)),
       ];
     },
   };

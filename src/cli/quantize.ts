@@ -36,6 +36,7 @@ interface QuantizeFlags {
   json?: boolean;
   device: string;
   dtype?: string;
+  activations: string;
 }
 
 function integerFlag(flag: string, value: string | undefined, min: number): number | undefined {
@@ -126,6 +127,13 @@ function layerProgress(): { start(layers: number): void; layer(r: LayerReport, l
   };
 }
 
+/** Where the calibration activations lived (on the cpu device that is host memory anyway). */
+function activationsLine(r: QuantizeReport): string {
+  const a = r.memory.activations;
+  if (r.memory.peak_device_bytes === null) return `activations ${formatBytes(a.bytes)}`;
+  return a.where === 'device' ? `activations on the GPU (${formatBytes(a.bytes)})` : `activations on the host (${formatBytes(a.bytes)}, uploaded for every pass: too big for the GPU)`;
+}
+
 function renderHuman(r: QuantizeReport, schemeLine: string): string[] {
   const c = r.calibration;
   const lines = [
@@ -135,7 +143,7 @@ function renderHuman(r: QuantizeReport, schemeLine: string): string[] {
     `method       ${r.method}${r.settings.gptq ? ` (dampening ${r.settings.gptq.dampening}, block ${r.settings.gptq.block_size}${r.settings.gptq.actorder ? ', act-order' : ''})` : ''}, observer ${r.observer}` +
       (r.settings.smoothquant_alpha !== null ? `, SmoothQuant α ${r.settings.smoothquant_alpha}` : ''),
     `calibration  ${c.description}: ${formatInt(c.samples)} samples × ${formatInt(c.seq_len)} tokens (${formatInt(c.tokens)} tokens), seed ${c.seed}`,
-    `device       ${r.device}, calibration forward in ${r.device_dtype}; activations on the ${r.memory.activations.where} (${formatBytes(r.memory.activations.bytes)})`,
+    `device       ${r.device}, calibration forward in ${r.device_dtype}; ${activationsLine(r)}`,
     '',
   ];
   const rows = r.layers.map((l) => [
@@ -161,6 +169,7 @@ function renderHuman(r: QuantizeReport, schemeLine: string): string[] {
 }
 
 async function quantizeCommand(model: string, flags: QuantizeFlags): Promise<void> {
+  if (!['auto', 'device', 'host'].includes(flags.activations)) throw new UsageError(`--activations ${JSON.stringify(flags.activations)}: use auto, device or host`);
   const recipe = flags.recipe !== undefined ? loadRecipe(flags.recipe).quantize : undefined;
   const o = mergeOverRecipe<QuantizeRecipe>(recipe, flagsAsRecipe(flags));
   if (o.scheme === undefined) throw new UsageError(`--scheme is required (one of ${SCHEME_NAMES.join(', ')}), or give it in --recipe`);
@@ -202,6 +211,7 @@ async function quantizeCommand(model: string, flags: QuantizeFlags): Promise<voi
       deviceName: deviceLabel(opened),
       deviceDtype: opened.dtypeName,
       memory: memoryProbe(opened),
+      activations: flags.activations === 'auto' ? undefined : (flags.activations as 'device' | 'host'),
       onStart: ({ layers, scheme, calibration }) => {
         schemeLine = describeScheme(scheme);
         if (!flags.json) {
@@ -246,6 +256,7 @@ export function registerQuantize(program: Command): void {
     .option('--recipe <file>', 'YAML recipe with these options (recipes/); flags override it')
     .option('--device <kind>', 'auto | cpu | cuda: where the job runs (auto: the GPU when CUDA is usable, else the cpu with a notice)', 'auto')
     .option('--dtype <d>', 'cuda: dtype of the calibration forward passes, fp32 (default, fidelity) | bf16 | fp16; statistics, Hessians and GPTQ stay f32')
+    .option('--activations <where>', 'where calibration activations live between layers: auto (the GPU when they fit in 40% of its free memory) | device | host', 'auto')
     .option('--force', 'replace the output folder if it exists')
     .option('--json', 'the report (llmopt-report.json) on stdout; progress stays on stderr')
     .action(async (model: string, flags: QuantizeFlags) => {
