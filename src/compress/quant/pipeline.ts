@@ -533,6 +533,12 @@ function quantizeLayer(i: number, ctx: Context): LayerReport {
       }
     }
     qWeights.quant![i] = Object.keys(sim).length > 0 ? sim : undefined;
+    device.synchronize();
+    seconds.calibrate += now() - t0;
+    memory.end('calibrate');
+
+    // The quantized Linears, encoded as written (packed int4, int8, E4M3 bytes): compact host memory.
+    t0 = now();
     for (const d of LINEARS) {
       const c = codes.get(d.key);
       if (c === undefined) continue;
@@ -542,9 +548,7 @@ function quantizeLayer(i: number, ctx: Context): LayerReport {
       result.linears.set(prefix, linearTensors(prefix, weight, scheme.format, opts.scaleDtype, inputScales.get(d.input)));
     }
     codes.clear();
-    device.synchronize();
-    seconds.calibrate += now() - t0;
-    memory.end('calibrate');
+    seconds.quantize += now() - t0;
 
     // --- C: propagate -------------------------------------------------------------------------
     memory.start();
