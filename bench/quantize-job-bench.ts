@@ -9,7 +9,9 @@
 //
 // Bundled by scripts/gpu/bundle.sh like bench/gpu-bench.ts. Usage:
 //   node .gpu/quantize-job-bench.mjs --tokenizer-from DIR [--samples 128] [--seq-len 2048] [--dtype fp32|bf16]
-//     [--jobs fp8-dynamic,w8a8-sq,w4a16-gptq] [--scratch DIR] [--results DIR] [--keep-outputs]
+//     [--jobs fp8-dynamic,w8a8-sq,w4a16-gptq] [--scratch DIR] [--results DIR] [--keep-outputs] [--self-test]
+// --self-test runs the jobs on the cpu device instead (no GPU; checks the harness: use a few short
+// samples and leave out GPTQ, whose float64 8192² factorization takes the cpu very long).
 // Writes <results>/<date>-<gpu>-quantize-job.json (results: $OUT, else bench/results) and prints a table.
 
 import fs from 'node:fs';
@@ -17,6 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { quantizeModel, type QuantizeReport, type QuantizeSettings } from '../src/compress/quant/index.js';
 import type { DeviceMemoryProbe } from '../src/compress/quant/pipeline.js';
+import { createCpuDevice } from '../src/tensor/cpu/index.js';
 import { CudaDevice } from '../src/tensor/cuda/index.js';
 import { LLAMA_3_2_1B, writeRandomCheckpoint } from './llama-checkpoint.js';
 
@@ -76,8 +79,14 @@ async function main(): Promise<void> {
   }
   if (dtypeFlag !== 'fp32' && dtypeFlag !== 'bf16') throw new Error(`--dtype ${dtypeFlag}: fp32 or bf16`);
 
-  const dev = new CudaDevice({ dtype: dtypeFlag === 'fp32' ? 'f32' : 'bf16' });
-  log(`GPU: ${dev.info.name}, ${dev.info.multiprocessors} SMs, ${(dev.info.totalMemoryBytes / 1e9).toFixed(1)} GB, driver ${dev.info.driverVersion}, ${dev.info.arch}`);
+  const selfTest = process.argv.includes('--self-test');
+  const dev = selfTest ? createCpuDevice() : new CudaDevice({ dtype: dtypeFlag === 'fp32' ? 'f32' : 'bf16' });
+  const gpuName = dev instanceof CudaDevice ? dev.info.name : 'cpu (self-test)';
+  if (dev instanceof CudaDevice) {
+    log(`GPU: ${dev.info.name}, ${dev.info.multiprocessors} SMs, ${(dev.info.totalMemoryBytes / 1e9).toFixed(1)} GB, driver ${dev.info.driverVersion}, ${dev.info.arch}`);
+  } else {
+    log('self-test: the cpu device stands in for the GPU');
+  }
 
   const config = LLAMA_3_2_1B;
   const modelDir = path.join(scratch, 'llama-3.2-1b-shape-random');
@@ -103,9 +112,9 @@ async function main(): Promise<void> {
       output,
       force: true,
       device: dev,
-      deviceName: `cuda (${dev.info.name})`,
-      deviceDtype: dtypeFlag,
-      memory: probe(dev),
+      deviceName: dev instanceof CudaDevice ? `cuda (${dev.info.name})` : 'cpu',
+      deviceDtype: dev instanceof CudaDevice ? dtypeFlag : 'fp32',
+      memory: dev instanceof CudaDevice ? probe(dev) : undefined,
       toolVersion: 'bench',
       calibration: { source: 'moby-dick', samples, seqLen, seed: 0 },
       onLayer: (r, layers) => {
@@ -122,7 +131,7 @@ async function main(): Promise<void> {
       phases.quantize += l.seconds.quantize;
       phases.propagate += l.seconds.propagate;
     }
-    const peaks = report.memory.peak_device_bytes!;
+    const peaks = report.memory.peak_device_bytes ?? { embed: 0, calibrate: 0, quantize: 0, propagate: 0, overall: 0 };
     log(`  ${job.label}: ${wallS.toFixed(1)} s wall (load ${report.timings_s.load.toFixed(1)}, calibration data ${report.timings_s.calibration_data.toFixed(1)}, ` +
       `layers ${report.timings_s.layers.toFixed(1)}: calibrate ${phases.calibrate.toFixed(1)} + quantize ${phases.quantize.toFixed(1)} + propagate ${phases.propagate.toFixed(1)}, ` +
       `write ${report.timings_s.write.toFixed(1)}); peak GPU tensors ${gb(peaks.overall)} GB (embed ${gb(peaks.embed)}, calibrate ${gb(peaks.calibrate)}, ` +
@@ -132,13 +141,13 @@ async function main(): Promise<void> {
     if (!process.argv.includes('--keep-outputs')) fs.rmSync(output, { recursive: true, force: true });
   }
 
-  const header = `| ${dev.info.name}, Llama-3.2-1B shape (${(params / 1e9).toFixed(2)} B params), ${samples} × ${seqLen} Moby Dick tokens, ${dtypeFlag} forward | wall s | calibrate s | quantize s | propagate s | write s | peak GPU GB | µs / param | llm-compressor, Llama-3-8B, A100 | µs / param | faster per param |`;
+  const header = `| ${gpuName}, Llama-3.2-1B shape (${(params / 1e9).toFixed(2)} B params), ${samples} × ${seqLen} Moby Dick tokens, ${dtypeFlag} forward | wall s | calibrate s | quantize s | propagate s | write s | peak GPU GB | µs / param | llm-compressor, Llama-3-8B, A100 | µs / param | faster per param |`;
   const lines = [header, '|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|'];
   const table = rows.map(({ job, report, wallS, phases }) => {
     const ours = (wallS * 1e6) / params;
     const theirs = (job.reference.seconds * 1e6) / LLAMA_3_8B_PARAMS;
     lines.push(`| ${job.label} | ${wallS.toFixed(1)} | ${phases.calibrate.toFixed(1)} | ${phases.quantize.toFixed(1)} | ${phases.propagate.toFixed(1)} | ` +
-      `${report.timings_s.write.toFixed(1)} | ${gb(report.memory.peak_device_bytes!.overall)} | ${ours.toFixed(4)} | ${job.reference.what} | ${theirs.toFixed(4)} | ${(theirs / ours).toFixed(1)}× |`);
+      `${report.timings_s.write.toFixed(1)} | ${gb(report.memory.peak_device_bytes?.overall ?? 0)} | ${ours.toFixed(4)} | ${job.reference.what} | ${theirs.toFixed(4)} | ${(theirs / ours).toFixed(1)}× |`);
     return {
       job: job.name, label: job.label, options: job.opts, wall_s: wallS, phases_s: phases, timings_s: report.timings_s, memory: report.memory,
       size: report.size, us_per_param: ours, llm_compressor: { ...job.reference, us_per_param: theirs, model_params: LLAMA_3_8B_PARAMS },
@@ -148,16 +157,17 @@ async function main(): Promise<void> {
   const md = [...lines, '', `llm-compressor's times are from its runtime guide (Meta-Llama-3-8B-Instruct, A100; its calibration size is not stated there, its examples use 512 × 2048).`].join('\n');
   log(`\n${md}`);
 
-  const gpuSlug = dev.info.name.toLowerCase().replace(/nvidia\s*/, '').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
+  const gpuSlug = gpuName.toLowerCase().replace(/nvidia\s*/, '').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
   const date = new Date().toISOString().slice(0, 10);
   fs.mkdirSync(resultsDir, { recursive: true });
   const file = path.join(resultsDir, `${date}-${gpuSlug}-quantize-job.json`);
   fs.writeFileSync(file, JSON.stringify({
-    date, gpu: dev.info, model: { config: 'Llama-3.2-1B (random bf16 weights)', params },
+    date, gpu: dev instanceof CudaDevice ? dev.info : gpuName, model: { config: 'Llama-3.2-1B (random bf16 weights)', params },
     calibration: { source: 'moby-dick (tokenized with stories260K tokenizer.json)', samples, seq_len: seqLen, tokens: samples * seqLen, seed: 0 },
     forward_dtype: dtypeFlag, jobs: table, table: md,
   }, null, 1));
   log(`wrote ${file}`);
+  if (!(dev instanceof CudaDevice)) dev.close();
 }
 
 await main();
