@@ -25,7 +25,7 @@ import { makeWindows } from '../src/eval/windows.js';
 import { Workspace, type DecodeStepAt } from '../src/model/decoder.js';
 import { loadModel, type LoadedModel } from '../src/model/load.js';
 import { CudaDevice, type CudaInts, type ProfiledOp } from '../src/tensor/cuda/index.js';
-import { SHAPES, writeRandomCheckpoint, type ShapeName } from './llama-checkpoint.js';
+import { SHAPES, writeRandomCheckpoint, type ShapeName } from './random-checkpoint.js';
 
 function flag(name: string, fallback?: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);

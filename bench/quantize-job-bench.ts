@@ -1,6 +1,6 @@
 // The quantize job itself on the GPU: wall time per phase and peak GPU memory of `llmopt quantize`
 // (the library call behind it) for FP8_DYNAMIC, W8A8 + SmoothQuant 0.5 and W4A16-GPTQ (group 128),
-// on a random-weight checkpoint with Llama-3.2-1B's config (bench/llama-checkpoint.ts), calibrated on
+// on a random-weight checkpoint with Llama-3.2-1B's config (bench/random-checkpoint.ts), calibrated on
 // the default Moby Dick set. The random checkpoint has no Llama-3 tokenizer, so the calibration text
 // is tokenized with stories260K's (copied beside it): real text, ids below 512 of the 128,256 vocab.
 // Compared per parameter with llm-compressor's documented runtimes for Meta-Llama-3-8B-Instruct on
@@ -21,7 +21,7 @@ import { quantizeModel, type QuantizeReport, type QuantizeSettings } from '../sr
 import type { DeviceMemoryProbe } from '../src/compress/quant/pipeline.js';
 import { createCpuDevice } from '../src/tensor/cpu/index.js';
 import { CudaDevice } from '../src/tensor/cuda/index.js';
-import { LLAMA_3_2_1B, writeRandomCheckpoint } from './llama-checkpoint.js';
+import { LLAMA_3_2_1B, writeRandomCheckpoint } from './random-checkpoint.js';
 
 function flag(name: string, fallback?: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);

@@ -2,7 +2,7 @@
 // vitest): the engine smoke test, then every op case of test/cuda-cases.ts and the quantization-job
 // cases of test/quant-job-cases.ts in f32, bf16 and f16 against the cpu device. Prints a pass/fail
 // table; writes $OUT/cuda-tests.json when $OUT is set.
-// Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--self-test] [--no-quant-job | --quant-job-only]
+// Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--skip-ops] [--skip-quant-job] [--self-test]
 // --self-test compares the cpu device with itself (no GPU): checks the harness and the bundle.
 
 import fs from 'node:fs';
@@ -15,6 +15,7 @@ import { runQuantJobCases } from '../../test/quant-job-cases.js';
 import { runSmoke } from './smoke.js';
 
 const args = process.argv.slice(2);
+const skip = (step: string) => args.includes(`--skip-${step}`);
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
 const log = (line: string) => console.log(line);
 
@@ -37,13 +38,13 @@ for (const dtype of ['f32', 'bf16', 'f16'] as ComputeDType[]) {
   const gpu = selfTest ? createCpuDevice({ threads: 2 }) : new CudaDevice({ dtype });
   const t0 = performance.now();
   const filter = only ? (n: string) => n.includes(only) : undefined;
-  const run = args.includes('--quant-job-only') ? { checks: [], failures: [] } : runCases(cpu, gpu, dtype, filter);
-  if (!args.includes('--no-quant-job')) {
+  const run = skip('ops') ? { checks: [], failures: [] } : runCases(cpu, gpu, dtype, filter);
+  if (!skip('quant-job')) {
     const qj = runQuantJobCases(cpu, gpu, dtype, filter);
     run.checks.push(...qj.checks);
     run.failures.push(...qj.failures);
   }
-  if (gpu instanceof CudaDevice && !args.includes('--quant-job-only')) {
+  if (gpu instanceof CudaDevice && !skip('ops')) {
     const at = runAtCases(gpu, dtype);
     run.checks.push(...at.checks);
     run.failures.push(...at.failures);

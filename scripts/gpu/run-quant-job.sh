@@ -14,7 +14,7 @@ export XDG_CACHE_HOME=$PWD/.gpu/cache LLMOPT_CUDA_KERNELS=$PWD/.gpu/kernels
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; LOG=$OUT/quant-job.log
 step() { local name=$1 limit=$2; shift 2; echo "== $name" | tee -a "$LOG"; local t0=$SECONDS; timeout "$limit" "$@" >> "$LOG" 2>&1; echo "   rc $?, $((SECONDS - t0)) s" | tee -a "$LOG"; }
 M=.gpu/data/stories260K
-[ "${SKIP_OPS:-0}" = 1 ] || step quant-job-ops 200 bash -c 'cd .gpu && node run-cuda-tests.mjs --quant-job-only --skip-smoke | grep -v "^ok "'
+[ "${SKIP_OPS:-0}" = 1 ] || step quant-job-ops 200 bash -c 'cd .gpu && node run-cuda-tests.mjs --skip-smoke --skip-ops --skip-quant --skip-quant-model --skip-train | grep -v "^ok "'
 [ "${SKIP_CHECK:-0}" = 1 ] || step quantize-check 150 node .gpu/quantize-check.mjs --model $M --data .gpu/data/tinystories-valid.txt
 [ "${SKIP_CHECK:-0}" = 1 ] || step cli-quantize 60 bash -c "node .gpu/cli/bin/llmopt.mjs quantize $M --scheme W4A16 --group-size channel --method gptq --calib-samples 32 --calib-seq-len 256 -o /tmp/cli-w4 --force && python3 -c \"import json; r=json.load(open('/tmp/cli-w4/llmopt-report.json')); print('report device', r['device'], r['device_dtype'], 'memory', json.dumps(r['memory']))\""
 [ "${SKIP_BENCH:-0}" = 1 ] || step quantize-job-bench 420 node .gpu/quantize-job-bench.mjs --tokenizer-from $M --results "$OUT" ${BENCH_ARGS:-}
