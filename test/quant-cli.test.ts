@@ -114,6 +114,25 @@ describe('llmopt quantize: human output and recipes', () => {
     expect(fs.existsSync(path.join(tmp, 'w4/llmopt-report.json'))).toBe(true);
   });
 
+  test('--device auto (the default) without a GPU: one notice, then the cpu; the report names the device and the forward dtype', () => {
+    const r = llmopt('quantize', stories, '--scheme', 'W8A16', '--group-size', 'channel', '-o', 'auto-dev', '--json', ...fast());
+    expect(r.code, r.stderr).toBe(0);
+    const report = JSON.parse(r.stdout) as { device: string; device_dtype: string; memory: { activations: { where: string; bytes: number }; peak_device_bytes: unknown } };
+    if (fs.existsSync('/dev/nvidiactl')) return; // a GPU machine runs it on cuda
+    expect(r.stderr.split('\n').filter((l) => l.startsWith('notice: '))).toHaveLength(1);
+    expect(r.stderr).toMatch(/notice: CUDA unavailable: .*; using the cpu device/);
+    expect([report.device, report.device_dtype, report.memory.peak_device_bytes]).toEqual(['cpu', 'fp32', null]);
+    expect(report.memory.activations.where).toBe('device');
+    expect(report.memory.activations.bytes).toBeGreaterThan(0);
+  });
+
+  test('--dtype bf16 on the cpu is a usage error', () => {
+    const r = llmopt('quantize', stories, '--scheme', 'W8A8', '--device', 'cpu', '--dtype', 'bf16', '-o', 'cpu-bf16', ...fast());
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(/--dtype bf16: the cpu device computes in fp32 only/);
+    expect(fs.existsSync(path.join(tmp, 'cpu-bf16'))).toBe(false);
+  });
+
   test('flags override the recipe', () => {
     const recipe = path.join(tmp, 'r.yaml');
     fs.writeFileSync(recipe, 'quantize:\n  scheme: W4A16\n  group_size: 128\n  method: gptq\n  actorder: true\n  calibration: { samples: 3, seq_len: 64 }\n');

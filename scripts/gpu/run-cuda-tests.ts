@@ -6,7 +6,7 @@
 // and data/tinystories-valid.txt beside the runner's working folder; skipped when absent).
 // Prints a pass/fail table; writes $OUT/cuda-tests.json when $OUT is set.
 // Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--skip-ops] [--skip-quant]
-//        [--skip-quant-model] [--skip-train] [--train-only] [--model DIR] [--data FILE] [--self-test]
+//        [--skip-quant-model] [--skip-train] [--skip-quant-job] [--train-only] [--model DIR] [--data FILE] [--self-test]
 // --train-only = --skip-ops --skip-quant --skip-quant-model.
 // --self-test compares the cpu device with itself (no GPU): checks the harness and the bundle.
 
@@ -18,6 +18,7 @@ import type { ComputeDType } from '../../src/tensor/device.js';
 import { runAtCases, runCases, type CaseRun, type Check } from '../../test/cuda-cases.js';
 import { runQuantCases, runQuantGraphCases, runQuantModelChecks } from '../../test/cuda-quant-cases.js';
 import { runTrainCases } from '../../test/cuda-train-cases.js';
+import { runQuantJobCases } from '../../test/quant-job-cases.js';
 import { runSmoke } from './smoke.js';
 
 const args = process.argv.slice(2);
@@ -74,6 +75,11 @@ for (const dtype of ['f32', 'bf16', 'f16'] as ComputeDType[]) {
       run.failures.push(...graphs.failures);
     }
     report(`quant ${dtype}`, run, performance.now() - t0);
+  }
+  if (!skip('quant-job')) {
+    log(`== quantization-job cases, ${dtype}`);
+    const t0 = performance.now();
+    report(`quant-job ${dtype}`, runQuantJobCases(cpu, gpu, dtype, filter), performance.now() - t0);
   }
   if (!skip('train')) {
     log(`== training cases, ${dtype}`);

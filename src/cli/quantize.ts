@@ -9,8 +9,10 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { describeCalibrationSource } from '../compress/calibration.js';
 import { DEFAULT_GROUP_SIZE, DEFAULTS, SCHEME_NAMES, describeScheme, prepareQuantize, runQuantize, type LayerReport, type QuantizeReport, type QuantizeSettings } from '../compress/quant/index.js';
+import type { DeviceMemoryProbe } from '../compress/quant/pipeline.js';
 import { loadRecipe, mergeOverRecipe, type QuantizeRecipe } from '../pipeline/recipe.js';
-import { openDevice } from './device.js';
+import { CudaDevice } from '../tensor/cuda/index.js';
+import { openDevice, type OpenedDevice } from './device.js';
 import { formatBytes, formatFloat, formatInt, renderTable } from './format.js';
 
 interface QuantizeFlags {
@@ -33,6 +35,8 @@ interface QuantizeFlags {
   force?: boolean;
   json?: boolean;
   device: string;
+  dtype?: string;
+  activations: string;
 }
 
 function integerFlag(flag: string, value: string | undefined, min: number): number | undefined {
@@ -75,6 +79,24 @@ function packageVersion(): string {
   return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 }
 
+/** The cuda device's tensor accounting, for the report's peak device memory per phase. */
+function memoryProbe(opened: OpenedDevice): DeviceMemoryProbe | undefined {
+  const d = opened.device;
+  if (!(d instanceof CudaDevice)) return undefined;
+  return {
+    stats: () => {
+      const m = d.memoryStats();
+      return { tensorBytes: m.tensorBytes, peakTensorBytes: m.peakTensorBytes, freeBytes: m.deviceFreeBytes };
+    },
+    resetPeak: () => d.resetPeakMemory(),
+  };
+}
+
+/** "cuda (NVIDIA H200)" or "cpu". */
+function deviceLabel(opened: OpenedDevice): string {
+  return opened.gpu !== undefined ? `${opened.name} (${opened.gpu})` : opened.name;
+}
+
 /** Per-layer progress on stderr: a bar on a terminal, one plain line per layer otherwise. */
 function layerProgress(): { start(layers: number): void; layer(r: LayerReport, layers: number): void; stop(): void } {
   const stream = process.stderr;
@@ -105,6 +127,13 @@ function layerProgress(): { start(layers: number): void; layer(r: LayerReport, l
   };
 }
 
+/** Where the calibration activations lived (on the cpu device that is host memory anyway). */
+function activationsLine(r: QuantizeReport): string {
+  const a = r.memory.activations;
+  if (r.memory.peak_device_bytes === null) return `activations ${formatBytes(a.bytes)}`;
+  return a.where === 'device' ? `activations on the GPU (${formatBytes(a.bytes)})` : `activations on the host (${formatBytes(a.bytes)}, uploaded for every pass: too big for the GPU)`;
+}
+
 function renderHuman(r: QuantizeReport, schemeLine: string): string[] {
   const c = r.calibration;
   const lines = [
@@ -114,6 +143,7 @@ function renderHuman(r: QuantizeReport, schemeLine: string): string[] {
     `method       ${r.method}${r.settings.gptq ? ` (dampening ${r.settings.gptq.dampening}, block ${r.settings.gptq.block_size}${r.settings.gptq.actorder ? ', act-order' : ''})` : ''}, observer ${r.observer}` +
       (r.settings.smoothquant_alpha !== null ? `, SmoothQuant α ${r.settings.smoothquant_alpha}` : ''),
     `calibration  ${c.description}: ${formatInt(c.samples)} samples × ${formatInt(c.seq_len)} tokens (${formatInt(c.tokens)} tokens), seed ${c.seed}`,
+    `device       ${r.device}, calibration forward in ${r.device_dtype}; ${activationsLine(r)}`,
     '',
   ];
   const rows = r.layers.map((l) => [
@@ -124,15 +154,22 @@ function renderHuman(r: QuantizeReport, schemeLine: string): string[] {
   ]);
   lines.push(...renderTable(['layer', 'output rel err', 'update rel err', 'seconds'], rows, [true, true, true, true]), '');
   const t = r.timings_s;
+  const m = r.memory;
+  const peaks = m.peak_device_bytes;
+  const deviceMemory = peaks === null
+    ? ''
+    : `; device ${formatBytes(peaks.overall)} (embed ${formatBytes(peaks.embed)}, calibrate ${formatBytes(peaks.calibrate)}, ` +
+      `quantize ${formatBytes(peaks.quantize)}, propagate ${formatBytes(peaks.propagate)})`;
   lines.push(
     `size         ${formatBytes(r.size.input_weight_bytes)} → ${chalk.bold(formatBytes(r.size.output_weight_bytes))} (${formatFloat(r.size.input_weight_bytes / r.size.output_weight_bytes, 3)}× smaller)`,
     `time         ${t.total.toFixed(2)} s (load ${t.load.toFixed(2)}, calibration data ${t.calibration_data.toFixed(2)}, layers ${t.layers.toFixed(2)}, write ${t.write.toFixed(2)})`,
-    `peak memory  ${formatBytes(r.memory.peak_rss_bytes)} RSS`,
+    `peak memory  ${formatBytes(m.peak_rss_bytes)} RSS${deviceMemory}`,
   );
   return lines;
 }
 
 async function quantizeCommand(model: string, flags: QuantizeFlags): Promise<void> {
+  if (!['auto', 'device', 'host'].includes(flags.activations)) throw new UsageError(`--activations ${JSON.stringify(flags.activations)}: use auto, device or host`);
   const recipe = flags.recipe !== undefined ? loadRecipe(flags.recipe).quantize : undefined;
   const o = mergeOverRecipe<QuantizeRecipe>(recipe, flagsAsRecipe(flags));
   if (o.scheme === undefined) throw new UsageError(`--scheme is required (one of ${SCHEME_NAMES.join(', ')}), or give it in --recipe`);
@@ -160,7 +197,8 @@ async function quantizeCommand(model: string, flags: QuantizeFlags): Promise<voi
   const prepared = await prepareQuantize(settings);
   let opened: ReturnType<typeof openDevice>;
   try {
-    opened = openDevice(flags.device);
+    // The calibration forward computes in fp32 unless --dtype says otherwise (fidelity over speed).
+    opened = openDevice(flags.device, flags.dtype ?? 'fp32');
   } catch (e) {
     prepared.close();
     throw e;
@@ -170,13 +208,17 @@ async function quantizeCommand(model: string, flags: QuantizeFlags): Promise<voi
   try {
     const report = await runQuantize(prepared, {
       device: opened.device,
-      deviceName: opened.name,
+      deviceName: deviceLabel(opened),
+      deviceDtype: opened.dtypeName,
+      memory: memoryProbe(opened),
+      activations: flags.activations === 'auto' ? undefined : (flags.activations as 'device' | 'host'),
       onStart: ({ layers, scheme, calibration }) => {
         schemeLine = describeScheme(scheme);
         if (!flags.json) {
           process.stderr.write(
             `quantize ${model}: ${schemeLine}\n` +
-              `calibration: ${describeCalibrationSource(calibration.source)}, ${formatInt(calibration.windows.length)} samples, ${formatInt(calibration.tokens)} tokens\n`,
+              `calibration: ${describeCalibrationSource(calibration.source)}, ${formatInt(calibration.windows.length)} samples, ${formatInt(calibration.tokens)} tokens\n` +
+              `device: ${deviceLabel(opened)}, calibration forward in ${opened.dtypeName}\n`,
           );
         }
         progress.start(layers);
@@ -212,7 +254,9 @@ export function registerQuantize(program: Command): void {
     .option('--calib-seq-len <n>', `tokens per window (default ${DEFAULTS.calibSeqLen}, capped by max_position_embeddings)`)
     .option('--seed <n>', `seed for drawing calibration windows (default ${DEFAULTS.seed})`)
     .option('--recipe <file>', 'YAML recipe with these options (recipes/); flags override it')
-    .option('--device <kind>', 'where the layers run during calibration: cpu, or auto/cuda (the GPU path is not validated yet)', 'cpu')
+    .option('--device <kind>', 'auto | cpu | cuda: where the job runs (auto: the GPU when CUDA is usable, else the cpu with a notice)', 'auto')
+    .option('--dtype <d>', 'cuda: dtype of the calibration forward passes, fp32 (default, fidelity) | bf16 | fp16; statistics, Hessians and GPTQ stay f32')
+    .option('--activations <where>', 'where calibration activations live between layers: auto (the GPU when they fit in 40% of its free memory) | device | host', 'auto')
     .option('--force', 'replace the output folder if it exists')
     .option('--json', 'the report (llmopt-report.json) on stdout; progress stays on stderr')
     .action(async (model: string, flags: QuantizeFlags) => {

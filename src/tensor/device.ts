@@ -8,6 +8,10 @@
 // - Linear weights are [out_features, in_features] (PyTorch nn.Linear layout); y = x · Wᵀ + b.
 // - Token ids and positions are host Int32Arrays; a device copies them where it needs them.
 
+import type { QuantJobOps } from './quant-job.js';
+
+export type { QuantJobOps } from './quant-job.js';
+
 /** The dtype a device computes and stores activations/weights in. */
 export type ComputeDType = 'f32' | 'bf16' | 'f16';
 
@@ -149,6 +153,9 @@ export interface Device {
    * caller dequantizes and uploads the float weight instead).
    */
   uploadQuantizedLinear?(weight: QuantizedLinearData, activations?: FakeQuantSpec): Tensor | undefined;
+  // --- quantization jobs (optional) ---------------------------------------------------------
+  /** Calibration statistics, GPTQ, observers and RTN where the activations are (quant-job.ts). */
+  readonly quantJob?: QuantJobOps;
 }
 
 export interface ScoredRows {

@@ -4,9 +4,17 @@
 import type { TensorToWrite } from '../../io/safetensors.js';
 import { encodeFromFloat32 } from '../../io/dtypes.js';
 import { packFactor, packInt32, packInt32Dim0 } from '../../model/compressed-tensors.js';
-import type { ScaleDType } from './qparams.js';
-import type { QuantizedWeight } from './rtn.js';
+import type { QuantValueArgs, ScaleDType, WeightQParams } from '../../tensor/quant-job.js';
 import type { ResolvedScheme } from './scheme.js';
+
+/** A quantized Linear weight as written: its codes (row-major; integers, or E4M3 bytes for fp8) and qparams. */
+export interface QuantizedCodes {
+  rows: number;
+  cols: number;
+  args: QuantValueArgs;
+  qparams: WeightQParams;
+  codes: Int32Array;
+}
 
 /** config.json's quantization_config for a resolved scheme (keys as compressed-tensors' QuantizationConfig dumps them). */
 export function quantizationConfig(scheme: ResolvedScheme, ignore: readonly string[], toolMetadata: Record<string, unknown>): Record<string, unknown> {
@@ -38,7 +46,7 @@ function bytesOf(a: Int32Array | Int8Array): Uint8Array {
 /** The tensors of one quantized Linear `prefix` (e.g. "model.layers.0.self_attn.q_proj"). */
 export function linearTensors(
   prefix: string,
-  qw: QuantizedWeight,
+  qw: QuantizedCodes,
   format: ResolvedScheme['format'],
   scaleDtype: ScaleDType,
   inputScale?: number,

@@ -1,30 +1,34 @@
 // The sequential quantization pipeline (GPTQ's and llm-compressor's "sequential" pipeline): decoder
 // layers one at a time, each calibrated on the inputs the already-quantized layers before it produce.
 //
-// Per layer, on the calibration activations X (host arrays, one per batch of equal-length windows):
-//   A  calibrate: the float layer on X; hooks collect GPTQ Hessians and SmoothQuant channel ranges
-//   -  smooth (SmoothQuant) and quantize the layer's Linears (RTN or GPTQ, observer-chosen scales)
+// Per layer, on the calibration activations X (one tensor per batch of equal-length windows):
+//   A  calibrate: the float layer on X; hooks accumulate GPTQ Hessians and SmoothQuant channel
+//      ranges on the device (device.quantJob)
+//   -  smooth (SmoothQuant, on the host: O(weights)) and quantize the layer's Linears on the device
+//      (observer-chosen scales, then RTN or GPTQ; one GPTQ factor per input shared by q/k/v, gate/up)
 //   B  (static activations / FP8 KV cache) the quantized layer on X: input and K/V absmax → scales
 //   C  propagate: float and quantized layer on X; their outputs give the layer's error, and the
 //      quantized outputs become the next layer's X
-// Only one layer's weights (float + quantized) are on the device at a time, with the embeddings;
-// memory is that, the activations of the calibration set, and the layer's Hessians.
+// Device memory is bounded by one layer, whatever the model size: the float and the quantized
+// layer's weights (device dtype), an f32 working copy of one Linear, that layer's Hessians
+// (f32 K² per input; GPTQ's factor adds 2·K² for one input at a time), per-batch scratch, and the
+// calibration activations X (rows × hidden × dtype bytes) — kept on the device when they fit in
+// ACTIVATIONS_DEVICE_SHARE of its free memory, on the host otherwise (then every pass uploads them).
 
 import { LlmoptError } from '../../errors.js';
 import type { DType } from '../../io/dtypes.js';
+import type { TensorToWrite } from '../../io/safetensors.js';
 import { Decoder, hookNames, type ActivationHooks } from '../../model/decoder.js';
 import type { ModelSpec } from '../../model/spec.js';
 import type { DecoderWeights, LayerQuantSim, LayerWeights } from '../../model/weights.js';
-import type { Device, FakeQuantSpec, Tensor } from '../../tensor/device.js';
+import type { Device, FakeQuantSpec, QuantJobOps, Tensor } from '../../tensor/device.js';
+import { weightGrid, type ErrorSums, type GptqFactor, type ScaleDType, type WeightQParams } from '../../tensor/quant-job.js';
+import { calculateQParam, roundToDtype } from '../../tensor/quant-math.js';
 import type { CalibrationSet } from '../calibration.js';
-import { gptqQuantize } from './gptq.js';
-import { HessianAccumulator } from './hessian.js';
+import { linearTensors } from './export.js';
 import { INPUT_POINTS, LINEARS, inputHook, linearShape, type InputPoint, type LayerPlan, type LinearKey } from './modules.js';
-import { observeWeight, weightGrid } from './observers.js';
-import { calculateQParam, roundToDtype, type ScaleDType } from './qparams.js';
-import { quantizeRtn, type QuantizedWeight } from './rtn.js';
 import type { Method, ObserverName, ResolvedScheme } from './scheme.js';
-import { ChannelRange, applySmoothing, smoothingScales, type BalanceWeight } from './smoothquant.js';
+import { applySmoothing, smoothingScales, type BalanceWeight } from './smoothquant.js';
 
 /** Tensor reads the pipeline needs from the source checkpoint. */
 export interface PipelineSource {
@@ -32,6 +36,16 @@ export interface PipelineSource {
   info(name: string): { shape: readonly number[]; dtype: DType };
   readFloat32(name: string): Float32Array;
 }
+
+/** Device memory accounting (the cuda device's memoryStats); absent on the cpu. */
+export interface DeviceMemoryProbe {
+  /** Bytes held by live tensors, their high-water mark since the last resetPeak, and the device's free bytes. */
+  stats(): { tensorBytes: number; peakTensorBytes: number; freeBytes: number };
+  resetPeak(): void;
+}
+
+/** Where the calibration activations live between layers. */
+export type ActivationResidency = 'device' | 'host';
 
 export interface PipelineOptions {
   spec: ModelSpec;
@@ -52,6 +66,9 @@ export interface PipelineOptions {
   scaleDtype: ScaleDType;
   /** Most token rows per forward pass (windows of equal length are batched up to this). */
   maxBatchRows?: number;
+  /** Default: the device when the activations fit (see ACTIVATIONS_DEVICE_SHARE), else the host. */
+  activations?: ActivationResidency;
+  memory?: DeviceMemoryProbe;
   onLayer?: (report: LayerReport, layers: number) => void;
 }
 
@@ -75,31 +92,33 @@ export interface LayerReport {
   kv_scales?: { k: number; v: number };
 }
 
-/** A quantized Linear, ready to write. */
-export interface QuantizedLinear {
-  prefix: string;
-  weight: QuantizedWeight;
-  /** Static input scale (FP8, W8A8 --static-activations). */
-  inputScale?: number;
+/** Peak device tensor bytes per phase (the largest over layers); null where nothing was measured. */
+export interface PipelineMemory {
+  activations: { where: ActivationResidency; bytes: number };
+  peak_device_bytes: { embed: number; calibrate: number; quantize: number; propagate: number; overall: number } | null;
 }
 
 export interface PipelineResult {
-  linears: Map<string, QuantizedLinear>;
-  /** Norm weights changed by SmoothQuant (tensor name → values). */
+  /** The tensors of each quantized Linear, encoded for writing (prefix → tensors). */
+  linears: Map<string, TensorToWrite[]>;
+  /** Tensors changed by SmoothQuant (tensor name → values): norms, and smoothed Linears left unquantized. */
   replacedTensors: Map<string, Float32Array>;
   kvScales: { layerPrefix: string; k: number; v: number }[];
   layers: LayerReport[];
+  memory: PipelineMemory;
 }
+
+/** Largest share of the device's free memory (at the start) the calibration activations may take there. */
+export const ACTIVATIONS_DEVICE_SHARE = 0.4;
+const DEFAULT_MAX_BATCH_ROWS = 4096;
 
 interface Batch {
   ids: Int32Array;
   batch: number;
   seq: number;
-  /** The residual stream entering the current layer, [batch·seq, hidden]. */
-  x: Float32Array;
+  /** The residual stream entering the current layer, [batch·seq, hidden]: a device tensor or host values. */
+  x: Tensor | Float32Array;
 }
-
-const DEFAULT_MAX_BATCH_ROWS = 4096;
 
 function makeBatches(windows: readonly Int32Array[], maxRows: number): Omit<Batch, 'x'>[] {
   const byLength = new Map<number, Int32Array[]>();
@@ -121,6 +140,80 @@ function makeBatches(windows: readonly Int32Array[], maxRows: number): Omit<Batc
   return batches;
 }
 
+/** The calibration activations between layers, on the device or on the host. */
+class Activations {
+  constructor(
+    private readonly device: Device,
+    private readonly qj: QuantJobOps,
+    private readonly hidden: number,
+    readonly where: ActivationResidency,
+  ) {}
+
+  /** A new device tensor holding b's residual stream (the caller frees it). */
+  load(b: Batch): Tensor {
+    const shape = [b.batch * b.seq, this.hidden];
+    if (b.x instanceof Float32Array) return this.device.upload(b.x, shape);
+    const t = this.device.empty(shape);
+    this.qj.copy(t, b.x);
+    return t;
+  }
+
+  /** b's residual stream as a device tensor to read (release it with done()). */
+  peek(b: Batch): Tensor {
+    return b.x instanceof Float32Array ? this.device.upload(b.x, [b.batch * b.seq, this.hidden]) : b.x;
+  }
+
+  done(b: Batch, t: Tensor): void {
+    if (t !== b.x) this.device.free(t);
+  }
+
+  /** b's residual stream becomes t (which the store now owns). */
+  store(b: Batch, t: Tensor): void {
+    if (this.where === 'host') {
+      b.x = this.device.download(t);
+      this.device.free(t);
+    } else {
+      if (!(b.x instanceof Float32Array)) this.device.free(b.x);
+      b.x = t;
+    }
+  }
+
+  free(batches: Batch[]): void {
+    for (const b of batches) if (!(b.x instanceof Float32Array)) this.device.free(b.x);
+  }
+}
+
+/** Peak device memory per phase, the largest over layers. */
+class PhaseMemory {
+  readonly peaks = { embed: 0, calibrate: 0, quantize: 0, propagate: 0, overall: 0 };
+  constructor(private readonly probe: DeviceMemoryProbe | undefined) {}
+
+  start(): void {
+    this.probe?.resetPeak();
+  }
+
+  end(phase: 'embed' | 'calibrate' | 'quantize' | 'propagate'): void {
+    if (this.probe === undefined) return;
+    const peak = this.probe.stats().peakTensorBytes;
+    this.peaks[phase] = Math.max(this.peaks[phase], peak);
+    this.peaks.overall = Math.max(this.peaks.overall, peak);
+  }
+}
+
+interface Context {
+  opts: PipelineOptions;
+  qj: QuantJobOps;
+  batches: Batch[];
+  acts: Activations;
+  fpDecoder: Decoder;
+  qDecoder: Decoder;
+  fpWeights: DecoderWeights;
+  qWeights: DecoderWeights;
+  result: PipelineResult;
+  memory: PhaseMemory;
+  read: (name: string) => Float32Array;
+}
+
 const now = (): number => performance.now() / 1000;
 
 function activationSpec(args: ResolvedScheme['inputActivations']): FakeQuantSpec['format'] | undefined {
@@ -128,39 +221,69 @@ function activationSpec(args: ResolvedScheme['inputActivations']): FakeQuantSpec
   return args.type === 'float' ? 'fp8_e4m3' : 'int8';
 }
 
-function absmax(t: Float32Array): number {
-  let m = 0;
-  for (let i = 0; i < t.length; i++) {
-    const a = Math.abs(t[i]!);
-    if (a > m) m = a;
-  }
-  return m;
+function elementBytes(device: Device): number {
+  return device.dtype === 'f32' ? 4 : 2;
 }
 
 export async function runQuantizationPipeline(opts: PipelineOptions): Promise<PipelineResult> {
   const { spec, source, device } = opts;
+  const qj = device.quantJob;
+  if (qj === undefined) throw new Error(`the ${device.kind} device has no quantization-job ops`);
   const p = opts.modelPrefix;
   const H = spec.hiddenSize;
   const read = (name: string): Float32Array => source.readFloat32(name);
+  const memory = new PhaseMemory(opts.memory);
+  memory.start();
 
-  // Embeddings, final norm and lm_head are part of the decoder's contract (DecoderWeights); only embed() runs.
+  // Only embed() and layer() run, so lm_head is never needed: the embedding stands in for it (the
+  // decoder's contract), and both are freed once every batch is embedded.
   const embed = device.upload(read(`${p}embed_tokens.weight`), [spec.vocabSize, H]);
   const finalNorm = device.upload(read(`${p}norm.weight`), [H]);
-  const lmHead = spec.tieWordEmbeddings ? embed : device.upload(read('lm_head.weight'), [spec.vocabSize, H]);
-  const fpWeights: DecoderWeights = { embed, finalNorm, lmHead, layers: new Array<LayerWeights>(spec.numLayers) };
-  const qWeights: DecoderWeights = { embed, finalNorm, lmHead, layers: new Array<LayerWeights>(spec.numLayers), quant: new Array<LayerQuantSim | undefined>(spec.numLayers) };
+  const fpWeights: DecoderWeights = { embed, finalNorm, lmHead: embed, layers: new Array<LayerWeights>(spec.numLayers) };
+  const qWeights: DecoderWeights = { embed, finalNorm, lmHead: embed, layers: new Array<LayerWeights>(spec.numLayers), quant: new Array<LayerQuantSim | undefined>(spec.numLayers) };
   const fpDecoder = new Decoder(spec, fpWeights, device);
   const qDecoder = new Decoder(spec, qWeights, device);
 
-  const result: PipelineResult = { linears: new Map(), replacedTensors: new Map(), kvScales: [], layers: [] };
+  const shapes = makeBatches(opts.calibration.windows, opts.maxBatchRows ?? DEFAULT_MAX_BATCH_ROWS);
+  const rows = shapes.reduce((n, b) => n + b.batch * b.seq, 0);
+  const activationBytes = rows * H * elementBytes(device);
+  const where: ActivationResidency =
+    opts.activations ?? (opts.memory === undefined || activationBytes <= ACTIVATIONS_DEVICE_SHARE * opts.memory.stats().freeBytes ? 'device' : 'host');
+  const acts = new Activations(device, qj, H, where);
+  const batches: Batch[] = [];
+  const result: PipelineResult = {
+    linears: new Map(),
+    replacedTensors: new Map(),
+    kvScales: [],
+    layers: [],
+    memory: { activations: { where, bytes: activationBytes }, peak_device_bytes: opts.memory ? memory.peaks : null },
+  };
+  let embedFreed = false;
+  const freeEmbedding = () => {
+    if (embedFreed) return;
+    embedFreed = true;
+    device.free(embed);
+  };
   try {
-    const batches: Batch[] = makeBatches(opts.calibration.windows, opts.maxBatchRows ?? DEFAULT_MAX_BATCH_ROWS).map((b) => ({
-      ...b,
-      x: device.download(fpDecoder.embed(b.ids, b.batch, b.seq)),
-    }));
+    for (const b of shapes) {
+      const x = fpDecoder.embed(b.ids, b.batch, b.seq);
+      const batch: Batch = { ...b, x: new Float32Array(0) };
+      if (where === 'host') batch.x = device.download(x);
+      else {
+        const t = device.empty([b.batch * b.seq, H]);
+        qj.copy(t, x);
+        batch.x = t;
+      }
+      batches.push(batch);
+    }
+    fpDecoder.dispose(); // the embedding's workspace
+    freeEmbedding();
+    device.synchronize();
+    memory.end('embed');
 
+    const ctx: Context = { opts, qj, batches, acts, fpDecoder, qDecoder, fpWeights, qWeights, result, memory, read };
     for (let i = 0; i < spec.numLayers; i++) {
-      const report = await quantizeLayer(i, batches, fpDecoder, qDecoder, fpWeights, qWeights, opts, result, read);
+      const report = quantizeLayer(i, ctx);
       result.layers.push(report);
       opts.onLayer?.(report, spec.numLayers);
       // Let progress output and signals through between layers.
@@ -168,52 +291,48 @@ export async function runQuantizationPipeline(opts: PipelineOptions): Promise<Pi
     }
     return result;
   } finally {
+    acts.free(batches);
     fpDecoder.dispose();
     qDecoder.dispose();
-    device.free(embed);
+    freeEmbedding();
     device.free(finalNorm);
-    if (lmHead !== embed) device.free(lmHead);
   }
 }
 
-/** Runs `decoder.layer(i)` on every batch (a fresh upload of its input each time). */
-function runLayer(decoder: Decoder, i: number, batches: Batch[], hooks: ActivationHooks | undefined, each?: (b: Batch, out: Tensor) => void): void {
-  const device = decoder.device;
-  for (const b of batches) {
-    const t = device.upload(b.x, [b.batch * b.seq, decoder.spec.hiddenSize]);
+/** Runs `decoder.layer(i)` on a copy of every batch's activations. */
+function runLayer(ctx: Context, decoder: Decoder, i: number, hooks: ActivationHooks): void {
+  for (const b of ctx.batches) {
+    const t = ctx.acts.load(b);
     try {
       decoder.layer(i, t, b.batch, b.seq, { hooks, startPos: 0 });
-      each?.(b, t);
     } finally {
-      device.free(t);
+      decoder.device.free(t);
     }
   }
 }
 
-async function quantizeLayer(
-  i: number,
-  batches: Batch[],
-  fpDecoder: Decoder,
-  qDecoder: Decoder,
-  fpWeights: DecoderWeights,
-  qWeights: DecoderWeights,
-  opts: PipelineOptions,
-  result: PipelineResult,
-  read: (name: string) => Float32Array,
-): Promise<LayerReport> {
+function quantizeLayer(i: number, ctx: Context): LayerReport {
+  const { opts, qj, fpWeights, qWeights, result, memory, read } = ctx;
   const { spec, device, scheme } = opts;
   const plan = opts.plans[i]!;
   const l = plan.prefix;
   const seconds = { calibrate: 0, quantize: 0, propagate: 0 };
-  const uploaded: Tensor[] = [];
-  const up = (data: Float32Array, shape: number[]): Tensor => {
-    const t = device.upload(data, shape);
-    uploaded.push(t);
+  const owned: Tensor[] = [];
+  const keep = (t: Tensor): Tensor => {
+    owned.push(t);
     return t;
   };
+  const up = (data: Float32Array, shape: number[]): Tensor => keep(device.upload(data, shape));
   const optional = (name: string, shape: number[]): Tensor | undefined => (opts.source.has(name) ? up(read(name), shape) : undefined);
+  const hessians = new Map<InputPoint, Tensor>();
+  const freeHessian = (point: InputPoint) => {
+    const h = hessians.get(point);
+    if (h !== undefined) device.free(h);
+    hessians.delete(point);
+  };
 
   // --- the float layer ------------------------------------------------------------------------
+  memory.start();
   let t0 = now();
   const attnNorm = read(`${l}input_layernorm.weight`);
   const mlpNorm = read(`${l}post_attention_layernorm.weight`);
@@ -232,47 +351,56 @@ async function quantizeLayer(
     upBias: optional(`${l}mlp.up_proj.bias`, [spec.intermediateSize]),
     downBias: optional(`${l}mlp.down_proj.bias`, [spec.hiddenSize]),
   };
-  const layerWeights = (norms: { attn: Float32Array; mlp: Float32Array }, lin: Record<LinearKey, Float32Array>): LayerWeights => ({
+  const layerWeights = (norms: { attn: Float32Array; mlp: Float32Array }, lin: Record<LinearKey, Tensor>): LayerWeights => ({
     ...shared,
     attnNorm: up(norms.attn, [spec.hiddenSize]),
     mlpNorm: up(norms.mlp, [spec.hiddenSize]),
-    q: up(lin.q, shapes.q),
-    k: up(lin.k, shapes.k),
-    v: up(lin.v, shapes.v),
-    o: up(lin.o, shapes.o),
-    gate: up(lin.gate, shapes.gate),
-    up: up(lin.up, shapes.up),
-    down: up(lin.down, shapes.down),
+    ...lin,
   });
-  fpWeights.layers[i] = layerWeights({ attn: attnNorm, mlp: mlpNorm }, w);
+  const uploadAll = (lin: Record<LinearKey, Float32Array>): Record<LinearKey, Tensor> =>
+    Object.fromEntries(LINEARS.map((d) => [d.key, up(lin[d.key], shapes[d.key])])) as Record<LinearKey, Tensor>;
+  fpWeights.layers[i] = layerWeights({ attn: attnNorm, mlp: mlpNorm }, uploadAll(w));
 
   try {
     // --- A: calibrate -------------------------------------------------------------------------
     const gptq = opts.method === 'gptq';
     const sq = opts.smoothquant;
-    const hessians = new Map<InputPoint, HessianAccumulator>();
-    const ranges = new Map<InputPoint, ChannelRange>();
+    const ranges = new Map<InputPoint, { min: Tensor; max: Tensor }>();
     const inDim = (point: InputPoint): number => shapes[LINEARS.find((d) => d.input === point)!.key][1];
     const quantizedPoint = (point: InputPoint): boolean => LINEARS.some((d) => d.input === point && plan.quantized.has(d.key));
+    // GPTQ's H = 2/N Σ x xᵀ over N calibration samples (its running mean, with N known up front).
+    const hessianScale = 2 / opts.calibration.windows.length;
     const hooksA: ActivationHooks = {};
     for (const point of INPUT_POINTS) {
       const wantH = gptq && quantizedPoint(point);
       const wantRange = sq !== undefined && (point === 'qkv' || point === 'gateUp');
       if (!wantH && !wantRange) continue;
-      if (wantH) hessians.set(point, new HessianAccumulator(inDim(point)));
-      if (wantRange) ranges.set(point, new ChannelRange(inDim(point)));
+      const n = inDim(point);
+      if (wantH) hessians.set(point, qj.zerosF32([n, n]));
+      if (wantRange) {
+        ranges.set(point, {
+          min: keep(qj.uploadF32(new Float32Array(n).fill(Infinity), [n])),
+          max: keep(qj.uploadF32(new Float32Array(n).fill(-Infinity), [n])),
+        });
+      }
       hooksA[inputHook(point, i)] = (t) => {
-        hessians.get(point)?.add(device, t);
-        ranges.get(point)?.add(device.download(t));
+        const h = hessians.get(point);
+        if (h !== undefined) qj.hessianAccumulate(h, t, hessianScale);
+        const r = ranges.get(point);
+        if (r !== undefined) qj.channelRange(r.min, r.max, t);
       };
     }
-    if (Object.keys(hooksA).length > 0) runLayer(fpDecoder, i, batches, hooksA);
+    if (Object.keys(hooksA).length > 0) runLayer(ctx, ctx.fpDecoder, i, hooksA);
+    device.synchronize();
     seconds.calibrate += now() - t0;
+    memory.end('calibrate');
 
     // --- smooth and quantize ------------------------------------------------------------------
+    memory.start();
     t0 = now();
     const norms = { attn: attnNorm.slice(), mlp: mlpNorm.slice() };
     const lin = Object.fromEntries(LINEARS.map((d) => [d.key, w[d.key].slice()])) as Record<LinearKey, Float32Array>;
+    const smoothed = new Set<LinearKey>();
     let smoothing: Record<string, [number, number]> | undefined;
     if (sq !== undefined) {
       smoothing = {};
@@ -281,47 +409,73 @@ async function quantizeLayer(
         ['gateUp', 'mlp', 'post_attention_layernorm', ['gate', 'up']],
       ];
       for (const [point, norm, normName, keys] of mappings) {
+        const range = ranges.get(point)!;
         const balance: BalanceWeight[] = keys.map((k) => ({ data: lin[k], rows: shapes[k][0], cols: shapes[k][1] }));
-        const s = smoothingScales(ranges.get(point)!, balance, sq);
+        const s = smoothingScales({ min: device.download(range.min), max: device.download(range.max) }, balance, sq);
         applySmoothing(norms[norm], balance, s);
+        for (const k of keys) smoothed.add(k);
         const normDtype = opts.source.info(`${l}${normName}.weight`).dtype;
         roundInPlace(norms[norm], normDtype);
         result.replacedTensors.set(`${l}${normName}.weight`, norms[norm]);
         const h = hessians.get(point);
-        if (h !== undefined) scaleHessian(h.h, s);
+        if (h !== undefined) qj.scaleHessian(h, s);
         smoothing[normName] = [Math.min(...s), Math.max(...s)];
       }
     }
 
     const modules: ModuleReport[] = [];
-    const deq = { ...lin };
-    for (const d of LINEARS) {
-      if (!plan.quantized.has(d.key)) continue;
-      const [rows, cols] = shapes[d.key];
-      const grid = weightGrid(rows, cols, scheme.weights);
-      const qp = observeWeight(lin[d.key], grid, scheme.weights, opts.observer, opts.scaleDtype);
-      const name = `${l}${d.name}`;
-      let qw: QuantizedWeight;
-      if (gptq) {
-        const r = gptqQuantize(lin[d.key], hessians.get(d.input)!.h, qp, scheme.weights, {
-          blockSize: opts.blockSize,
-          dampening: opts.dampening,
-          actorder: opts.actorder,
-        });
-        qw = r.weight;
-        modules.push({ name, gptq_loss: r.loss, ...(r.fellBackToRtn ? { fell_back_to_rtn: true } : {}) });
-      } else {
-        qw = quantizeRtn(lin[d.key], qp, scheme.weights);
-        modules.push({ name });
+    const codes = new Map<LinearKey, { codes: Int32Array; qparams: WeightQParams }>();
+    const deq = {} as Record<LinearKey, Tensor>;
+    for (const point of INPUT_POINTS) {
+      const defs = LINEARS.filter((d) => d.input === point && plan.quantized.has(d.key));
+      if (defs.length === 0) continue;
+      let factor: GptqFactor | undefined;
+      const h = hessians.get(point);
+      if (gptq && h !== undefined) {
+        factor = qj.gptqPrepare(h, { dampening: opts.dampening, actorder: opts.actorder });
+        freeHessian(point);
       }
-      deq[d.key] = qw.dequantized;
-      result.linears.set(name, { prefix: name, weight: qw });
+      try {
+        for (const d of defs) {
+          const [outF, inF] = shapes[d.key];
+          const name = `${l}${d.name}`;
+          const wt = qj.uploadF32(lin[d.key], [outF, inF]);
+          try {
+            const grid = weightGrid(outF, inF, scheme.weights);
+            const qparams = qj.observeWeight(wt, grid, scheme.weights, opts.observer, opts.scaleDtype);
+            deq[d.key] = keep(device.empty([outF, inF]));
+            if (factor?.ok) {
+              const r = qj.gptqQuantize(wt, factor, qparams, scheme.weights, opts.blockSize, deq[d.key]);
+              codes.set(d.key, { codes: r.codes, qparams });
+              modules.push({ name, gptq_loss: r.loss });
+            } else {
+              codes.set(d.key, { codes: qj.quantizeRtn(wt, qparams, scheme.weights, deq[d.key]), qparams });
+              modules.push(gptq ? { name, gptq_loss: NaN, fell_back_to_rtn: true } : { name });
+            }
+          } finally {
+            device.free(wt);
+          }
+        }
+      } finally {
+        factor?.free();
+      }
     }
-    hessians.clear();
+    for (const d of LINEARS) {
+      if (plan.quantized.has(d.key)) continue;
+      // A Linear left unquantized inside a smoothed group is written smoothed, or the model would change.
+      if (smoothed.has(d.key)) {
+        roundInPlace(lin[d.key], opts.source.info(`${l}${d.name}.weight`).dtype);
+        result.replacedTensors.set(`${l}${d.name}.weight`, lin[d.key]);
+      }
+      deq[d.key] = up(lin[d.key], shapes[d.key]);
+    }
     qWeights.layers[i] = layerWeights(norms, deq);
+    device.synchronize();
     seconds.quantize += now() - t0;
+    memory.end('quantize');
 
     // --- B: static scales from the quantized layer --------------------------------------------
+    memory.start();
     t0 = now();
     const format = activationSpec(scheme.inputActivations);
     const staticActs = scheme.inputActivations !== undefined && scheme.inputActivations.dynamic === false;
@@ -333,84 +487,107 @@ async function quantizeLayer(
       sim.gateUpInput = pointSim('gateUp');
       sim.downInput = pointSim('down');
     }
+    const inputScales = new Map<InputPoint, number>();
     let kvScales: { k: number; v: number } | undefined;
     if (staticActs || scheme.kvCacheScheme !== undefined) {
       qWeights.quant![i] = { ...sim };
-      const pointMax = new Map<InputPoint, number>();
-      let kMax = 0;
-      let vMax = 0;
+      const pointMax = new Map<InputPoint, Tensor>();
+      const kMax = keep(qj.zerosF32([1]));
+      const vMax = keep(qj.zerosF32([1]));
       const hooksB: ActivationHooks = {};
       if (staticActs) {
         for (const point of INPUT_POINTS) {
           if (!quantizedPoint(point)) continue;
-          hooksB[inputHook(point, i)] = (t) => pointMax.set(point, Math.max(pointMax.get(point) ?? 0, absmax(device.download(t))));
+          const acc = keep(qj.zerosF32([1]));
+          pointMax.set(point, acc);
+          hooksB[inputHook(point, i)] = (t) => qj.absMax(acc, t);
         }
       }
       if (scheme.kvCacheScheme !== undefined) {
-        hooksB[hookNames.keyStates(i)] = (t) => (kMax = Math.max(kMax, absmax(device.download(t))));
-        hooksB[hookNames.valueStates(i)] = (t) => (vMax = Math.max(vMax, absmax(device.download(t))));
+        hooksB[hookNames.keyStates(i)] = (t) => qj.absMax(kMax, t);
+        hooksB[hookNames.valueStates(i)] = (t) => qj.absMax(vMax, t);
       }
-      runLayer(qDecoder, i, batches, hooksB);
+      runLayer(ctx, ctx.qDecoder, i, hooksB);
       if (staticActs) {
         const args = scheme.inputActivations!;
         const staticScale = (point: InputPoint): FakeQuantSpec | undefined => {
-          if (!quantizedPoint(point)) return undefined;
-          const m = pointMax.get(point) ?? 0;
-          return { format: format!, scale: calculateQParam(-m, m, args, opts.scaleDtype).scale };
+          const acc = pointMax.get(point);
+          if (acc === undefined) return undefined;
+          const m = device.download(acc)[0]!;
+          const scale = calculateQParam(-m, m, args, opts.scaleDtype).scale;
+          inputScales.set(point, scale);
+          return { format: format!, scale };
         };
         sim.qkvInput = staticScale('qkv');
         sim.oInput = staticScale('o');
         sim.gateUpInput = staticScale('gateUp');
         sim.downInput = staticScale('down');
-        for (const d of LINEARS) {
-          const ql = result.linears.get(`${l}${d.name}`);
-          const s = { qkv: sim.qkvInput, o: sim.oInput, gateUp: sim.gateUpInput, down: sim.downInput }[d.input];
-          if (ql !== undefined && s !== undefined) ql.inputScale = s.scale;
-        }
       }
       if (scheme.kvCacheScheme !== undefined) {
         const kvArgs = scheme.kvCacheScheme;
-        kvScales = { k: calculateQParam(-kMax, kMax, kvArgs, opts.scaleDtype).scale, v: calculateQParam(-vMax, vMax, kvArgs, opts.scaleDtype).scale };
+        const k = device.download(kMax)[0]!;
+        const v = device.download(vMax)[0]!;
+        kvScales = { k: calculateQParam(-k, k, kvArgs, opts.scaleDtype).scale, v: calculateQParam(-v, v, kvArgs, opts.scaleDtype).scale };
         sim.kvCache = { kScale: kvScales.k, vScale: kvScales.v };
         result.kvScales.push({ layerPrefix: l, ...kvScales });
       }
     }
     qWeights.quant![i] = Object.keys(sim).length > 0 ? sim : undefined;
+    device.synchronize();
     seconds.calibrate += now() - t0;
+    memory.end('calibrate');
+
+    // The quantized Linears, encoded as written (packed int4, int8, E4M3 bytes): compact host memory.
+    t0 = now();
+    for (const d of LINEARS) {
+      const c = codes.get(d.key);
+      if (c === undefined) continue;
+      const [rows, cols] = shapes[d.key];
+      const prefix = `${l}${d.name}`;
+      const weight = { rows, cols, args: scheme.weights, qparams: c.qparams, codes: c.codes };
+      result.linears.set(prefix, linearTensors(prefix, weight, scheme.format, opts.scaleDtype, inputScales.get(d.input)));
+    }
+    codes.clear();
+    seconds.quantize += now() - t0;
 
     // --- C: propagate -------------------------------------------------------------------------
+    memory.start();
     t0 = now();
-    let diff2 = 0;
-    let ref2 = 0;
-    let update2 = 0;
-    for (const b of batches) {
-      let yRef: Float32Array | undefined;
-      runLayer(fpDecoder, i, [b], undefined, (_, out) => (yRef = device.download(out)));
-      runLayer(qDecoder, i, [b], undefined, (_, out) => {
-        const yq = device.download(out);
-        for (let k = 0; k < yq.length; k++) {
-          const y = yRef![k]!;
-          diff2 += (yq[k]! - y) ** 2;
-          ref2 += y ** 2;
-          update2 += (y - b.x[k]!) ** 2;
-        }
-        b.x = yq;
-      });
+    const sums: ErrorSums = { diff2: 0, ref2: 0, update2: 0 };
+    for (const b of ctx.batches) {
+      const y = ctx.acts.load(b);
+      const yq = ctx.acts.load(b);
+      try {
+        ctx.fpDecoder.layer(i, y, b.batch, b.seq, { startPos: 0 });
+        ctx.qDecoder.layer(i, yq, b.batch, b.seq, { startPos: 0 });
+        const x = ctx.acts.peek(b);
+        qj.accumulateErrors(sums, yq, y, x);
+        ctx.acts.done(b, x);
+      } catch (e) {
+        device.free(yq);
+        throw e;
+      } finally {
+        device.free(y);
+      }
+      ctx.acts.store(b, yq);
     }
+    device.synchronize();
     seconds.propagate += now() - t0;
-    if (!Number.isFinite(diff2)) throw new LlmoptError(`layer ${i}: the quantized layer produced non-finite outputs on the calibration data`);
+    memory.end('propagate');
+    if (!Number.isFinite(sums.diff2)) throw new LlmoptError(`layer ${i}: the quantized layer produced non-finite outputs on the calibration data`);
 
     return {
       index: i,
-      output_rel_error: Math.sqrt(diff2 / ref2),
-      update_rel_error: Math.sqrt(diff2 / update2),
+      output_rel_error: Math.sqrt(sums.diff2 / sums.ref2),
+      update_rel_error: Math.sqrt(sums.diff2 / sums.update2),
       seconds,
       modules,
       ...(smoothing ? { smoothing } : {}),
       ...(kvScales ? { kv_scales: kvScales } : {}),
     };
   } finally {
-    for (const t of uploaded) device.free(t);
+    for (const point of [...hessians.keys()]) freeHessian(point);
+    for (const t of owned) device.free(t);
     delete fpWeights.layers[i];
     delete qWeights.layers[i];
     if (qWeights.quant) delete qWeights.quant[i];
@@ -421,10 +598,4 @@ async function quantizeLayer(
 function roundInPlace(a: Float32Array, dtype: DType): void {
   if (dtype !== 'BF16' && dtype !== 'F16') return;
   for (let k = 0; k < a.length; k++) a[k] = roundToDtype(a[k]!, dtype);
-}
-
-/** H' = S⁻¹ H S⁻¹ for inputs divided by s per channel (a Hessian gathered before smoothing). */
-function scaleHessian(h: Float64Array, s: Float64Array): void {
-  const n = s.length;
-  for (let r = 0; r < n; r++) for (let c = 0; c < n; c++) h[r * n + c] = h[r * n + c]! / (s[r]! * s[c]!);
 }

@@ -15,10 +15,10 @@ import { TextTokenizer, TOKENIZER_FILE } from '../../model/tokenizer.js';
 import { isQuantizedConfig } from '../../model/weights.js';
 import type { Device } from '../../tensor/device.js';
 import { describeCalibrationSource, loadCalibration, type CalibrationSet } from '../calibration.js';
-import { kvScaleTensors, linearTensors, quantizationConfig } from './export.js';
+import { kvScaleTensors, quantizationConfig } from './export.js';
 import { planLayers } from './modules.js';
-import { runQuantizationPipeline, type LayerReport } from './pipeline.js';
-import type { ScaleDType } from './qparams.js';
+import { runQuantizationPipeline, type ActivationResidency, type DeviceMemoryProbe, type LayerReport, type PipelineMemory } from './pipeline.js';
+import type { ScaleDType } from '../../tensor/quant-job.js';
 import { quantizesActivations, resolveScheme, type Method, type ObserverName, type ResolvedScheme, type SchemeOptions } from './scheme.js';
 import { sha256File } from '../../io/hash.js';
 
@@ -61,7 +61,14 @@ export interface QuantizeSettings extends SchemeOptions {
 
 export interface QuantizeRun {
   device: Device;
+  /** How the report names the device ("cpu", "cuda (NVIDIA H200)"). */
   deviceName?: string;
+  /** The dtype the calibration forward computes in, as the user spells it (fp32, bf16). */
+  deviceDtype?: string;
+  /** Device memory accounting (cuda); the report's peak device memory per phase. */
+  memory?: DeviceMemoryProbe;
+  /** Where calibration activations live between layers; default: the device when they fit. */
+  activations?: ActivationResidency;
   onStart?: (info: { layers: number; scheme: ResolvedScheme; calibration: CalibrationSet }) => void;
   onLayer?: (report: LayerReport, layers: number) => void;
 }
@@ -103,9 +110,12 @@ export interface QuantizeReport {
   };
   calibration: { source: string; description: string; samples: number; tokens: number; seq_len: number; seed: number };
   device: string;
+  /** The dtype the calibration forward passes computed in (fp32 on the cpu). */
+  device_dtype: string;
   layers: LayerReport[];
   timings_s: { load: number; calibration_data: number; layers: number; write: number; total: number };
-  memory: { peak_rss_bytes: number };
+  /** Host peak RSS; device tensor peaks per phase (largest over layers; null on the cpu) and where the activations lived. */
+  memory: { peak_rss_bytes: number } & PipelineMemory;
   size: { input_weight_bytes: number; output_weight_bytes: number };
 }
 
@@ -264,6 +274,8 @@ export async function runQuantize(p: PreparedQuantize, run: QuantizeRun): Promis
       actorder: o.actorder ?? false,
       calibration,
       scaleDtype,
+      memory: run.memory,
+      activations: run.activations,
       onLayer: run.onLayer,
     });
     const tLayers = (performance.now() - tLayers0) / 1000;
@@ -274,7 +286,7 @@ export async function runQuantize(p: PreparedQuantize, run: QuantizeRun): Promis
     for (const name of checkpoint.names()) {
       const linear = name.endsWith('.weight') ? pipeline.linears.get(name.slice(0, -'.weight'.length)) : undefined;
       if (linear !== undefined) {
-        tensors.push(...linearTensors(linear.prefix, linear.weight, scheme.format, scaleDtype, linear.inputScale));
+        tensors.push(...linear);
         continue;
       }
       const info = checkpoint.info(name);
@@ -322,9 +334,10 @@ export async function runQuantize(p: PreparedQuantize, run: QuantizeRun): Promis
         seed: calibration.seed,
       },
       device: run.deviceName ?? run.device.kind,
+      device_dtype: run.deviceDtype ?? (run.device.dtype === 'f32' ? 'fp32' : run.device.dtype === 'f16' ? 'fp16' : 'bf16'),
       layers: pipeline.layers,
       timings_s: { load: p.timings.load, calibration_data: p.timings.calibrationData, layers: tLayers, write: 0, total: 0 },
-      memory: { peak_rss_bytes: 0 },
+      memory: { peak_rss_bytes: 0, ...pipeline.memory },
       size: { input_weight_bytes: paths.weightFiles.reduce((n, f) => n + fs.statSync(f).size, 0), output_weight_bytes: 0 },
     };
 

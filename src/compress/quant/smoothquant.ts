@@ -10,25 +10,10 @@
 
 export const MINIMUM_SMOOTHING_SCALE = 1e-5;
 
-/** Per-channel running min and max of an activation [rows, n]. */
-export class ChannelRange {
-  readonly min: Float64Array;
-  readonly max: Float64Array;
-
-  constructor(readonly n: number) {
-    this.min = new Float64Array(n).fill(Infinity);
-    this.max = new Float64Array(n).fill(-Infinity);
-  }
-
-  add(x: Float32Array): void {
-    const n = this.n;
-    for (let i = 0; i < x.length; i++) {
-      const c = i % n;
-      const v = x[i]!;
-      if (v < this.min[c]!) this.min[c] = v;
-      if (v > this.max[c]!) this.max[c] = v;
-    }
-  }
+/** Per-channel min and max of an activation over the calibration set (QuantJobOps.channelRange). */
+export interface ChannelRange {
+  min: ArrayLike<number>;
+  max: ArrayLike<number>;
 }
 
 /** A Linear weight [rows, cols] (row-major) that balances the smoothing. */
@@ -39,7 +24,7 @@ export interface BalanceWeight {
 }
 
 export function smoothingScales(range: ChannelRange, balance: readonly BalanceWeight[], alpha: number): Float64Array {
-  const n = range.n;
+  const n = range.min.length;
   const wMax = new Float64Array(n);
   for (const w of balance) {
     if (w.cols !== n) throw new Error(`smoothing: balance weight has ${w.cols} columns for ${n} channels`);

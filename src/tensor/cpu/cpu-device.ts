@@ -5,6 +5,7 @@
 import { availableParallelism } from 'node:os';
 import type { AttentionShape, Device, FakeQuantSpec, ScoredRows, Tensor, TrainingOps } from '../device.js';
 import { fakeQuantRowsKernel } from './fake-quant.js';
+import { CpuQuantJob } from './quant-job.js';
 import {
   OP_ADD, OP_ATTENTION, OP_ATTENTION_SIMD, OP_GELU, OP_LAYERNORM, OP_MATMUL, OP_MATMUL_SIMD, OP_RMSNORM, OP_SCORE,
   OP_SILUMUL, OP_SILUMUL_SIMD, OP_ADD_SIMD, OP_RMSNORM_SIMD, OP_SCORE_SIMD, createSimdContext, runKernel, type SimdContext,
@@ -55,6 +56,8 @@ export class CpuDevice implements Device {
   private readonly noDoubles = new Float64Array(0);
   /** Backward ops, loss and optimizer (train-ops.ts). */
   readonly training: TrainingOps = new CpuTrainingOps(this);
+  /** Quantization-job ops (Device.quantJob): the float64 host reference. */
+  readonly quantJob: CpuQuantJob = new CpuQuantJob(this);
 
   constructor(opts: CpuDeviceOptions = {}) {
     const threads = opts.threads ?? Math.min(availableParallelism(), 8);

@@ -10,6 +10,7 @@ import { CudaError } from './errors.js';
 import { KernelLibrary, type ArgSignature, type Kernel, type KernelArg } from './kernels.js';
 import { Nvrtc, gpuArchitecture } from './nvrtc.js';
 import { CudaQuantLinear, QuantLinearOps } from './quant-linear.js';
+import { CudaQuantJob } from './quant-job-ops.js';
 import { CudaTensor, Storage, elementBytes, shapeSize } from './tensor.js';
 import { CudaTrainingOps } from './train-ops.js';
 
@@ -963,6 +964,9 @@ export class CudaDevice implements Device {
   }
 
   // --- quantization jobs: Hessians, GPTQ on the device ------------------------------------------
+
+  /** Calibration statistics, GPTQ, observers and RTN (quant-job-ops.ts, kernels/calibstats.cu, kernels/gptq.cu). */
+  readonly quantJob: CudaQuantJob = new CudaQuantJob(this);
 
   // --- training (distill): backward ops, loss, optimizer ----------------------------------------
 

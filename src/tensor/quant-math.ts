@@ -1,4 +1,5 @@
-// Scales and zero points exactly as compressed-tensors computes them (quantization/utils/helpers.py
+// The reference value math of quantization (both devices implement it; the cpu one is this code):
+// scales and zero points exactly as compressed-tensors computes them (quantization/utils/helpers.py
 // calculate_qparams, lifecycle/forward.py _quantize/_dequantize), for one value range at a time.
 //
 //   range:      int b bits → [−2^(b−1), 2^(b−1) − 1];  fp8 E4M3 → [−448, 448]
@@ -9,8 +10,10 @@
 //   quantize:   q = round(clamp(x / scale + zp, qmin, qmax))   (fp8: cast with RNE instead of round)
 //   dequantize: x' = (q − zp) · scale
 
-import { clampFp8E4M3, decodeToFloat32, encodeFromFloat32, f32ToFp8E4M3, fp8E4M3ToF32, roundHalfEven, type DType } from '../../io/dtypes.js';
-import type { QuantArgsJson } from '../../model/compressed-tensors.js';
+import { clampFp8E4M3, decodeToFloat32, encodeFromFloat32, f32ToFp8E4M3, fp8E4M3ToF32, roundHalfEven } from '../io/dtypes.js';
+import type { QuantValueArgs, ScaleDType } from './quant-job.js';
+
+export type { ScaleDType } from './quant-job.js';
 
 export interface QuantRange {
   qmin: number;
@@ -18,7 +21,7 @@ export interface QuantRange {
   float: boolean;
 }
 
-export function quantRange(args: Pick<QuantArgsJson, 'num_bits' | 'type'>): QuantRange {
+export function quantRange(args: Pick<QuantValueArgs, 'num_bits' | 'type'>): QuantRange {
   if (args.type === 'float') {
     if (args.num_bits !== 8) throw new Error(`float quantization supports 8 bits (E4M3), got ${args.num_bits}`);
     return { qmin: -448, qmax: 448, float: true };
@@ -26,9 +29,6 @@ export function quantRange(args: Pick<QuantArgsJson, 'num_bits' | 'type'>): Quan
   const half = 2 ** (args.num_bits - 1);
   return { qmin: -half, qmax: half - 1, float: false };
 }
-
-/** Scale dtypes: the model's float dtype, as llm-compressor stores scales. */
-export type ScaleDType = Extract<DType, 'F32' | 'BF16' | 'F16'>;
 
 /** torch.finfo(dtype).eps. */
 export function dtypeEps(dtype: ScaleDType): number {
@@ -47,7 +47,7 @@ export interface QParam {
 }
 
 /** calculate_qparams for one (min, max) pair; the scale is rounded to `scaleDtype`. */
-export function calculateQParam(min: number, max: number, args: Pick<QuantArgsJson, 'num_bits' | 'type' | 'symmetric'>, scaleDtype: ScaleDType): QParam {
+export function calculateQParam(min: number, max: number, args: QuantValueArgs, scaleDtype: ScaleDType): QParam {
   const { qmin, qmax } = quantRange(args);
   const lo = Math.min(min, 0);
   const hi = Math.max(max, 0);

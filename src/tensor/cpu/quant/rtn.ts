@@ -1,14 +1,14 @@
-// Round-to-nearest: every weight quantized with its group's scale, independently.
+// Round-to-nearest on the host (the cpu device's quantizeRtn): every weight quantized with its
+// group's scale, independently.
 
-import type { QuantArgsJson } from '../../model/compressed-tensors.js';
-import { paramIndex, type WeightQParams } from './observers.js';
-import { dequantizeValue, quantizeValue, quantRange } from './qparams.js';
+import { paramIndex, type QuantValueArgs, type WeightQParams } from '../../quant-job.js';
+import { dequantizeValue, quantizeValue, quantRange } from '../../quant-math.js';
 
 /** A quantized Linear weight: stored codes plus the float values the quantized model computes with. */
 export interface QuantizedWeight {
   rows: number;
   cols: number;
-  args: QuantArgsJson;
+  args: QuantValueArgs;
   qparams: WeightQParams;
   /** Row-major codes: integers in [qmin, qmax], or E4M3 bytes for fp8. */
   codes: Int32Array;
@@ -16,7 +16,7 @@ export interface QuantizedWeight {
   dequantized: Float32Array;
 }
 
-export function quantizeRtn(w: Float32Array, qparams: WeightQParams, args: QuantArgsJson): QuantizedWeight {
+export function quantizeRtn(w: Float32Array, qparams: WeightQParams, args: QuantValueArgs): QuantizedWeight {
   const { rows, cols } = qparams.grid;
   const range = quantRange(args);
   const codes = new Int32Array(rows * cols);

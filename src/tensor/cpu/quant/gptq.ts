@@ -3,28 +3,19 @@
 // at a time, each column's error spread over the not-yet-quantized columns through the upper
 // Cholesky factor of H⁻¹, in blocks of 128 columns (section 3.4, "lazy batch updates").
 //
-//   H = 2 Σ x xᵀ over the calibration inputs of the Linear (hessian.ts)
+//   H = 2/N Σ x xᵀ over the Linear's inputs from N calibration samples (QuantJobOps.hessianAccumulate)
 //   dead columns (H_jj = 0): H_jj = 1, W[:, j] = 0
 //   H += dampening · mean(diag H) · I;  U = chol(H⁻¹) upper
 //   act-order ("weight"): columns visited in descending diag(H) order; each keeps its own group's scale
 // If H is not positive definite after damping, the module falls back to round-to-nearest (as
 // llm-compressor does), and the result says so.
 //
-// Float64 throughout (llm-compressor uses float32 on the GPU): the algorithm, not its rounding, is the contract.
+// Float64 throughout (llm-compressor uses float32 on the GPU, and so does the cuda device): the
+// algorithm, not its rounding, is the contract. This is the cpu device's gptqPrepare/gptqQuantize.
 
-import type { QuantArgsJson } from '../../model/compressed-tensors.js';
-import { paramIndex, type WeightQParams } from './observers.js';
-import { dequantizeValue, quantizeValue, quantRange } from './qparams.js';
+import { paramIndex, type GptqOptions, type QuantValueArgs, type WeightQParams } from '../../quant-job.js';
+import { dequantizeValue, quantizeValue, quantRange } from '../../quant-math.js';
 import { quantizeRtn, type QuantizedWeight } from './rtn.js';
-
-export interface GptqOptions {
-  /** Columns per lazy-update block (llm-compressor: 128). */
-  blockSize: number;
-  /** Fraction of the mean Hessian diagonal added to the diagonal (llm-compressor: 0.01). */
-  dampening: number;
-  /** Visit columns in descending Hessian-diagonal order (compressed-tensors actorder "weight"). */
-  actorder: boolean;
-}
 
 export interface GptqResult {
   weight: QuantizedWeight;
@@ -84,26 +75,27 @@ export function actOrderPermutation(h: Float64Array, n: number): Int32Array {
   return Int32Array.from(idx);
 }
 
-/**
- * GPTQ for weight w [rows, cols] with Hessian h [cols, cols] (float64, row-major; not modified) and
- * scales chosen beforehand by the observer on w.
- */
-export function gptqQuantize(w: Float32Array, h: Float64Array, qparams: WeightQParams, args: QuantArgsJson, opts: GptqOptions): GptqResult {
-  const { rows: m, cols: n } = qparams.grid;
-  if (h.length !== n * n) throw new Error(`gptq: Hessian has ${h.length} entries for ${n} columns`);
-  const range = quantRange(args);
-  const perm = opts.actorder ? actOrderPermutation(h, n) : Int32Array.from({ length: n }, (_, i) => i);
+/** The host form of GptqFactor: everything gptqQuantizeColumns needs besides the weight. */
+export interface HostGptqFactor {
+  n: number;
+  perm: Int32Array;
+  /** dead[c] = 1 for original column c with H_cc = 0. */
+  dead: Uint8Array;
+  /** Lower Cholesky factor of H⁻¹ (permuted, damped); U = its transpose. Undefined: not positive definite. */
+  lInv: Float64Array | undefined;
+}
 
-  // W and H in visiting order.
-  const W = new Float64Array(m * n);
-  for (let r = 0; r < m; r++) for (let j = 0; j < n; j++) W[r * n + j] = w[r * n + perm[j]!]!;
+/** Act-order, dead columns, dampening, chol(H), H⁻¹ and chol(H⁻¹) for h [n, n] (float64, row-major; not modified). */
+export function gptqPrepareHost(h: Float64Array, n: number, opts: GptqOptions): HostGptqFactor {
+  if (h.length !== n * n) throw new Error(`gptq: Hessian has ${h.length} entries for ${n} columns`);
+  const perm = opts.actorder ? actOrderPermutation(h, n) : Int32Array.from({ length: n }, (_, i) => i);
   const H = new Float64Array(n * n);
   for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) H[i * n + j] = h[perm[i]! * n + perm[j]!]!;
-
+  const dead = new Uint8Array(n);
   for (let j = 0; j < n; j++) {
     if (H[j * n + j] === 0) {
       H[j * n + j] = 1;
-      for (let r = 0; r < m; r++) W[r * n + j] = 0;
+      dead[perm[j]!] = 1;
     }
   }
   let mean = 0;
@@ -113,14 +105,29 @@ export function gptqQuantize(w: Float32Array, h: Float64Array, qparams: WeightQP
 
   const l = cholesky(H, n);
   const lInv = l && cholesky(choleskyInverse(l, n), n);
-  if (lInv === undefined) return { weight: quantizeRtn(w, qparams, args), loss: NaN, fellBackToRtn: true };
+  return { n, perm, dead, lInv };
+}
+
+/**
+ * GPTQ's column loop for weight w [rows, cols] (float64 throughout) with a factor whose lInv is
+ * defined, and scales chosen beforehand by the observer on w.
+ */
+export function gptqQuantizeColumns(w: Float32Array, f: HostGptqFactor, qparams: WeightQParams, args: QuantValueArgs, blockSize: number): { weight: QuantizedWeight; loss: number } {
+  const { rows: m, cols: n } = qparams.grid;
+  const { perm, dead, lInv } = f;
+  if (f.n !== n || lInv === undefined) throw new Error(`gptq: factor for ${f.n} columns${lInv ? '' : ' (not positive definite)'} used on ${n}`);
+  const range = quantRange(args);
+
+  // W in visiting order, dead columns zeroed.
+  const W = new Float64Array(m * n);
+  for (let r = 0; r < m; r++) for (let j = 0; j < n; j++) W[r * n + j] = dead[perm[j]!] ? 0 : w[r * n + perm[j]!]!;
   // U = upper Cholesky factor of H⁻¹ = (lower factor)ᵀ: U[i][j] = lInv[j][i].
   const U = (i: number, j: number): number => lInv[j * n + i]!;
 
   const codes = new Int32Array(m * n);
   const dequantized = new Float32Array(m * n);
   let loss = 0;
-  const B = Math.max(1, opts.blockSize);
+  const B = Math.max(1, blockSize);
   for (let i1 = 0; i1 < n; i1 += B) {
     const i2 = Math.min(i1 + B, n);
     const count = i2 - i1;
@@ -157,5 +164,16 @@ export function gptqQuantize(w: Float32Array, h: Float64Array, qparams: WeightQP
       }
     }
   }
-  return { weight: { rows: m, cols: n, args, qparams, codes, dequantized }, loss, fellBackToRtn: false };
+  return { weight: { rows: m, cols: n, args, qparams, codes, dequantized }, loss };
+}
+
+/**
+ * GPTQ for weight w [rows, cols] with Hessian h [cols, cols] (float64, row-major; not modified) and
+ * scales chosen beforehand by the observer on w: prepare + the column loop, or RTN when h is not
+ * positive definite after damping.
+ */
+export function gptqQuantize(w: Float32Array, h: Float64Array, qparams: WeightQParams, args: QuantValueArgs, opts: GptqOptions & { blockSize: number }): GptqResult {
+  const f = gptqPrepareHost(h, qparams.grid.cols, opts);
+  if (f.lInv === undefined) return { weight: quantizeRtn(w, qparams, args), loss: NaN, fellBackToRtn: true };
+  return { ...gptqQuantizeColumns(w, f, qparams, args, opts.blockSize), fellBackToRtn: false };
 }

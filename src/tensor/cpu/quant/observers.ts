@@ -1,60 +1,13 @@
-// Weight observers: the (min, max) each scale is computed from, per tensor, output channel or
-// row group, as llm-compressor's observers choose them.
+// Weight observers on the host (the cpu device's observeWeight): the (min, max) each scale is
+// computed from, per tensor, output channel or row group, as llm-compressor's observers choose them.
 //   minmax — the plain min and max (observers/min_max.py; weights are observed once, no averaging)
 //   mse    — grid search of a shrink factor p = 1 − i/grid, i < maxshrink·grid, on (p·min, p·max),
 //            keeping per group the candidate with the least Σ|fake_quant(x) − x|^norm; stops after
 //            `patience` candidates without improvement in any group (observers/mse.py defaults:
 //            maxshrink 0.2, grid 100, norm 2.4, patience 5)
 
-import type { QuantArgsJson } from '../../model/compressed-tensors.js';
-import { calculateQParam, fakeQuantizeValue, quantRange, type ScaleDType } from './qparams.js';
-import type { ObserverName } from './scheme.js';
-
-export const MSE_DEFAULTS = { maxshrink: 0.2, grid: 100, norm: 2.4, patience: 5 } as const;
-
-/** How a [rows, cols] weight is split into groups that share a scale. */
-export interface WeightGrid {
-  rows: number;
-  cols: number;
-  strategy: 'tensor' | 'channel' | 'group';
-  /** Columns per group (cols for tensor and channel). */
-  groupSize: number;
-  /** Scales per row (1 for tensor and channel). */
-  groupsPerRow: number;
-  /** Number of scales: 1, rows, or rows · groupsPerRow. */
-  count: number;
-  /** The scale tensor's shape as compressed-tensors stores it: [1], [rows, 1], [rows, cols/groupSize]. */
-  scaleShape: number[];
-}
-
-export function weightGrid(rows: number, cols: number, args: Pick<QuantArgsJson, 'strategy' | 'group_size'>): WeightGrid {
-  switch (args.strategy) {
-    case 'tensor':
-      return { rows, cols, strategy: 'tensor', groupSize: cols, groupsPerRow: 1, count: 1, scaleShape: [1] };
-    case 'channel':
-      return { rows, cols, strategy: 'channel', groupSize: cols, groupsPerRow: 1, count: rows, scaleShape: [rows, 1] };
-    case 'group': {
-      const g = args.group_size!;
-      if (cols % g !== 0) throw new Error(`group size ${g} does not divide ${cols} columns`);
-      return { rows, cols, strategy: 'group', groupSize: g, groupsPerRow: cols / g, count: rows * (cols / g), scaleShape: [rows, cols / g] };
-    }
-    default:
-      throw new Error(`weight strategy ${args.strategy} is not supported`);
-  }
-}
-
-/** Index of the scale that element (r, c) uses; `group` overrides the column's group (act-order g_idx). */
-export function paramIndex(grid: WeightGrid, r: number, c: number): number {
-  if (grid.strategy === 'tensor') return 0;
-  if (grid.strategy === 'channel') return r;
-  return r * grid.groupsPerRow + ((c / grid.groupSize) | 0);
-}
-
-export interface WeightQParams {
-  grid: WeightGrid;
-  scale: Float32Array;
-  zeroPoint: Int32Array;
-}
+import { MSE_DEFAULTS, paramIndex, type ObserverName, type QuantValueArgs, type ScaleDType, type WeightGrid, type WeightQParams } from '../../quant-job.js';
+import { calculateQParam, fakeQuantizeValue, quantRange } from '../../quant-math.js';
 
 function minMaxPerGroup(w: Float32Array, grid: WeightGrid): { min: Float64Array; max: Float64Array } {
   const min = new Float64Array(grid.count).fill(Infinity);
@@ -70,7 +23,7 @@ function minMaxPerGroup(w: Float32Array, grid: WeightGrid): { min: Float64Array;
   return { min, max };
 }
 
-function qparamsFrom(min: ArrayLike<number>, max: ArrayLike<number>, grid: WeightGrid, args: QuantArgsJson, scaleDtype: ScaleDType): WeightQParams {
+function qparamsFrom(min: ArrayLike<number>, max: ArrayLike<number>, grid: WeightGrid, args: QuantValueArgs, scaleDtype: ScaleDType): WeightQParams {
   const scale = new Float32Array(grid.count);
   const zeroPoint = new Int32Array(grid.count);
   for (let k = 0; k < grid.count; k++) {
@@ -82,7 +35,7 @@ function qparamsFrom(min: ArrayLike<number>, max: ArrayLike<number>, grid: Weigh
 }
 
 /** Scales (and zero points) for weight w [rows, cols] under `args`, chosen by `observer`. */
-export function observeWeight(w: Float32Array, grid: WeightGrid, args: QuantArgsJson, observer: ObserverName, scaleDtype: ScaleDType): WeightQParams {
+export function observeWeight(w: Float32Array, grid: WeightGrid, args: QuantValueArgs, observer: ObserverName, scaleDtype: ScaleDType): WeightQParams {
   const { min, max } = minMaxPerGroup(w, grid);
   if (observer === 'minmax') return qparamsFrom(min, max, grid, args, scaleDtype);
 
