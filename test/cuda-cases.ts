@@ -537,6 +537,20 @@ export function runAtCases(gpu: CudaDevice, dtype: ComputeDType): CaseRun {
     const k1 = read();
     for (let r = 0; r < rows; r++) if (greedy[r] !== want[r] || k1[r] !== want[r]) bad++;
     checks.push({ case: 'sampleAt greedy and top-k 1 = scoreLogits argmax', dtype, error: bad, tol: 0, ok: bad === 0 });
+    {
+      // Rows the vectorized argmax takes (V a multiple of the 16-byte vector), with a planted tie: lowest index wins.
+      const Vv = 8200;
+      const data = inp.floats(rows * Vv, 6);
+      for (let r = 0; r < rows; r++) data[r * Vv + 7 + 1000 * r] = data[r * Vv + Vv - 3 - r] = 7;
+      const lv = gpu.upload(data, [rows, Vv]);
+      const wantV = gpu.scoreLogits(lv, new Int32Array(rows).fill(-1)).argmax;
+      gpu.sampleAt(lv, { temperature: 0, topK: 0, seed: 0 }, ids, step);
+      const gotV = read();
+      let badV = 0;
+      for (let r = 0; r < rows; r++) if (gotV[r] !== wantV[r] || gotV[r] !== 7 + 1000 * r) badV++;
+      checks.push({ case: `sampleAt greedy V ${Vv} (vector loads), ties → lowest index`, dtype, error: badV, tol: 0, ok: badV === 0 });
+      gpu.free(lv);
+    }
     const host = gpu.download(logits);
     const draws: Int32Array[] = [];
     for (let s = 0; s < 3; s++) {

@@ -375,8 +375,15 @@ export const MODEL_SCHEMES: ModelScheme[] = [
 
 /** Relative ppl tolerance, native GPU (bf16/f16 activations) vs the cpu (f32, simulated): see the README. */
 export const MODEL_PPL_TOL = 5e-3;
-/** max |Δ| / max |logit| of the fused decode step against a full forward on the same device (a broken kernel gives O(1)). */
+/**
+ * max |Δ| / max |logit| of the fused decode step against a full forward on the same device (a broken
+ * kernel gives O(1)). FP8 activations get more room: one E4M3 code that rounds the other way (bf16
+ * inputs summed in another order) moves that activation by 1/8 of its magnitude, and on the H200
+ * (2026-12-01) that moved single logits by up to 5.3% of the largest in bf16 (4.5% in f16), while
+ * int8 and weight-only schemes stayed under 4.1%.
+ */
 const DECODE_LOGITS_TOL = 5e-2;
+const DECODE_LOGITS_TOL_FP8_ACTIVATIONS = 8e-2;
 
 export interface ModelPaths {
   model: string;
@@ -477,7 +484,9 @@ async function modelStructureChecks(name: string, dir: string, dev: CudaDevice, 
     const ops = dev.profile(() => dev.matmul(logits, d.decodeStepAt(ws, at, cache), d.weights.lmHead));
     const stepLogits = dev.download(logits);
     // Not bit-equal: prefill vs split-KV decode attention, SwiGLU fused in f32, and an activation code can move by one step.
-    checks.push(compare(`${name} ${dtype}: decode step logits = forward`, dtype, stepLogits, Float32Array.from(full), DECODE_LOGITS_TOL));
+    const fp8Activations = m.scheme === 'FP8' || m.scheme === 'FP8_DYNAMIC';
+    checks.push(compare(`${name} ${dtype}: decode step logits = forward`, dtype, stepLogits, Float32Array.from(full),
+      fp8Activations ? DECODE_LOGITS_TOL_FP8_ACTIVATIONS : DECODE_LOGITS_TOL));
     const kernels = new Set(ops.map((o) => o.name));
     const wantFused = m.kvCache === undefined;
     const fusedQuant = [...kernels].some((k) => k.startsWith('qgemv_silu_'));

@@ -12,6 +12,13 @@
 //   - W4A16 GPTQ: the GPU runs GPTQ in f32 (as llm-compressor does), the cpu in f64: a few codes
 //     round the other way and the difference propagates along their row (a few steps at most).
 //   Everything that is not quantized or smoothed must be bitwise equal.
+//   - Schemes that quantize activations (W8A8, FP8 static): the calibration inputs of layer N ≥ 1 come
+//     from the quantized layers before it, whose int8/fp8 activation codes flip at rounding boundaries
+//     when the GPU's f32 sums differ from the cpu's in the last bit; each flip moves an output by a
+//     whole quantization step, so later layers see slightly different activations (measured on the
+//     H200, 2026-12-01: scales/smoothed norms 2e-3 apart at layer 1, 7e-3 at layer 4). The tensor
+//     tolerances therefore hold for layer 0 only (strictLayers); deeper layers are reported, and the
+//     models must agree in quality (ppl within 0.5%).
 // Usage: node .gpu/quantize-check.mjs --model DIR [--samples 64] [--seq-len 256] [--max-tokens 40000] [--data FILE] [--keep DIR] [--self-test]
 // --self-test puts a second cpu device where the GPU would be (no GPU needed: checks the harness and the bundle).
 // Exit 0 when every check passes; writes $OUT/quantize-check.json when $OUT is set.
@@ -50,12 +57,14 @@ interface SchemeCheck {
   codeSteps: number;
   /** Largest relative difference of scales / smoothed norms. */
   scaleRel: number;
+  /** Tensors of layers ≥ this are reported, not held to the tolerances (activation-quantized propagation, see above). */
+  strictLayers?: number;
 }
 
 const SCHEMES: SchemeCheck[] = [
   { name: 'w4a16-gptq', opts: { scheme: 'W4A16', groupSize: 'channel', method: 'gptq' }, codeShare: 0.05, codeSteps: 3, scaleRel: 0 },
-  { name: 'w8a8-sq', opts: { scheme: 'W8A8', smoothquant: 0.5 }, codeShare: 0.01, codeSteps: 1, scaleRel: 1e-3 },
-  { name: 'fp8-static', opts: { scheme: 'FP8' }, codeShare: 0, codeSteps: 0, scaleRel: 1e-3 },
+  { name: 'w8a8-sq', opts: { scheme: 'W8A8', smoothquant: 0.5 }, codeShare: 0.01, codeSteps: 1, scaleRel: 1e-3, strictLayers: 1 },
+  { name: 'fp8-static', opts: { scheme: 'FP8' }, codeShare: 0, codeSteps: 0, scaleRel: 1e-3, strictLayers: 1 },
 ];
 
 function probe(d: CudaDevice): DeviceMemoryProbe {
@@ -182,7 +191,11 @@ async function main(): Promise<void> {
       if (!ok) failures++;
     }
     const diffs = compareTensors(path.join(work, `${s.name}-cpu`), path.join(work, `${s.name}-cuda`), s);
-    const bad = diffs.filter((d) => !d.ok);
+    const layerOf = (name: string) => Number(/\.layers\.(\d+)\./.exec(name)?.[1] ?? -1);
+    const held = (name: string) => s.strictLayers === undefined || layerOf(name) < s.strictLayers;
+    const bad = diffs.filter((d) => !d.ok && held(d.name));
+    const propagated = diffs.filter((d) => !d.ok && !held(d.name)).length;
+    if (propagated > 0) log(`  ${propagated} tensor(s) of layers ≥ ${s.strictLayers} differ past the tolerances (activation-quantized propagation; reported, not failed)`);
     const bitwise = diffs.filter((d) => d.kind === 'bitwise' && d.ok).length;
     const codes = diffs.filter((d) => d.kind === 'codes');
     const values = diffs.filter((d) => d.kind === 'values');
@@ -195,8 +208,9 @@ async function main(): Promise<void> {
     const scores = { cpu: await score(path.join(work, `${s.name}-cpu`), cpu), cuda: await score(path.join(work, `${s.name}-cuda`), cpu) };
     log(`  against the original (cpu eval, ${maxTokens} tokens): ppl cpu-quantized ${scores.cpu.ppl.toFixed(5)} vs cuda-quantized ${scores.cuda.ppl.toFixed(5)}; ` +
       `KLD ${scores.cpu.kld_mean.toFixed(6)} vs ${scores.cuda.kld_mean.toFixed(6)}`);
-    const pplClose = Math.abs(scores.cuda.ppl / scores.cpu.ppl - 1) <= 0.01;
-    if (!pplClose) log(`  FAIL ppl differs by more than 1%`);
+    const pplTol = s.strictLayers === undefined ? 0.01 : 0.005;
+    const pplClose = Math.abs(scores.cuda.ppl / scores.cpu.ppl - 1) <= pplTol;
+    if (!pplClose) log(`  FAIL ppl differs by more than ${100 * pplTol}%`);
     failures += bad.length + (pplClose ? 0 : 1);
     results.push({
       scheme: s.name, options: s.opts, tolerances: { codeShare: s.codeShare, codeSteps: s.codeSteps, scaleRel: s.scaleRel },
