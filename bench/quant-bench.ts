@@ -4,8 +4,8 @@
 //  1. a random-weight bf16 checkpoint with Llama-3.2-1B's config (bench/gpu-common.ts, as bench:gpu);
 //  2. quantized through the normal quantize API (quantizeModel: RTN, min-max observer, lm_head ignored)
 //     to FP8 (static input scales from a calibration set of 32 random token ids), FP8_DYNAMIC, W8A8
-//     (dynamic per-token) and W4A16 (group 128). The jobs are host-bound (RTN runs in JavaScript), so
-//     they run in parallel child processes on the cpu device; their outputs stay in --scratch and are
+//     (dynamic per-token) and W4A16 (group 128), in parallel child processes, each a quantize job on
+//     the GPU (--quantize-device cpu: on the cpu device); their outputs stay in --scratch and are
 //     reused by later runs (--requantize to redo them);
 //  3. per model (BF16 and each scheme), loaded through loadModel on a bf16 cuda device: weight bytes on
 //     the GPU and how many Linears stay quantized, decode tokens/s at batch 1 and 8 (decode step
@@ -16,7 +16,7 @@
 //     scheme's cap, BF16 weight bytes / scheme weight bytes (the tied 128256×2048 lm_head stays BF16);
 //  5. writes <results>/<date>-<gpu>-quant.json and .md.
 // Usage: node .gpu/quant-bench.mjs [--scratch DIR] [--results DIR] [--schemes FP8,FP8_DYNAMIC,W8A8,W4A16]
-//        [--gen-len 128] [--requantize] [--jobs N]
+//        [--gen-len 128] [--requantize] [--jobs N] [--quantize-device cuda|cpu]
 // (internal: --quantize-child SCHEME --model DIR --output DIR --threads N)
 
 import { spawn } from 'node:child_process';
@@ -38,12 +38,15 @@ const TARGETS: Partial<Record<SchemeName, number>> = { FP8: 1.5, FP8_DYNAMIC: 1.
 const CALIBRATION = { windows: 1, tokens: 32, seed: 7 };
 const DECODE_BATCHES = [1, 8];
 
-/** --quantize-child: one quantize job on the cpu device (random-id calibration windows, as documented above). */
+/**
+ * --quantize-child: one quantize job (random-id calibration windows, as documented above) on the GPU
+ * (the quantize job's device ops, f32) unless --quantize-device cpu.
+ */
 async function quantizeChild(): Promise<void> {
   const scheme = flag('quantize-child') as SchemeName;
   const model = flag('model')!;
   const output = flag('output')!;
-  const device = createCpuDevice({ threads: Number(flag('threads', '4')) });
+  const device = flag('quantize-device', 'cuda') === 'cuda' ? new CudaDevice({ dtype: 'f32' }) : createCpuDevice({ threads: Number(flag('threads', '4')) });
   const vocab = (JSON.parse(fs.readFileSync(path.join(model, 'config.json'), 'utf8')) as { vocab_size: number }).vocab_size;
   let s = CALIBRATION.seed;
   const windows = Array.from({ length: CALIBRATION.windows }, () =>
@@ -56,7 +59,7 @@ async function quantizeChild(): Promise<void> {
     model, output, scheme, force: true, device,
     calibrationSet: { source: 'random token ids (bench:quant)', windows, tokens: CALIBRATION.windows * CALIBRATION.tokens, seed: CALIBRATION.seed },
   });
-  device.close();
+  if ('close' in device) device.close();
   console.log(JSON.stringify({ scheme, seconds: (performance.now() - t0) / 1000, output_bytes: report.size.output_weight_bytes }));
 }
 
@@ -73,7 +76,8 @@ async function quantizeAll(src: string, dirs: Map<SchemeName, string>, requantiz
   const runOne = ([scheme, dir]: [SchemeName, string]) =>
     new Promise<void>((resolve, reject) => {
       const t0 = performance.now();
-      const child = spawn(process.execPath, [script, '--quantize-child', scheme, '--model', src, '--output', dir, '--threads', String(threads)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const child = spawn(process.execPath, [script, '--quantize-child', scheme, '--model', src, '--output', dir, '--threads', String(threads),
+        '--quantize-device', flag('quantize-device', 'cuda')!], { stdio: ['ignore', 'pipe', 'inherit'] });
       let out = '';
       child.stdout.on('data', (d: Buffer) => (out += d.toString()));
       child.on('exit', (code) => {
