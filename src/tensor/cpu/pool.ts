@@ -11,23 +11,40 @@
 //   posts {id} (no sab: forget it) when the main thread's storage is collected.
 // - Each worker instantiates the SIMD module (kernels.ts createSimdContext) with its own memory.
 // - A job: the main thread writes the op, storage ids, parameters and a list of chunks (work
-//   ranges) into shared arrays, bumps GEN and notifies. Every participant, the main thread
-//   included, takes chunks by Atomics.add on NEXT until none are left (so a thread that wakes
-//   late, or that the OS deschedules, just takes fewer); then the main thread waits until DONE
-//   counts every worker. Workers spin briefly, then Atomics.wait on GEN.
+//   ranges) into shared arrays, bumps GEN (the job's generation) and notifies. Every
+//   participant, the main thread included, takes chunks by Atomics.add on NEXT until none are
+//   left (so a thread that wakes late, or that the OS deschedules, just takes fewer); each worker
+//   then stores the generation it finished in its own DONE slot, and the main thread returns
+//   once every slot holds this job's generation. Workers spin briefly, then Atomics.wait on GEN.
+// - A worker runs a job only when GEN differs from the last generation it ran: a wake-up alone
+//   is not a job. The main thread can be descheduled between bumping GEN and notifying, so a
+//   worker that saw the new GEN while spinning may have finished the job and be waiting again
+//   when that notify arrives (taken as a job, it ran the generation twice: the second pass
+//   counted as done for the next job and took the next job's chunks under the old op).
+// - A worker posts its error, tagged with the generation, before it reports done, so the error
+//   is thrown by the run() of the job that caused it.
 // - Workers are unref'd, so they never keep a CLI process alive; close() ends them.
 
 import { Worker, MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { KERNEL_FUNCTIONS, createSimdContext, runKernel, type SimdContext } from './kernels.js';
 
-const GEN = 0;
-const DONE = 1;
-const OP = 2;
-const ERR = 3;
-const READY = 4;
-const NEXT = 5;
-const CHUNKS = 6;
-const CTRL_INTS = 8;
+/** Indices of the shared control words (Int32Array). */
+const CTRL = {
+  /** The current job's generation: bumped once per job (and by close()). */
+  GEN: 0,
+  OP: 1,
+  /** Next chunk to take. */
+  NEXT: 2,
+  /** Chunks of the current job. */
+  CHUNKS: 3,
+  /** Workers started. */
+  READY: 4,
+  /** Set when a worker failed in the current job (its message is on its port). */
+  ERR: 5,
+  /** DONE + i - 1: the last generation worker i finished. */
+  DONE: 8,
+} as const;
+type ControlSlots = typeof CTRL;
 /** Most chunks one job may have. */
 export const MAX_CHUNKS = 64;
 /** Float storages an op may name, then the int and double host scratch. */
@@ -44,6 +61,7 @@ const READY_TIMEOUT_MS = 20000;
 
 interface WorkerData {
   port: MessagePort;
+  slots: ControlSlots;
   ctrl: SharedArrayBuffer;
   params: SharedArrayBuffer;
   ids: SharedArrayBuffer;
@@ -52,6 +70,12 @@ interface WorkerData {
   spin: number;
   /** The SIMD module's bytes, or null when SIMD kernels are off. */
   simdBytes: Uint8Array | null;
+}
+
+/** What a failing worker posts on its port. */
+interface WorkerFailure {
+  gen: number;
+  text: string;
 }
 
 /**
@@ -74,14 +98,17 @@ function workerMain(
   const empty32 = new Float32Array(0);
   const f: Float32Array[] = [empty32, empty32, empty32, empty32, empty32, empty32];
   let sc = new Float32Array(4096);
+  const { GEN, OP, NEXT, CHUNKS, READY, ERR } = data.slots;
+  const doneSlot = data.slots.DONE + me - 1;
   let seen = 0;
-  Atomics.add(ctrl, 4, 1); // READY
-  Atomics.notify(ctrl, 4);
+  Atomics.add(ctrl, READY, 1);
+  Atomics.notify(ctrl, READY);
   for (;;) {
-    for (let s = 0; s < data.spin && Atomics.load(ctrl, 0) === seen; s++);
-    Atomics.wait(ctrl, 0, seen);
-    seen = Atomics.load(ctrl, 0);
-    const op = Atomics.load(ctrl, 2);
+    for (let s = 0; s < data.spin && Atomics.load(ctrl, GEN) === seen; s++);
+    // Only a new generation is a job: a notify can arrive after this worker already ran its job.
+    while (Atomics.load(ctrl, GEN) === seen) Atomics.wait(ctrl, GEN, seen);
+    seen = Atomics.load(ctrl, GEN);
+    const op = Atomics.load(ctrl, OP);
     if (op === -1) break;
     try {
       for (let m = wt.receiveMessageOnPort(port); m !== undefined; m = wt.receiveMessageOnPort(port)) {
@@ -105,16 +132,17 @@ function workerMain(
       const i32 = intSab !== undefined ? new Int32Array(intSab) : new Int32Array(0);
       const f64 = dblSab !== undefined ? new Float64Array(dblSab) : new Float64Array(0);
       if (sc.length < params[31]) sc = new Float32Array(params[31]);
-      const n = Atomics.load(ctrl, 6); // CHUNKS
-      for (let c = Atomics.add(ctrl, 5, 1); c < n; c = Atomics.add(ctrl, 5, 1)) { // NEXT
+      const n = Atomics.load(ctrl, CHUNKS);
+      for (let c = Atomics.add(ctrl, NEXT, 1); c < n; c = Atomics.add(ctrl, NEXT, 1)) {
         run(op, f, i32, f64, sc, simd, params, chunks[4 * c], chunks[4 * c + 1], chunks[4 * c + 2], chunks[4 * c + 3]);
       }
     } catch (e) {
-      port.postMessage(`worker ${me}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
-      Atomics.store(ctrl, 3, 1); // ERR
+      const failure: WorkerFailure = { gen: seen, text: `worker ${me}, op ${op}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}` };
+      port.postMessage(failure);
+      Atomics.store(ctrl, ERR, 1);
     }
-    Atomics.add(ctrl, 1, 1); // DONE
-    Atomics.notify(ctrl, 1);
+    Atomics.store(ctrl, doneSlot, seen);
+    Atomics.notify(ctrl, doneSlot);
   }
 }
 
@@ -145,7 +173,7 @@ export class WorkerPool {
 
   constructor(threads: number, private readonly simd: SimdContext | null, simdBytes: Uint8Array | null) {
     this.size = threads;
-    this.ctrl = new Int32Array(new SharedArrayBuffer(CTRL_INTS * 4));
+    this.ctrl = new Int32Array(new SharedArrayBuffer((CTRL.DONE + threads) * 4));
     this.params = new Float64Array(new SharedArrayBuffer((MAX_PARAMS + 1) * 8));
     this.ids = new Int32Array(new SharedArrayBuffer((MAX_ARRAYS + 2) * 4));
     this.chunks = new Int32Array(new SharedArrayBuffer(MAX_CHUNKS * 4 * 4));
@@ -157,7 +185,7 @@ export class WorkerPool {
       // A MessagePort has one receiver: each worker gets its own registration channel.
       const ch = i === 1 ? channel : new MessageChannel();
       const workerData: WorkerData = {
-        port: ch.port2, ctrl: this.ctrl.buffer as SharedArrayBuffer, params: this.params.buffer as SharedArrayBuffer,
+        port: ch.port2, slots: CTRL, ctrl: this.ctrl.buffer as SharedArrayBuffer, params: this.params.buffer as SharedArrayBuffer,
         ids: this.ids.buffer as SharedArrayBuffer, chunks: this.chunks.buffer as SharedArrayBuffer, index: i,
         spin: SPIN_WORKER, simdBytes,
       };
@@ -206,10 +234,10 @@ export class WorkerPool {
   private waitReady(): void {
     const deadline = Date.now() + READY_TIMEOUT_MS;
     for (;;) {
-      const n = Atomics.load(this.ctrl, READY);
+      const n = Atomics.load(this.ctrl, CTRL.READY);
       if (n === this.workers.length) break;
       if (Date.now() > deadline) throw new Error(`cpu pool: ${this.workers.length - n} worker thread(s) did not start`);
-      Atomics.wait(this.ctrl, READY, n, 50);
+      Atomics.wait(this.ctrl, CTRL.READY, n, 50);
     }
     this.ready = true;
   }
@@ -235,46 +263,69 @@ export class WorkerPool {
     const nChunks = chunks.length >> 2;
     if (nChunks > MAX_CHUNKS) throw new Error(`cpu pool: ${nChunks} chunks, at most ${MAX_CHUNKS}`);
     this.chunks.set(chunks);
-    const ctrl = this.ctrl;
-    Atomics.store(ctrl, DONE, 0);
-    Atomics.store(ctrl, OP, op);
-    Atomics.store(ctrl, NEXT, 0);
-    Atomics.store(ctrl, CHUNKS, nChunks);
-    Atomics.add(ctrl, GEN, 1);
-    Atomics.notify(ctrl, GEN);
     if (this.mainScratch.length < scratch) this.mainScratch = new Float32Array(scratch);
+    const ctrl = this.ctrl;
+    Atomics.store(ctrl, CTRL.ERR, 0);
+    Atomics.store(ctrl, CTRL.OP, op);
+    Atomics.store(ctrl, CTRL.NEXT, 0);
+    Atomics.store(ctrl, CTRL.CHUNKS, nChunks);
+    const gen = (Atomics.add(ctrl, CTRL.GEN, 1) + 1) | 0;
+    Atomics.notify(ctrl, CTRL.GEN);
+    // The workers are running this job now: nothing below may leave before waitDone(gen).
     let mainError: unknown;
     try {
       const fs = arrays as Float32Array[], ints = i32 ?? this.hostInts, dbls = f64 ?? this.hostDoubles;
-      for (let c = Atomics.add(ctrl, NEXT, 1); c < nChunks; c = Atomics.add(ctrl, NEXT, 1)) {
+      for (let c = Atomics.add(ctrl, CTRL.NEXT, 1); c < nChunks; c = Atomics.add(ctrl, CTRL.NEXT, 1)) {
         runKernel(op, fs, ints, dbls, this.mainScratch, this.simd, p, chunks[4 * c], chunks[4 * c + 1], chunks[4 * c + 2], chunks[4 * c + 3]);
       }
     } catch (e) {
       mainError = e;
     }
-    const n = this.workers.length;
-    for (let s = 0; s < SPIN_MAIN && Atomics.load(ctrl, DONE) < n; s++);
-    for (let d = Atomics.load(ctrl, DONE); d < n; d = Atomics.load(ctrl, DONE)) Atomics.wait(ctrl, DONE, d);
-    let workerError: Error | undefined;
-    if (Atomics.load(ctrl, ERR) !== 0) {
-      Atomics.store(ctrl, ERR, 0);
-      const msgs: string[] = [];
-      for (const port of [this.port, ...this.extraPorts]) {
-        for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) msgs.push(String(m.message));
-      }
-      workerError = new Error(`cpu pool: ${msgs.join('; ') || 'a worker failed'}`);
+    this.waitDone(gen);
+    const failures = Atomics.load(ctrl, CTRL.ERR) !== 0 ? this.workerFailures(gen) : [];
+    if (failures.length === 0) {
+      if (mainError !== undefined) throw mainError;
+      return;
     }
-    if (mainError !== undefined) throw mainError;
-    if (workerError !== undefined) throw workerError;
+    const main = mainError !== undefined ? `main thread: ${mainError instanceof Error ? mainError.message : String(mainError)}; ` : '';
+    throw new Error(`cpu pool: op ${op}: ${main}${failures.join('; ')}`, mainError !== undefined ? { cause: mainError } : undefined);
+  }
+
+  /** Returns once every worker has finished generation gen. */
+  private waitDone(gen: number): void {
+    const ctrl = this.ctrl;
+    const n = this.workers.length;
+    const allDone = () => {
+      for (let i = 0; i < n; i++) if (Atomics.load(ctrl, CTRL.DONE + i) !== gen) return false;
+      return true;
+    };
+    for (let s = 0; s < SPIN_MAIN && !allDone(); s++);
+    for (let i = 0; i < n; i++) {
+      const slot = CTRL.DONE + i;
+      for (let d = Atomics.load(ctrl, slot); d !== gen; d = Atomics.load(ctrl, slot)) Atomics.wait(ctrl, slot, d);
+    }
+  }
+
+  /** The workers' error messages of job gen (posted before they reported it done). */
+  private workerFailures(gen: number): string[] {
+    const texts: string[] = [];
+    for (const port of [this.port, ...this.extraPorts]) {
+      for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
+        const f = m.message as WorkerFailure;
+        // Cannot happen while every worker runs each generation once; says so if it ever does.
+        texts.push(f.gen === gen ? f.text : `${f.text} (posted by job ${f.gen}, not this job ${gen})`);
+      }
+    }
+    return texts.length > 0 ? texts : ['a worker failed without a message'];
   }
 
   /** Ends the workers. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    Atomics.store(this.ctrl, OP, OP_QUIT);
-    Atomics.add(this.ctrl, GEN, 1);
-    Atomics.notify(this.ctrl, GEN);
+    Atomics.store(this.ctrl, CTRL.OP, OP_QUIT);
+    Atomics.add(this.ctrl, CTRL.GEN, 1);
+    Atomics.notify(this.ctrl, CTRL.GEN);
     for (const w of this.workers) void w.terminate();
     this.port.close();
     for (const p of this.extraPorts) p.close();
