@@ -110,6 +110,10 @@ export interface Device {
    * (quantized checkpoints' activation and FP8 KV-cache simulation).
    */
   fakeQuantRows(x: Tensor, spec: FakeQuantSpec): void;
+
+  // --- training -------------------------------------------------------------------------------
+  /** Backward ops, loss and optimizer (distill); absent on a device that cannot train. */
+  readonly training?: TrainingOps;
 }
 
 export interface ScoredRows {
@@ -119,4 +123,112 @@ export interface ScoredRows {
   top1?: Uint8Array;
   /** argmax of the model's logits per row (greedy decoding, top-1 agreement). */
   argmax: Int32Array;
+}
+
+// --- training (distill): see TrainingOps ---------------------------------------------------------
+
+/**
+ * What training needs beyond the inference ops: explicit backward ops, the fused distillation loss and
+ * AdamW. "f32" marks tensors that are float32 whatever the device dtype (on the CPU every tensor is).
+ * Gradients into weights accumulate (+=); gradients into activations overwrite unless `accumulate`.
+ */
+export interface TrainingOps {
+  /** f32 tensor, zero-filled, whatever the device dtype. */
+  emptyF32(shape: readonly number[]): Tensor;
+  uploadF32(data: Float32Array, shape: readonly number[]): Tensor;
+  /** dst ← src converted to dst's dtype (same element count; f32 ↔ compute dtype, or same dtype). */
+  castCopy(dst: Tensor, src: Tensor): void;
+  fill(t: Tensor, value: number): void;
+  /** t *= s */
+  scale(t: Tensor, s: number): void;
+
+  /** dx[M,K] = dy[M,N] · w[N,K]  (accumulate: dx += …) */
+  matmulGradInput(dx: Tensor, dy: Tensor, w: Tensor, accumulate: boolean): void;
+  /** dw[N,K] (f32) += dy[M,N]ᵀ · x[M,K] */
+  matmulGradWeight(dw: Tensor, dy: Tensor, x: Tensor): void;
+  /** db[N] (f32) += Σ_m dy[m, :] */
+  biasGrad(db: Tensor, dy: Tensor): void;
+  /** y = x / rms(x) * w per row. dx (=, or += when accumulate); dw (f32) += … */
+  rmsNormBackward(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, eps: number, accumulate: boolean): void;
+  /** y = (x − mean)/std * w + b. dx (=/+=), dw, db (f32) += … */
+  layerNormBackward(dx: Tensor, dw: Tensor, db: Tensor, dy: Tensor, x: Tensor, w: Tensor, b: Tensor, eps: number, accumulate: boolean): void;
+  /** In place on dx seen as [rows, nHeads, headDim]: the transpose of Device.rope (rotation by −θ). */
+  ropeBackward(dx: Tensor, positions: Int32Array, cos: Tensor, sin: Tensor, nHeads: number, headDim: number, rotaryDim: number): void;
+  /** Device.attention plus the softmax log-sum-exp per (query row, head): lse f32 [batch*seqQ, nHead]. */
+  attentionForward(out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): void;
+  /**
+   * Gradients of attention (causal, GQA, sliding window as in AttentionShape; seqQ = kvLen = kvStride in
+   * training): dq [batch*seqQ, nHead*hd], dk/dv [batch*kvStride, nKvHead*hd] overwritten (dk/dv summed over
+   * the query heads of each KV group). out/lse from attentionForward.
+   */
+  attentionBackward(dq: Tensor, dk: Tensor, dv: Tensor, dOut: Tensor, out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): void;
+  /** act = silu(gate) * up; dGate, dUp overwritten. */
+  siluMulBackward(dGate: Tensor, dUp: Tensor, dAct: Tensor, gate: Tensor, up: Tensor): void;
+  /** y = gelu_tanh(x); dx overwritten. */
+  geluTanhBackward(dx: Tensor, dy: Tensor, x: Tensor): void;
+  /** dTable[ids[i], :] (f32) += dOut[i, :] */
+  embeddingBackward(dTable: Tensor, dOut: Tensor, ids: Int32Array): void;
+
+  /** Fused softmax + distillation loss + gradient over the vocabulary; see DistillLossArgs. */
+  distillLoss(args: DistillLossArgs): DistillLossRows;
+  /** The teacher's top-k per row (ids and raw logits, largest first) and logsumexp(logits / temperature). */
+  topK(logits: Tensor, k: number, temperature: number): TeacherTopK;
+
+  /** Σ x² over f32 tensors, summed in f64 (one host sync). For global-norm clipping. */
+  sumSquares(tensors: readonly Tensor[]): number;
+  /**
+   * Fused AdamW on one parameter: g = grad·gradScale; m = β1 m + (1−β1) g; v = β2 v + (1−β2) g²;
+   * master −= lr·(m̂/(√v̂ + eps) + weightDecay·master) with bias corrections for `step` (1-based);
+   * then compute ← master in the compute dtype when `compute` is given. master/grad/m/v f32.
+   */
+  adamw(p: { master: Tensor; grad: Tensor; m: Tensor; v: Tensor; compute?: Tensor }, o: AdamWOptions): void;
+}
+
+export interface AdamWOptions {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** 1-based optimizer step (bias corrections 1 − β^step). */
+  step: number;
+  gradScale: number;
+}
+
+export type DistillLossKind = 'kl' | 'reverse-kl' | 'skew-kl';
+
+/** A teacher's top-k per row: ids/logits [rows * k] (largest first), lse [rows] = logsumexp(logits / T). */
+export interface TeacherTopK {
+  ids: Int32Array;
+  logits: Float32Array;
+  lse: Float32Array;
+  k: number;
+}
+
+export interface DistillLossArgs {
+  /** Student logits [rows, V] (compute dtype). */
+  logits: Tensor;
+  /** Gradient output [rows, V]; may be the logits tensor itself (overwritten in place). */
+  dLogits: Tensor;
+  /** Full teacher logits [rows, V], or its top-k (rest of the teacher mass treated exactly as one bucket). Absent: CE only. */
+  teacher?: { logits: Tensor } | { topK: TeacherTopK };
+  /** Hard labels per row (−1: row not scored). Rows with target −1 get zero gradient from every term. */
+  targets: Int32Array;
+  kind: DistillLossKind;
+  /** Softmax temperature T of both distributions in the distillation term; that term is multiplied by T². */
+  temperature: number;
+  /** Weight of the hard-label cross-entropy (unsoftened student logits): loss = (1−alpha)·T²·D + alpha·CE. */
+  alpha: number;
+  /** skew-kl only: KL(p_t ‖ λ p_t + (1−λ) p_s), default 0.1. */
+  skewLambda?: number;
+  /** dLogits are multiplied by this (e.g. 1 / scored rows of the optimizer step). */
+  gradScale: number;
+}
+
+export interface DistillLossRows {
+  /** Per row, the combined loss (0 for unscored rows), f64 on the host. */
+  loss: Float64Array;
+  /** Per row, the distillation term alone and the CE alone (for logging), f64. */
+  distill: Float64Array;
+  ce: Float64Array;
 }

@@ -3,7 +3,7 @@
 // WorkerPool (storages are then SharedArrayBuffers).
 
 import { availableParallelism } from 'node:os';
-import type { AttentionShape, Device, FakeQuantSpec, ScoredRows, Tensor } from '../device.js';
+import type { AttentionShape, Device, FakeQuantSpec, ScoredRows, Tensor, TrainingOps } from '../device.js';
 import { fakeQuantRowsKernel } from './fake-quant.js';
 import {
   OP_ADD, OP_ATTENTION, OP_ATTENTION_SIMD, OP_GELU, OP_LAYERNORM, OP_MATMUL, OP_MATMUL_SIMD, OP_RMSNORM, OP_SCORE,
@@ -12,6 +12,7 @@ import {
 import { simdModuleBytes } from './wasm/simd-kernels.js';
 import { WorkerPool } from './pool.js';
 import { CpuTensor, fmtShape, shapeSize } from './tensor.js';
+import { CpuTrainingOps } from './train-ops.js';
 
 export interface CpuDeviceOptions {
   /** Threads that compute, the calling one included. Default: the core count, at most 8. 1 = no workers. */
@@ -52,6 +53,8 @@ export class CpuDevice implements Device {
   private readonly noFloats = new Float32Array(0);
   private readonly noInts = new Int32Array(0);
   private readonly noDoubles = new Float64Array(0);
+  /** Backward ops, loss and optimizer (train-ops.ts). */
+  readonly training: TrainingOps = new CpuTrainingOps(this);
 
   constructor(opts: CpuDeviceOptions = {}) {
     const threads = opts.threads ?? Math.min(availableParallelism(), 8);
