@@ -28,7 +28,11 @@ export interface TokenStream {
   tokens: Int32Array;
   /** JSONL records used (undefined for plain text). */
   records?: number;
+  /** The first characters of the text (or first records), to compare two tokenizers on. */
+  sample: string;
 }
+
+const SAMPLE_CHARS = 20_000;
 
 /** Reads and tokenizes `--data` (or another flag's source). Throws LlmoptError on a missing or empty source. */
 export function loadTokenStream(source: string, tokenizer: TextTokenizer, flag = '--data'): TokenStream {
@@ -48,10 +52,10 @@ export function loadTokenStream(source: string, tokenizer: TextTokenizer, flag =
       tokens.set(p, at);
       at += p.length;
     }
-    return { ...base, tokens, records: parts.length };
+    return { ...base, tokens, records: parts.length, sample: records.slice(0, 64).join('\n').slice(0, SAMPLE_CHARS) };
   }
   if (text!.trim() === '') throw new LlmoptError(`${flag} ${source}: the file is empty (no text to train on)`);
-  return { ...base, tokens: tokenizer.encode(text!) };
+  return { ...base, tokens: tokenizer.encode(text!), sample: text!.slice(0, SAMPLE_CHARS) };
 }
 
 /** Where the sampler is: the epoch and the next window of that epoch's order. */
