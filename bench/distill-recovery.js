@@ -1,0 +1,163 @@
+#!/usr/bin/env node
+// Recovery after pruning (issue 6, must-show 2): prune stories260K (--kv-heads 0.25 --mlp 0.25),
+// then train the pruned model for the same token budget two ways — distillation from stories260K
+// (forward KL, --alpha 0) and plain cross-entropy fine-tuning (--alpha 1) — with everything else
+// equal, and report held-out perplexity of teacher, pruned, distilled and CE-finetuned.
+//
+// Data: ../shared/data/tinystories-valid.txt is split at the paragraph break nearest its middle.
+// The second half is held out: it is only ever scored (chunks512, the README's protocol), never
+// trained on or used to pick settings. The first half is the training text, except its last ~10%
+// (cut at a paragraph break), which is the validation text the learning-rate search scores. Both
+// arms search the same learning rates on the same validation text and keep their best.
+//
+// Run after `npm run build`:
+//   node bench/distill-recovery.js [--tokens N] [--lrs 1e-3,3e-3] [--seq-len 256] [--batch 8]
+//                                  [--device cpu] [--keep DIR]
+// Writes bench/results/<date>-distill-recovery.json and prints the table.
+
+import { spawnSync } from 'node:child_process';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const shared = path.resolve(root, '../shared');
+const teacher = path.join(shared, 'models/stories260K');
+const source = path.join(shared, 'data/tinystories-valid.txt');
+const cli = path.join(root, 'bin/llmopt.js');
+
+function flag(name, fallback) {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+const tokens = Number(flag('--tokens', '1000000'));
+const lrs = flag('--lrs', '1e-3,3e-3').split(',').map(Number);
+const seqLen = Number(flag('--seq-len', '256'));
+const batch = Number(flag('--batch', '8'));
+const device = flag('--device', 'cpu');
+const keep = flag('--keep');
+const EVAL_WINDOW = 512;
+
+const work = keep ?? mkdtempSync(path.join(tmpdir(), 'llmopt-distill-recovery-'));
+mkdirSync(work, { recursive: true });
+const commands = [];
+
+/** Runs the CLI; returns parsed --json stdout. Throws with stderr on failure. */
+function llmopt(args) {
+  const line = `node bin/llmopt.js ${args.map((a) => (a.startsWith(work) ? `<work>${a.slice(work.length)}` : a.startsWith(shared) ? `../shared${a.slice(shared.length)}` : a)).join(' ')}`;
+  process.stderr.write(`$ ${line}\n`);
+  const t0 = performance.now();
+  const r = spawnSync(process.execPath, [cli, ...args, '--json'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 28 });
+  const wall = (performance.now() - t0) / 1000;
+  if (r.status !== 0) throw new Error(`${line}: exit ${r.status}`);
+  commands.push({ command: line, wall_s: wall });
+  return { json: JSON.parse(r.stdout), wall };
+}
+
+/** Index of the "\n\n" paragraph break nearest `at` (the text after it starts a paragraph). */
+function breakNear(text, at) {
+  const after = text.indexOf('\n\n', at);
+  const before = text.lastIndexOf('\n\n', at);
+  const best = after < 0 ? before : before < 0 ? after : at - before <= after - at ? before : after;
+  return best + 2;
+}
+
+const started = performance.now();
+const text = readFileSync(source, 'utf8');
+const half = breakNear(text, Math.floor(text.length / 2));
+const trainPart = text.slice(0, half);
+const valCut = breakNear(trainPart, Math.floor(trainPart.length * 0.9));
+const files = { train: path.join(work, 'train.txt'), val: path.join(work, 'val.txt'), heldout: path.join(work, 'heldout.txt') };
+writeFileSync(files.train, trainPart.slice(0, valCut));
+writeFileSync(files.val, trainPart.slice(valCut));
+writeFileSync(files.heldout, text.slice(half));
+const split = {
+  source: 'tinystories-valid.txt',
+  train_chars: [0, valCut],
+  val_chars: [valCut, half],
+  heldout_chars: [half, text.length],
+};
+
+try {
+  // 1. Prune.
+  const pruned = path.join(work, 'pruned');
+  const prune = llmopt(['prune', teacher, '--kv-heads', '0.25', '--mlp', '0.25', '--allow-indivisible-heads', '-o', pruned, '--device', device, '--force']);
+
+  // 2. Held-out perplexity of a model (chunks512 over the whole held-out half).
+  const heldout = (model) => {
+    const r = llmopt(['eval', model, '--data', files.heldout, '--seq-len', String(EVAL_WINDOW), '--device', device]);
+    return { ppl: r.json.metrics.ppl, tokens_scored: r.json.protocol.tokens_scored, protocol: r.json.protocol.name };
+  };
+  const teacherEval = heldout(teacher);
+  const prunedEval = heldout(pruned);
+
+  // 3. Both arms, the same learning-rate grid, picked on the validation text.
+  const arms = { distill: [], ce: [] };
+  for (const [arm, extra] of [['distill', ['--alpha', '0']], ['ce', ['--alpha', '1']]]) {
+    for (const lr of lrs) {
+      const out = path.join(work, `${arm}-lr${lr}`);
+      const r = llmopt([
+        'distill', '--teacher', teacher, '--student', pruned, '--data', files.train, '-o', out, '--force',
+        '--tokens', String(tokens), '--seq-len', String(seqLen), '--batch', String(batch), '--lr', String(lr),
+        '--eval-data', files.val, '--eval-seq-len', String(EVAL_WINDOW), '--save-every', '0', '--device', device, ...extra,
+      ]);
+      const rep = r.json;
+      arms[arm].push({ lr, out, val_ppl: rep.eval.points.at(-1).ppl, wall_s: r.wall, report: rep });
+    }
+  }
+  const best = Object.fromEntries(Object.entries(arms).map(([arm, runs]) => [arm, runs.reduce((a, b) => (b.val_ppl < a.val_ppl ? b : a))]));
+  const bestEval = Object.fromEntries(Object.entries(best).map(([arm, run]) => [arm, heldout(run.out)]));
+
+  const gap = (ppl) => (prunedEval.ppl - ppl) / (prunedEval.ppl - teacherEval.ppl);
+  const row = (name, params, ev, extra = {}) => ({ model: name, parameters: params, heldout_ppl: ev.ppl, gap_recovered: gap(ev.ppl), ...extra });
+  const rep = (arm) => best[arm].report;
+  const rows = [
+    row('teacher (stories260K)', rep('distill').inputs.teacher.parameters, teacherEval),
+    row('pruned (KV 25% + MLP 25%)', rep('distill').inputs.student.parameters, prunedEval),
+    ...['distill', 'ce'].map((arm) =>
+      row(arm === 'distill' ? 'distilled (forward KL)' : 'CE fine-tuned (--alpha 1)', rep(arm).inputs.student.parameters, bestEval[arm], {
+        lr: best[arm].lr,
+        tokens: rep(arm).settings.tokens,
+        steps: rep(arm).settings.steps,
+        epochs: rep(arm).settings.epochs,
+        val_ppl: best[arm].val_ppl,
+        train_s: rep(arm).timings_s.train,
+        wall_s: best[arm].wall_s,
+        tokens_per_s: rep(arm).tokens_per_s,
+      }),
+    ),
+  ];
+
+  const date = new Date().toISOString().slice(0, 10);
+  const result = {
+    what: 'stories260K pruned (--kv-heads 0.25 --mlp 0.25), then distilled vs CE-finetuned at equal tokens; held-out ppl',
+    created: new Date().toISOString(),
+    machine: { cpus: cpus().length, cpu: cpus()[0]?.model, loadavg: loadavg(), device },
+    split,
+    eval_protocol: `chunks${EVAL_WINDOW} over the held-out half (${teacherEval.tokens_scored} tokens scored)`,
+    settings: { tokens, seq_len: seqLen, batch, lrs, selection: 'per arm, the lr with the lowest validation ppl (chunks512 on val.txt)' },
+    rows,
+    lr_search: Object.fromEntries(Object.entries(arms).map(([arm, runs]) => [arm, runs.map((r) => ({ lr: r.lr, val_ppl: r.val_ppl, final_loss: r.report.curve.at(-1).loss, wall_s: r.wall_s }))])),
+    curves: Object.fromEntries(Object.entries(best).map(([arm, run]) => [arm, { curve: run.report.curve, evals: run.report.eval.points }])),
+    prune: { parameters: prune.json.parameters, plan: prune.json.plan },
+    commands,
+    wall_s: (performance.now() - started) / 1000,
+  };
+  mkdirSync(path.join(root, 'bench/results'), { recursive: true });
+  const outFile = path.join(root, `bench/results/${date}-distill-recovery.json`);
+  writeFileSync(outFile, `${JSON.stringify(result, null, 2)}\n`);
+
+  const f = (x, d = 4) => x.toFixed(d);
+  console.log(`\nheld-out ppl: ${result.eval_protocol}; ${tokens.toLocaleString('en-US')}-token budget per arm, seq ${seqLen}, batch ${batch}, device ${device}`);
+  console.log('| model | params | held-out ppl | gap recovered | lr | tokens | train s | tokens/s |');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    console.log(`| ${r.model} | ${r.parameters.toLocaleString('en-US')} | ${f(r.heldout_ppl)} | ${r.model.startsWith('teacher') || r.model.startsWith('pruned') ? '' : `${(100 * r.gap_recovered).toFixed(1)}%`} | ${r.lr ?? ''} | ${r.tokens?.toLocaleString('en-US') ?? ''} | ${r.train_s !== undefined ? r.train_s.toFixed(0) : ''} | ${r.tokens_per_s !== undefined ? Math.round(r.tokens_per_s).toLocaleString('en-US') : ''} |`);
+  }
+  console.log('\nlearning-rate search (validation ppl, chunks512 on val.txt):');
+  for (const [arm, runs] of Object.entries(result.lr_search)) console.log(`  ${arm}: ${runs.map((r) => `lr ${r.lr} → ${f(r.val_ppl)}`).join(', ')}`);
+  console.log(`\nwrote ${path.relative(root, outFile)} (${result.wall_s.toFixed(0)} s)`);
+} finally {
+  if (!keep) rmSync(work, { recursive: true, force: true });
+}
