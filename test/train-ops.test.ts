@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { seededRandom } from '../src/random.js';
 import { createCpuDevice, type CpuDevice } from '../src/tensor/cpu/index.js';
 import type { AttentionShape, DistillLossKind, TeacherTopK, Tensor, TrainingOps } from '../src/tensor/device.js';
+import { refAttention, refLayerNorm, refLinear, refRmsNorm, refRope } from './helpers/train-reference.js';
 
 let dev: CpuDevice;
 let dev2: CpuDevice;
@@ -76,95 +77,6 @@ function numericGrad(f: (xs: Float64Array[]) => Float64Array, inputs: Float32Arr
     g[i] = (lp - lm) / (2 * h);
   }
   return g;
-}
-
-// --- float64 reference forwards --------------------------------------------------------------
-
-function refLinear(x: Float64Array, w: Float64Array, b: Float64Array | null, M: number, N: number, K: number): Float64Array {
-  const y = new Float64Array(M * N);
-  for (let m = 0; m < M; m++) {
-    for (let n = 0; n < N; n++) {
-      let s = b ? b[n] : 0;
-      for (let k = 0; k < K; k++) s += x[m * K + k] * w[n * K + k];
-      y[m * N + n] = s;
-    }
-  }
-  return y;
-}
-
-function refRmsNorm(x: Float64Array, w: Float64Array, C: number, eps: number): Float64Array {
-  const y = new Float64Array(x.length);
-  for (let r = 0; r < x.length / C; r++) {
-    let ss = 0;
-    for (let c = 0; c < C; c++) ss += x[r * C + c] ** 2;
-    const inv = 1 / Math.sqrt(ss / C + eps);
-    for (let c = 0; c < C; c++) y[r * C + c] = x[r * C + c] * inv * w[c];
-  }
-  return y;
-}
-
-function refLayerNorm(x: Float64Array, w: Float64Array, b: Float64Array, C: number, eps: number): Float64Array {
-  const y = new Float64Array(x.length);
-  for (let r = 0; r < x.length / C; r++) {
-    let s = 0;
-    for (let c = 0; c < C; c++) s += x[r * C + c];
-    const mean = s / C;
-    let ss = 0;
-    for (let c = 0; c < C; c++) ss += (x[r * C + c] - mean) ** 2;
-    const inv = 1 / Math.sqrt(ss / C + eps);
-    for (let c = 0; c < C; c++) y[r * C + c] = (x[r * C + c] - mean) * inv * w[c] + b[c];
-  }
-  return y;
-}
-
-function refRope(x: Float64Array, pos: Int32Array, cos: Float32Array, sin: Float32Array, nHeads: number, hd: number, rot: number): Float64Array {
-  const y = Float64Array.from(x);
-  const half = rot / 2;
-  for (let r = 0; r < pos.length; r++) {
-    for (let h = 0; h < nHeads; h++) {
-      const a = (r * nHeads + h) * hd;
-      for (let i = 0; i < half; i++) {
-        const c = cos[pos[r] * half + i], s = sin[pos[r] * half + i];
-        y[a + i] = x[a + i] * c - x[a + i + half] * s;
-        y[a + i + half] = x[a + i + half] * c + x[a + i] * s;
-      }
-    }
-  }
-  return y;
-}
-
-/** Causal GQA attention (Device.attention semantics); also returns the lse per (row, head). */
-function refAttention(q: Float64Array, k: Float64Array, v: Float64Array, s: AttentionShape): { out: Float64Array; lse: Float64Array } {
-  const { batch, seqQ, kvLen, kvStride, nHead, nKvHead, headDim: hd, scale } = s;
-  const out = new Float64Array(batch * seqQ * nHead * hd);
-  const lse = new Float64Array(batch * seqQ * nHead);
-  const group = nHead / nKvHead;
-  for (let b = 0; b < batch; b++) {
-    for (let t = 0; t < seqQ; t++) {
-      const p = kvLen - seqQ + t;
-      const lo = s.window !== undefined ? Math.max(0, p - s.window + 1) : 0;
-      for (let h = 0; h < nHead; h++) {
-        const g = Math.floor(h / group);
-        const qa = ((b * seqQ + t) * nHead + h) * hd;
-        const sc: number[] = [];
-        for (let j = lo; j <= p; j++) {
-          const ka = ((b * kvStride + j) * nKvHead + g) * hd;
-          let d = 0;
-          for (let i = 0; i < hd; i++) d += q[qa + i] * k[ka + i];
-          sc.push(d * scale);
-        }
-        const m = Math.max(...sc);
-        const e = sc.map((x) => Math.exp(x - m));
-        const sum = e.reduce((a, c) => a + c, 0);
-        lse[(b * seqQ + t) * nHead + h] = m + Math.log(sum);
-        for (let j = lo; j <= p; j++) {
-          const va = ((b * kvStride + j) * nKvHead + g) * hd;
-          for (let i = 0; i < hd; i++) out[qa + i] += (e[j - lo] / sum) * v[va + i];
-        }
-      }
-    }
-  }
-  return { out, lse };
 }
 
 // --- linear ----------------------------------------------------------------------------------
