@@ -145,7 +145,7 @@ async function distillCommand(flags: DistillFlags, toolVersion: string): Promise
           out.write(`${planLines(plan).join('\n')}\n`);
           const perStep = plan.settings.batch * plan.settings.grad_accum * plan.settings.seq_len;
           progress = createProgress('distill', totalSteps * perStep);
-          progress.update(plan.startStep * perStep, 0);
+          if (plan.startStep > 0) progress.update(plan.startStep * perStep, 0);
         },
         onStep: (r, p) => progress?.update(p.tokens, p.tokensPerSecond, `step ${r.step}/${totalSteps} loss ${formatFloat(r.loss, 4)} lr ${lrText(r.lr)}`),
         onEval: (e, who) => log(who === 'teacher' ? `eval       teacher ppl ${formatFloat(e.ppl)}` : `eval       step ${e.step}: ppl ${formatFloat(e.ppl)}`),
