@@ -228,6 +228,24 @@ describe.each(ATTENTION_SHAPES)('attention (%s)', (_name, s) => {
   });
 });
 
+test('attention forward lse and backward: bit-identical on 1 and 2 threads (split across the pool)', () => {
+  const s: AttentionShape = { batch: 3, seqQ: 37, kvLen: 37, kvStride: 37, nHead: 4, nKvHead: 2, headDim: 8, scale: 1 / Math.sqrt(8), window: 29 };
+  const qn = s.batch * s.seqQ * s.nHead * s.headDim, kvn = s.batch * s.kvStride * s.nKvHead * s.headDim;
+  const inputs = [randu(qn, 75), randu(kvn, 76), randu(kvn, 77), randu(qn, 78)];
+  const results = [dev, dev2].map((d) => {
+    const t = d.training!;
+    const [q, k, v, dOut] = inputs.map((x, i) => d.upload(x, [x.length / (i === 1 || i === 2 ? s.nKvHead * 8 : s.nHead * 8), i === 1 || i === 2 ? s.nKvHead * 8 : s.nHead * 8]));
+    const out = d.empty(q.shape), lse = t.emptyF32([s.batch * s.seqQ, s.nHead]);
+    t.attentionForward(out, lse, q, k, v, s);
+    const dq = d.empty(q.shape), dk = d.empty(k.shape), dv = d.empty(v.shape);
+    t.attentionBackward(dq, dk, dv, dOut, out, lse, q, k, v, s);
+    return [lse, dq, dk, dv].map((x) => d.download(x));
+  });
+  const ref = refAttention(Float64Array.from(inputs[0]), Float64Array.from(inputs[1]), Float64Array.from(inputs[2]), s);
+  expectClose(results[0][0], ref.lse, 1e-6, 'lse');
+  for (let i = 0; i < 4; i++) expect(Buffer.from(results[1][i].buffer).equals(Buffer.from(results[0][i].buffer))).toBe(true);
+});
+
 // --- distillation loss -----------------------------------------------------------------------
 
 /** Loss per row in float64, straight from the definitions (top-k: the coarsened distributions). */

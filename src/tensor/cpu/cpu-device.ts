@@ -238,6 +238,22 @@ export class CpuDevice implements Device {
   }
 
   attention(out: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): void {
+    this.runAttention(out, q, k, v, shape, null);
+  }
+
+  /**
+   * @internal attention() that, where the SIMD kernel runs, also writes each query's softmax
+   * log-sum-exp to lse (f32 [batch*seqQ, nHead]); returns whether it did (CpuTrainingOps).
+   */
+  attentionWithLse(out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): boolean {
+    const l = this.cpu(lse, 'attention', 'lse');
+    if (l.length !== shape.batch * shape.seqQ * shape.nHead) {
+      throw new Error(`attention: lse ${fmtShape(l)} should hold batch*seqQ*nHead = ${shape.batch * shape.seqQ * shape.nHead} values`);
+    }
+    return this.runAttention(out, q, k, v, shape, l);
+  }
+
+  private runAttention(out: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape, lse: CpuTensor | null): boolean {
     const o = this.cpu(out, 'attention', 'out');
     const qc = this.cpu(q, 'attention', 'q');
     const kc = this.cpu(k, 'attention', 'k');
@@ -257,18 +273,18 @@ export class CpuDevice implements Device {
     }
     if (overlaps(o, kc) || overlaps(o, vc)) throw new Error('attention: out overlaps k or v');
     const units = batch * nHead * ((seqQ + 3) >> 2);
-    const p = [o.offset, qc.offset, kc.offset, vc.offset, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window];
-    const arrays = [o.base, qc.base, kc.base, vc.base];
+    const op = this.simd && headDim % 4 === 0 ? OP_ATTENTION_SIMD : OP_ATTENTION;
+    const withLse = lse !== null && op === OP_ATTENTION_SIMD;
+    const p = [o.offset, qc.offset, kc.offset, vc.offset, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window,
+      withLse ? lse.offset : 0, withLse ? 1 : 0];
+    const arrays = [o.base, qc.base, kc.base, vc.base, withLse ? lse.base : this.noFloats];
     const keysPerQuery = window > 0 ? Math.min(window, kvLen) : kvLen;
     const work = batch * nHead * seqQ * keysPerQuery * headDim * 2;
     const scratch = 4 * Math.max(1, kvLen);
     const pool = this.pool;
-    const op = this.simd && headDim % 4 === 0 ? OP_ATTENTION_SIMD : OP_ATTENTION;
-    if (pool === null || !worthSplitting(op, work) || units < 2) {
-      this.runHere(op, arrays, p, 0, units, 0, 0, scratch);
-      return;
-    }
-    pool.run(op, arrays, null, null, p, chunkRange(units, pool.size * CHUNKS_PER_THREAD, 1), scratch);
+    if (pool === null || !worthSplitting(op, work) || units < 2) this.runHere(op, arrays, p, 0, units, 0, 0, scratch);
+    else pool.run(op, arrays, null, null, p, chunkRange(units, pool.size * CHUNKS_PER_THREAD, 1), scratch);
+    return withLse;
   }
 
   writeKv(cache: Tensor, src: Tensor, batch: number, seq: number, start: number, kvStride: number): void {
@@ -338,6 +354,16 @@ export class CpuDevice implements Device {
   fakeQuantRows(x: Tensor, spec: FakeQuantSpec): void {
     const c = this.cpu(x, 'fakeQuantRows', 'x');
     fakeQuantRowsKernel(c.data, c.rowCount, c.cols, spec);
+  }
+
+  /**
+   * @internal Runs kernel `op` of kernels.ts over work units [0, units), split across the worker
+   * pool when `work` (≈ multiply-adds) pays for it (CpuTrainingOps' attention kernels).
+   */
+  runUnits(op: number, arrays: Float32Array[], params: readonly number[], units: number, work: number): void {
+    const pool = this.pool;
+    if (pool === null || units < 2 || work < PARALLEL_MIN_WORK) this.runHere(op, arrays, params, 0, units, 0, 0, 0);
+    else pool.run(op, arrays, null, null, params, chunkRange(units, pool.size * CHUNKS_PER_THREAD, 1), 0);
   }
 
   // --- helpers --------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //
 // Every function here is ALSO compiled into the worker threads from its source text
 // (`fn.toString()`, see pool.ts), so each must be self-contained: it may call only the other
-// functions of this file, by name, and globals (Math). No imports, no closures over module
+// functions of KERNEL_FUNCTIONS, by name, and globals (Math). No imports, no closures over module
 // state, no nested function declarations. That keeps one copy of each kernel, working the same
 // from dist/ (compiled JS) and under vitest (TS transformed on the fly).
 //
@@ -28,6 +28,9 @@ export const OP_SILUMUL_SIMD = 11;
 export const OP_ADD_SIMD = 12;
 export const OP_RMSNORM_SIMD = 13;
 export const OP_SCORE_SIMD = 14;
+/** Training's attention kernels (CpuTrainingOps). */
+export const OP_ATTENTION_LSE = 15;
+export const OP_ATTENTION_BACKWARD = 16;
 
 // --- JS kernels (the reference) ---------------------------------------------------------------
 
@@ -338,6 +341,8 @@ export interface SimdContext {
   pack: (w: number, wp: number, Np: number, K: number) => void;
   /** attention functions by head size; key 0 is the generic one. */
   attention: Map<number, (...args: number[]) => void>;
+  /** The same with softmax statistics (lseAttention…), for training. */
+  lseAttention: Map<number, (...args: number[]) => void>;
   siluMul: (g: number, u: number, o: number, n: number) => void;
   add: (x: number, y: number, n: number) => void;
   rmsNorm: (x: number, w: number, o: number, rows: number, C: number, eps: number) => void;
@@ -356,12 +361,14 @@ export function createSimdContext(bytes: Uint8Array): SimdContext {
   const mem = new wa.Memory({ initial: 16, maximum: 65536 });
   const inst = new wa.Instance(new wa.Module(bytes), { env: { mem } });
   const attention = new Map<number, (...args: number[]) => void>();
+  const lseAttention = new Map<number, (...args: number[]) => void>();
   for (const name of Object.keys(inst.exports)) {
     if (name.startsWith('attention')) attention.set(Number(name.slice(9)), inst.exports[name] as (...args: number[]) => void);
+    if (name.startsWith('lseAttention')) lseAttention.set(Number(name.slice(12)), inst.exports[name] as (...args: number[]) => void);
   }
   const ex = inst.exports;
   return {
-    mem, f32: new Float32Array(mem.buffer), attention, matmul: ex.matmul as SimdContext['matmul'],
+    mem, f32: new Float32Array(mem.buffer), attention, lseAttention, matmul: ex.matmul as SimdContext['matmul'],
     pack: ex.pack as SimdContext['pack'],
     siluMul: ex.siluMul as SimdContext['siluMul'], add: ex.add as SimdContext['add'], rmsNorm: ex.rmsNorm as SimdContext['rmsNorm'],
     score: ex.score as SimdContext['score'],
@@ -421,12 +428,13 @@ export function simdMatmulKernel(
 /**
  * attentionKernel's units [u0, u1) through the SIMD module (headDim a multiple of 4): copies
  * the q/k/v rows of the sequences those units touch, runs, and scatters the compact outputs.
+ * withLse (training): also lse[lOff + row·nHead + h] = the log-sum-exp of each query's scores.
  */
 export function simdAttentionKernel(
   ctx: SimdContext, o: Float32Array, oOff: number, q: Float32Array, qOff: number, k: Float32Array, kOff: number,
   v: Float32Array, vOff: number,
   seqQ: number, kvLen: number, kvStride: number, nHead: number, nKvHead: number, hd: number,
-  scale: number, window: number, u0: number, u1: number,
+  scale: number, window: number, u0: number, u1: number, lse: Float32Array, lOff: number, withLse: number,
 ): void {
   if (u0 >= u1) return;
   const qBlocks = (seqQ + 3) >> 2;
@@ -443,13 +451,15 @@ export function simdAttentionKernel(
   const sP = (vP + kvN + 3) & ~3;
   const tP = sP + 4 * kvLen;
   const oP = tP + 4 * hd;
-  const mem = simdReserve(ctx, oP + (u1 - u0) * 4 * hd);
+  const stP = oP + (u1 - u0) * 4 * hd;
+  const mem = simdReserve(ctx, stP + (withLse !== 0 ? (u1 - u0) * 8 : 0));
   mem.set(q.subarray(qOff + bStart * seqQ * qRow, qOff + bStart * seqQ * qRow + qN), qP);
   mem.set(k.subarray(kOff + bStart * kvStride * kvRow, kOff + bStart * kvStride * kvRow + kvN), kP);
   mem.set(v.subarray(vOff + bStart * kvStride * kvRow, vOff + bStart * kvStride * kvRow + kvN), vP);
-  const fn = ctx.attention.get(hd) ?? ctx.attention.get(0)!;
+  const fns = withLse !== 0 ? ctx.lseAttention : ctx.attention;
+  const fn = fns.get(hd) ?? fns.get(0)!;
   fn(qP * 4, kP * 4, vP * 4, oP * 4, sP * 4, tP * 4, u0, u1, bStart, seqQ, kvLen, kvStride, nHead, nKvHead, hd,
-    scale, window);
+    scale, window, stP * 4);
   const out = ctx.f32;
   for (let u = u0; u < u1; u++) {
     const blk = u % qBlocks;
@@ -462,6 +472,10 @@ export function simdAttentionKernel(
       const dst = oOff + (bIdx * seqQ + t0 + i) * qRow + h * hd;
       const src = oP + ((u - u0) * 4 + i) * hd;
       for (let d = 0; d < hd; d++) o[dst + d] = out[src + d];
+      if (withLse !== 0) {
+        const stat = stP + (u - u0) * 8;
+        lse[lOff + (bIdx * seqQ + t0 + i) * nHead + h] = out[stat + i] * Math.LN2 + Math.log(out[stat + 4 + i]);
+      }
     }
   }
 }
@@ -567,6 +581,164 @@ export function simdScoreKernel(
   }
 }
 
+// --- training: attention log-sum-exps and backward (CpuTrainingOps) ----------------------------
+//
+// A work unit is one (sequence b, KV group g): u = b·nKvHead + g. It covers every query head of the
+// group, so the gradients of the group's keys and values are summed by one thread in a fixed order
+// (results never depend on how units are split across threads). The unit's keys (and values) are
+// first copied into contiguous float64 scratch; queries go in blocks of 4 that share each key's loads.
+// Query t sits at position kvLen − seqQ + t and sees keys (p − window, p] (window 0: all ≤ p).
+
+/** lse[(b·seqQ + t)·nHead + h] = log Σ_j exp(scale·q·k_j) over the keys query t sees, units [u0, u1). */
+export function attentionLseUnits(
+  lse: Float32Array, lOff: number, q: Float32Array, qOff: number, k: Float32Array, kOff: number,
+  seqQ: number, kvLen: number, kvStride: number, nHead: number, nKvHead: number, hd: number,
+  scale: number, window: number, u0: number, u1: number,
+): void {
+  const qRow = nHead * hd, kvRow = nKvHead * hd, group = nHead / nKvHead, past = kvLen - seqQ;
+  const kp = new Float64Array(kvLen * hd);
+  const qv = new Float64Array(4 * hd);
+  const s = new Float64Array(4 * kvLen);
+  const h1 = hd, h2 = 2 * hd, h3 = 3 * hd;
+  for (let u = u0; u < u1; u++) {
+    const g = u % nKvHead;
+    const b = (u - g) / nKvHead;
+    for (let j = 0; j < kvLen; j++) {
+      const src = kOff + (b * kvStride + j) * kvRow + g * hd;
+      for (let d = 0; d < hd; d++) kp[j * hd + d] = k[src + d];
+    }
+    for (let h = g * group; h < (g + 1) * group; h++) {
+      for (let t0 = 0; t0 < seqQ; t0 += 4) {
+        const nq = Math.min(4, seqQ - t0);
+        const pFirst = past + t0;
+        const pLast = pFirst + nq - 1;
+        const jLo = window > 0 ? Math.max(0, pFirst - window + 1) : 0;
+        qv.fill(0);
+        for (let i = 0; i < nq; i++) {
+          const src = qOff + (b * seqQ + t0 + i) * qRow + h * hd;
+          for (let d = 0; d < hd; d++) qv[i * hd + d] = q[src + d];
+        }
+        for (let j = jLo; j <= pLast; j++) {
+          const ka = j * hd;
+          let a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+          for (let d = 0; d < hd; d++) {
+            const kd = kp[ka + d];
+            a0 += qv[d] * kd; a1 += qv[h1 + d] * kd; a2 += qv[h2 + d] * kd; a3 += qv[h3 + d] * kd;
+          }
+          s[j] = a0 * scale; s[kvLen + j] = a1 * scale; s[2 * kvLen + j] = a2 * scale; s[3 * kvLen + j] = a3 * scale;
+        }
+        for (let i = 0; i < nq; i++) {
+          const p = pFirst + i;
+          const lo = window > 0 ? Math.max(0, p - window + 1) : 0;
+          const row = i * kvLen;
+          let m = -Infinity;
+          for (let j = lo; j <= p; j++) if (s[row + j] > m) m = s[row + j];
+          let sum = 0;
+          for (let j = lo; j <= p; j++) sum += Math.exp(s[row + j] - m);
+          lse[lOff + (b * seqQ + t0 + i) * nHead + h] = m + Math.log(sum);
+        }
+      }
+    }
+  }
+}
+
+/**
+ * Attention backward for units [u0, u1). Per query row i (head h) the probabilities are
+ * recomputed from q, k and lse (nothing seq×seq is stored, only the unit's keys and values):
+ *   P_ij = exp(scale·q_i·k_j − lse_i),  dS_ij = P_ij·(dO_i·v_j − D_i)  with D_i = dO_i·O_i,
+ *   dq_i = scale·Σ_j dS_ij k_j,  dk_j += scale·dS_ij q_i,  dv_j += P_ij dO_i.
+ * dl holds D at dOffD and lse at lseOff, both [(b·seqQ + t)·nHead + h]. k/v may share one storage
+ * (kv at kOff, vOff), as may dk/dv (dkv). dq, dk, dv are overwritten; key rows past kvLen get 0.
+ */
+export function attentionBackwardUnits(
+  dq: Float32Array, dqOff: number, dkv: Float32Array, dkOff: number, dvOff: number, dOut: Float32Array, doOff: number,
+  dl: Float32Array, dOffD: number, lseOff: number, q: Float32Array, qOff: number, kv: Float32Array, kOff: number, vOff: number,
+  seqQ: number, kvLen: number, kvStride: number, nHead: number, nKvHead: number, hd: number,
+  scale: number, window: number, u0: number, u1: number,
+): void {
+  const qRow = nHead * hd, kvRow = nKvHead * hd, group = nHead / nKvHead, past = kvLen - seqQ;
+  const kp = new Float64Array(kvLen * hd);
+  const vp = new Float64Array(kvLen * hd);
+  const dk = new Float64Array(kvLen * hd);
+  const dv = new Float64Array(kvLen * hd);
+  const qv = new Float64Array(4 * hd);
+  const ov = new Float64Array(4 * hd);
+  const gq = new Float64Array(4 * hd);
+  const h1 = hd, h2 = 2 * hd, h3 = 3 * hd;
+  for (let u = u0; u < u1; u++) {
+    const g = u % nKvHead;
+    const b = (u - g) / nKvHead;
+    for (let j = 0; j < kvLen; j++) {
+      const src = (b * kvStride + j) * kvRow + g * hd;
+      for (let d = 0; d < hd; d++) {
+        kp[j * hd + d] = kv[kOff + src + d];
+        vp[j * hd + d] = kv[vOff + src + d];
+      }
+    }
+    dk.fill(0);
+    dv.fill(0);
+    for (let h = g * group; h < (g + 1) * group; h++) {
+      for (let t0 = 0; t0 < seqQ; t0 += 4) {
+        const nq = Math.min(4, seqQ - t0);
+        const pFirst = past + t0;
+        const pLast = pFirst + nq - 1;
+        const jLo = window > 0 ? Math.max(0, pFirst - window + 1) : 0;
+        qv.fill(0);
+        ov.fill(0);
+        gq.fill(0);
+        // Per query of the block: its D, lse and key range; queries past nq see nothing.
+        let D0 = 0, D1 = 0, D2 = 0, D3 = 0, L0 = 0, L1 = 0, L2 = 0, L3 = 0;
+        let lo0 = 0, lo1 = 0, lo2 = 0, lo3 = 0, hi0 = -1, hi1 = -1, hi2 = -1, hi3 = -1;
+        for (let i = 0; i < nq; i++) {
+          const row = (b * seqQ + t0 + i) * qRow + h * hd;
+          for (let d = 0; d < hd; d++) {
+            qv[i * hd + d] = q[qOff + row + d];
+            ov[i * hd + d] = dOut[doOff + row + d];
+          }
+          const r = (b * seqQ + t0 + i) * nHead + h;
+          const p = pFirst + i;
+          const lo = window > 0 ? Math.max(0, p - window + 1) : 0;
+          if (i === 0) { D0 = dl[dOffD + r]; L0 = dl[lseOff + r]; lo0 = lo; hi0 = p; }
+          else if (i === 1) { D1 = dl[dOffD + r]; L1 = dl[lseOff + r]; lo1 = lo; hi1 = p; }
+          else if (i === 2) { D2 = dl[dOffD + r]; L2 = dl[lseOff + r]; lo2 = lo; hi2 = p; }
+          else { D3 = dl[dOffD + r]; L3 = dl[lseOff + r]; lo3 = lo; hi3 = p; }
+        }
+        for (let j = jLo; j <= pLast; j++) {
+          const ka = j * hd;
+          let s0 = 0, s1 = 0, s2 = 0, s3 = 0, e0 = 0, e1 = 0, e2 = 0, e3 = 0;
+          for (let d = 0; d < hd; d++) {
+            const kd = kp[ka + d], vd = vp[ka + d];
+            s0 += qv[d] * kd; s1 += qv[h1 + d] * kd; s2 += qv[h2 + d] * kd; s3 += qv[h3 + d] * kd;
+            e0 += ov[d] * vd; e1 += ov[h1 + d] * vd; e2 += ov[h2 + d] * vd; e3 += ov[h3 + d] * vd;
+          }
+          const P0 = j >= lo0 && j <= hi0 ? Math.exp(s0 * scale - L0) : 0;
+          const P1 = j >= lo1 && j <= hi1 ? Math.exp(s1 * scale - L1) : 0;
+          const P2 = j >= lo2 && j <= hi2 ? Math.exp(s2 * scale - L2) : 0;
+          const P3 = j >= lo3 && j <= hi3 ? Math.exp(s3 * scale - L3) : 0;
+          const c0 = P0 * (e0 - D0) * scale, c1 = P1 * (e1 - D1) * scale, c2 = P2 * (e2 - D2) * scale, c3 = P3 * (e3 - D3) * scale;
+          for (let d = 0; d < hd; d++) {
+            const kd = kp[ka + d];
+            dk[ka + d] += c0 * qv[d] + c1 * qv[h1 + d] + c2 * qv[h2 + d] + c3 * qv[h3 + d];
+            dv[ka + d] += P0 * ov[d] + P1 * ov[h1 + d] + P2 * ov[h2 + d] + P3 * ov[h3 + d];
+            gq[d] += c0 * kd; gq[h1 + d] += c1 * kd; gq[h2 + d] += c2 * kd; gq[h3 + d] += c3 * kd;
+          }
+        }
+        for (let i = 0; i < nq; i++) {
+          const row = dqOff + (b * seqQ + t0 + i) * qRow + h * hd;
+          for (let d = 0; d < hd; d++) dq[row + d] = gq[i * hd + d];
+        }
+      }
+    }
+    for (let j = 0; j < kvStride; j++) {
+      const dst = (b * kvStride + j) * kvRow + g * hd;
+      for (let d = 0; d < hd; d++) {
+        dkv[dkOff + dst + d] = j < kvLen ? dk[j * hd + d] : 0;
+        dkv[dvOff + dst + d] = j < kvLen ? dv[j * hd + d] : 0;
+      }
+    }
+  }
+}
+
 // --- dispatch ----------------------------------------------------------------------------------
 
 /**
@@ -609,9 +781,9 @@ export function runKernel(
     case 9: // OP_MATMUL_SIMD
       simdMatmulKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, f[3], p[3] | 0, p[4] | 0, p[5] | 0, p[6] | 0, lo, hi);
       break;
-    case 10: // OP_ATTENTION_SIMD
+    case 10: // OP_ATTENTION_SIMD (f[4], p[12] and p[13]: lse storage, offset, on/off)
       simdAttentionKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, f[3], p[3] | 0,
-        p[4] | 0, p[5] | 0, p[6] | 0, p[7] | 0, p[8] | 0, p[9] | 0, p[10], p[11] | 0, lo, hi);
+        p[4] | 0, p[5] | 0, p[6] | 0, p[7] | 0, p[8] | 0, p[9] | 0, p[10], p[11] | 0, lo, hi, f[4], p[12] | 0, p[13] | 0);
       break;
     case 11: // OP_SILUMUL_SIMD
       simdSiluMulKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, lo, hi);
@@ -625,6 +797,14 @@ export function runKernel(
     case 14: // OP_SCORE_SIMD
       simdScoreKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, p[2] | 0, i32, p[3] | 0, f64, p[4] | 0, p[5] | 0, p[6] | 0, lo, hi);
       break;
+    case 15: // OP_ATTENTION_LSE
+      attentionLseUnits(f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0,
+        p[3] | 0, p[4] | 0, p[5] | 0, p[6] | 0, p[7] | 0, p[8] | 0, p[9], p[10] | 0, lo, hi);
+      break;
+    case 16: // OP_ATTENTION_BACKWARD
+      attentionBackwardUnits(f[0], p[0] | 0, f[1], p[1] | 0, p[2] | 0, f[2], p[3] | 0, f[3], p[4] | 0, p[5] | 0, f[4], p[6] | 0,
+        f[5], p[7] | 0, p[8] | 0, p[9] | 0, p[10] | 0, p[11] | 0, p[12] | 0, p[13] | 0, p[14] | 0, p[15], p[16] | 0, lo, hi);
+      break;
     default:
       throw new Error(`cpu kernel: unknown op ${op}`);
   }
@@ -633,5 +813,6 @@ export function runKernel(
 /** Every function the worker source needs, in dependency order (runKernel last). */
 export const KERNEL_FUNCTIONS: readonly ((...args: never[]) => void)[] = [
   matmulKernel, attentionKernel, rmsNormKernel, layerNormKernel, siluMulKernel, geluTanhKernel,
-  addKernel, scoreKernel, createSimdContext, simdReserve, simdMatmulKernel, simdAttentionKernel, simdSiluMulKernel, simdAddKernel, simdRmsNormKernel, simdScoreKernel, runKernel,
+  addKernel, scoreKernel, createSimdContext, simdReserve, simdMatmulKernel, simdAttentionKernel, simdSiluMulKernel, simdAddKernel, simdRmsNormKernel, simdScoreKernel,
+  attentionLseUnits, attentionBackwardUnits, runKernel,
 ];

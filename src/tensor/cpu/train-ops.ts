@@ -10,10 +10,11 @@ import type {
 import type { CpuDevice } from './cpu-device.js';
 import { distillLossKernel, LOSS_KL, LOSS_REVERSE_KL, LOSS_SKEW_KL, topKKernel } from './distill-loss.js';
 import { CpuTensor, fmtShape } from './tensor.js';
+import { OP_ATTENTION_BACKWARD, OP_ATTENTION_LSE } from './kernels.js';
 import {
-  adamwKernel, attentionBackwardKernel, attentionLseKernel, biasGradKernel, embeddingBackwardKernel, geluTanhBackwardKernel,
+  adamwKernel, biasGradKernel, embeddingBackwardKernel, geluTanhBackwardKernel,
   layerNormBackwardKernel, ropeBackwardKernel, rmsNormBackwardKernel, siluMulBackwardKernel, sumSquaresKernel,
-  transposeInto, type AttnDims,
+  transposeInto,
 } from './train-kernels.js';
 
 const LOSS_KINDS = { kl: LOSS_KL, 'reverse-kl': LOSS_REVERSE_KL, 'skew-kl': LOSS_SKEW_KL } as const;
@@ -160,30 +161,46 @@ export class CpuTrainingOps implements TrainingOps {
 
   attentionForward(out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): void {
     // The inference kernel computes out (so training's forward is Decoder.forward's, bit for bit);
-    // the log-sum-exps are one more pass over the scores.
-    this.device.attention(out, q, k, v, shape);
-    const l = this.cpu(lse, 'attentionForward', 'lse');
-    if (l.length !== shape.batch * shape.seqQ * shape.nHead) {
-      throw new Error(`attentionForward: lse ${fmtShape(l)} should hold batch*seqQ*nHead = ${shape.batch * shape.seqQ * shape.nHead} values`);
-    }
-    attentionLseKernel(l.data, this.cpu(q, 'attentionForward', 'q').data, this.cpu(k, 'attentionForward', 'k').data, attnDims(shape));
+    // its SIMD version also gives the log-sum-exps, else they take one more pass over the scores.
+    if (this.device.attentionWithLse(out, lse, q, k, v, shape)) return;
+    const op = 'attentionForward';
+    const [l, qc, kc] = [this.cpu(lse, op, 'lse'), this.cpu(q, op, 'q'), this.cpu(k, op, 'k')];
+    this.device.runUnits(OP_ATTENTION_LSE, [l.base, qc.base, kc.base], [l.offset, qc.offset, kc.offset, ...attnParams(shape)],
+      shape.batch * shape.nKvHead, attnWork(shape));
   }
 
   attentionBackward(dq: Tensor, dk: Tensor, dv: Tensor, dOut: Tensor, out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): void {
     const op = 'attentionBackward';
-    const a = attnDims(shape);
-    const qLen = a.batch * a.seqQ * a.nHead * a.hd;
-    const kvLen = a.batch * a.kvStride * a.nKvHead * a.hd;
+    const { batch, seqQ, kvStride, nHead, nKvHead, headDim: hd } = shape;
+    const qLen = batch * seqQ * nHead * hd;
+    const kvLen = batch * kvStride * nKvHead * hd;
     const t = {
       dq: this.cpu(dq, op, 'dq'), dk: this.cpu(dk, op, 'dk'), dv: this.cpu(dv, op, 'dv'), dOut: this.cpu(dOut, op, 'dOut'),
       out: this.cpu(out, op, 'out'), lse: this.cpu(lse, op, 'lse'), q: this.cpu(q, op, 'q'), k: this.cpu(k, op, 'k'), v: this.cpu(v, op, 'v'),
     };
+    const R = batch * seqQ * nHead;
     const ok = [t.dq, t.dOut, t.out, t.q].every((c) => c.length === qLen) && [t.dk, t.dv, t.k, t.v].every((c) => c.length === kvLen) &&
-      t.lse.length === a.batch * a.seqQ * a.nHead;
+      t.lse.length === R;
     if (!ok || !validAttention(shape)) {
       throw new Error(`${op}: shape mismatch: ${Object.entries(t).map(([n, c]) => `${n} ${fmtShape(c)}`).join(', ')}, shape ${JSON.stringify(shape)}`);
     }
-    attentionBackwardKernel(t.dq.data, t.dk.data, t.dv.data, t.dOut.data, t.out.data, t.lse.data, t.q.data, t.k.data, t.v.data, a);
+    // The kernel takes at most 6 storages: k|v and dk|dv share one scratch each, D|lse another.
+    const kv = this.scratchTensor(3, [2 * kvLen]);
+    const dkv = this.scratchTensor(4, [2 * kvLen]);
+    const dl = this.scratchTensor(5, [2 * R]);
+    kv.data.set(t.k.data);
+    kv.data.set(t.v.data, kvLen);
+    const dO = t.dOut.data, o = t.out.data, dld = dl.data;
+    for (let r = 0; r < R; r++) {
+      let s = 0;
+      for (let d = r * hd; d < (r + 1) * hd; d++) s += dO[d] * o[d];
+      dld[r] = s;
+    }
+    dld.set(t.lse.data, R);
+    this.device.runUnits(OP_ATTENTION_BACKWARD, [t.dq.base, dkv.base, t.dOut.base, dl.base, t.q.base, kv.base],
+      [t.dq.offset, 0, kvLen, t.dOut.offset, 0, R, t.q.offset, 0, kvLen, ...attnParams(shape)], batch * nKvHead, 2.5 * attnWork(shape));
+    t.dk.data.set(dkv.data.subarray(0, kvLen));
+    t.dv.data.set(dkv.data.subarray(kvLen, 2 * kvLen));
   }
 
   // --- loss -----------------------------------------------------------------------------------
@@ -293,9 +310,13 @@ function validAttention(s: AttentionShape): boolean {
     s.seqQ <= s.kvLen && s.kvLen <= s.kvStride && (s.window === undefined || (Number.isInteger(s.window) && s.window >= 1));
 }
 
-function attnDims(s: AttentionShape): AttnDims {
-  return {
-    batch: s.batch, seqQ: s.seqQ, kvLen: s.kvLen, kvStride: s.kvStride, nHead: s.nHead, nKvHead: s.nKvHead,
-    hd: s.headDim, scale: s.scale, window: s.window ?? 0,
-  };
+/** The geometry parameters of the attention kernels (kernels.ts), in their order. */
+function attnParams(s: AttentionShape): number[] {
+  return [s.seqQ, s.kvLen, s.kvStride, s.nHead, s.nKvHead, s.headDim, s.scale, s.window ?? 0];
+}
+
+/** ≈ multiply-adds of one pass over the scores. */
+function attnWork(s: AttentionShape): number {
+  const keys = s.window !== undefined ? Math.min(s.window, s.kvLen) : s.kvLen;
+  return s.batch * s.nHead * s.seqQ * keys * s.headDim;
 }

@@ -3,7 +3,7 @@
 // copies a tile of the operands in, calls the kernel, and copies the result out. All pointers
 // are byte offsets into that memory.
 
-import { buildModule, F32, Fn, I32, V128 } from './asm.js';
+import { buildModule, F32, Fn, I32, V128, type ValType } from './asm.js';
 
 /** Rows × columns of the matmul register block (MATMUL_COLS a multiple of 4). */
 export const MATMUL_ROWS = 4;
@@ -150,12 +150,15 @@ function emitExp(f: Fn, c: ExpConstants, x: number, out: number, t: number, n: n
  * q[·, d] · scale · log2 e, each key costs hd splat-multiply-adds, S[j] keeps the 4 scores of key j.
  * hd must be a multiple of 4. With `hdConst` the function only serves that head size and its
  * loops over dimensions are unrolled (qT kept in registers when hd ≤ 8).
+ * `stats` (training, 'lseAttention…'): one more parameter, st; unit u also stores its 4 lanes'
+ * softmax max (log2 units) and sum of 2^(s − max) at st + (u - u0) · 32, so lse = max·ln 2 + ln(sum).
  */
-function attentionFn(hdConst: number | null): Fn {
-  const f = new Fn(hdConst === null ? 'attention' : `attention${hdConst}`,
-    [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, F32, I32]);
-  const [q, k, v, o, S, qT, u0, u1, bStart, seqQ, kvLen, kvStride, nHead, nKvHead, hd, scale, window] =
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+function attentionFn(hdConst: number | null, stats = false): Fn {
+  const base = stats ? 'lseAttention' : 'attention';
+  const f = new Fn(hdConst === null ? base : `${base}${hdConst}`,
+    [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, F32, I32, ...(stats ? [I32] : [])] as ValType[]);
+  const [q, k, v, o, S, qT, u0, u1, bStart, seqQ, kvLen, kvStride, nHead, nKvHead, hd, scale, window, st] =
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17];
   const L = () => f.local(I32);
   const u = L(), blk = L(), bh = L(), h = L(), b = L(), g = L(), t0 = L(), nq = L();
   const pFirst = L(), pLast = L(), jLo = L(), jMid = L(), jHi = L(), kB = L(), vB = L();
@@ -313,6 +316,11 @@ function attentionFn(hdConst: number | null): Fn {
       f.get(sum).get(e).f32x4Add().set(sum);
       f.inc(sp, 16);
     });
+    if (stats) {
+      f.get(u).get(u0).i32Sub().i32(5).i32Shl().get(st).i32Add().set(tmp);
+      f.get(tmp).get(mvec).v128Store(0);
+      f.get(tmp).get(sum).v128Store(16);
+    }
     for (let i = 0; i < 4; i++) f.f32(1).get(sum).f32x4ExtractLane(i).f32Div().f32x4Splat().set(inv[i]);
     // values: 8 dims at a time, then 4
     if (hdConst !== null) {
@@ -541,11 +549,14 @@ export const ATTENTION_HEAD_SIZES = [4, 8, 16, 32, 64, 128];
 
 let cached: Uint8Array | undefined;
 
-/** The module binary (exports matmul, pack, attention, attention<hd>, siluMul, add, rmsNorm, score; imports env.mem). */
+/**
+ * The module binary (exports matmul, pack, attention, attention<hd>, lseAttention, lseAttention<hd>,
+ * siluMul, add, rmsNorm, score; imports env.mem).
+ */
 export function simdModuleBytes(): Uint8Array {
   cached ??= buildModule([
-    matmulFn(MATMUL_ROWS, MATMUL_COLS), packFn(MATMUL_COLS), attentionFn(null), ...ATTENTION_HEAD_SIZES.map(attentionFn), siluMulFn(), addFn(),
-    rmsNormFn(), scoreFn(),
+    matmulFn(MATMUL_ROWS, MATMUL_COLS), packFn(MATMUL_COLS), attentionFn(null), ...ATTENTION_HEAD_SIZES.map((hd) => attentionFn(hd)),
+    attentionFn(null, true), ...ATTENTION_HEAD_SIZES.map((hd) => attentionFn(hd, true)), siluMulFn(), addFn(), rmsNormFn(), scoreFn(),
   ]);
   return cached;
 }
