@@ -13,7 +13,10 @@
 // Run after `npm run build`:
 //   node bench/distill-recovery.js [--tokens N] [--lrs 1e-3,3e-3] [--seq-len 256] [--batch 8]
 //                                  [--device cpu] [--keep DIR]
-// Writes bench/results/<date>-distill-recovery.json and prints the table.
+// Writes bench/results/<date>-distill-recovery.json and prints the table. On the GPU machine, with
+// the bundled CLI (scripts/gpu/bundle.sh scripts/gpu/llmopt-cli.ts) and the data copied there:
+//   node bench/distill-recovery.js --device cuda --cli .gpu/cli/bin/llmopt.mjs \
+//     --model .gpu/data/stories260K --text .gpu/data/tinystories-valid.txt --results $OUT
 
 import { spawnSync } from 'node:child_process';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -23,14 +26,15 @@ import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const shared = path.resolve(root, '../shared');
-const teacher = path.join(shared, 'models/stories260K');
-const source = path.join(shared, 'data/tinystories-valid.txt');
-const cli = path.join(root, 'bin/llmopt.js');
 
 function flag(name, fallback) {
   const i = process.argv.indexOf(name);
   return i >= 0 ? process.argv[i + 1] : fallback;
 }
+const teacher = path.resolve(flag('--model', path.join(shared, 'models/stories260K')));
+const source = path.resolve(flag('--text', path.join(shared, 'data/tinystories-valid.txt')));
+const cli = path.resolve(flag('--cli', path.join(root, 'bin/llmopt.js')));
+const resultsDir = path.resolve(flag('--results', path.join(root, 'bench/results')));
 const tokens = Number(flag('--tokens', '1000000'));
 const lrs = flag('--lrs', '1e-3,3e-3').split(',').map(Number);
 const seqLen = Number(flag('--seq-len', '256'));
@@ -45,7 +49,7 @@ const commands = [];
 
 /** Runs the CLI; returns parsed --json stdout. Throws with stderr on failure. */
 function llmopt(args) {
-  const line = `node bin/llmopt.js ${args.map((a) => (a.startsWith(work) ? `<work>${a.slice(work.length)}` : a.startsWith(shared) ? `../shared${a.slice(shared.length)}` : a)).join(' ')}`;
+  const line = `node ${path.relative(root, cli)} ${args.map((a) => (a.startsWith(work) ? `<work>${a.slice(work.length)}` : a.startsWith(shared) ? `../shared${a.slice(shared.length)}` : a)).join(' ')}`;
   process.stderr.write(`$ ${line}\n`);
   const t0 = performance.now();
   const r = spawnSync(process.execPath, [cli, ...args, '--json'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 28 });
@@ -144,8 +148,8 @@ try {
     commands,
     wall_s: (performance.now() - started) / 1000,
   };
-  mkdirSync(path.join(root, 'bench/results'), { recursive: true });
-  const outFile = path.join(root, `bench/results/${date}-distill-recovery.json`);
+  mkdirSync(resultsDir, { recursive: true });
+  const outFile = path.join(resultsDir, `${date}-distill-recovery.json`);
   writeFileSync(outFile, `${JSON.stringify(result, null, 2)}\n`);
 
   const f = (x, d = 4) => x.toFixed(d);

@@ -6,7 +6,7 @@ import chalk from 'chalk';
 import type { Command } from 'commander';
 import { LOSS_KINDS, runDistill, type DistillPlan, type DistillReport, type RequestedSettings } from '../compress/distill/index.js';
 import { LlmoptError } from '../errors.js';
-import { openDevice, type OpenedDevice } from './device.js';
+import { openDevice, parseDTypeFlag, type OpenedDevice } from './device.js';
 import { formatFloat, formatInt } from './format.js';
 import { createProgress, type Progress } from './progress.js';
 
@@ -37,6 +37,7 @@ interface DistillFlags {
   resume?: boolean;
   force?: boolean;
   device: string;
+  dtype?: string;
   json?: boolean;
 }
 
@@ -114,6 +115,9 @@ async function distillCommand(flags: DistillFlags, toolVersion: string): Promise
     alpha: numberFlag('--alpha', flags.alpha),
     teacherTopK: numberFlag('--teacher-topk', flags.teacherTopk, true),
   };
+  // Checked now, although the device opens only after every input check.
+  if (!['cpu', 'cuda', 'auto'].includes(flags.device)) throw new LlmoptError(`--device ${JSON.stringify(flags.device)}: unknown device; use cpu, cuda or auto`);
+  parseDTypeFlag(flags.dtype);
   const out = flags.json ? process.stderr : process.stdout;
   let opened: OpenedDevice | undefined;
   let progress: Progress | undefined;
@@ -134,7 +138,7 @@ async function distillCommand(flags: DistillFlags, toolVersion: string): Promise
       resume: flags.resume ?? false,
       overwrite: flags.force ?? false,
       device: () => {
-        opened = openDevice(flags.device);
+        opened = openDevice(flags.device, flags.dtype);
         return { device: opened.device, name: opened.gpu !== undefined ? `${opened.name} (${opened.gpu})` : opened.name };
       },
       toolVersion,
@@ -191,6 +195,7 @@ export function registerDistill(program: Command, toolVersion: string): void {
     .option('--resume', 'continue from the checkpoint in the output folder (flags left out take its values)')
     .option('--force', 'replace an existing output folder')
     .option('--device <kind>', 'cpu, cuda, or auto (the GPU when CUDA is usable)', 'auto')
+    .option('--dtype <d>', 'GPU compute dtype of both models: bf16 (default on cuda), fp16, fp32; masters, gradients and AdamW moments are fp32 always')
     .option('--json', 'print the report (llmopt-report.json) as one JSON object on stdout; the rest goes to stderr')
     .action(async (flags: DistillFlags) => {
       await distillCommand(flags, toolVersion);
