@@ -230,7 +230,7 @@ describe('runs', () => {
 
   test('killed with SIGKILL after a checkpoint and resumed: weights byte-identical to an uninterrupted run', async () => {
     const steps = 60;
-    const args = (out: string) => runArgs(out, steps, '--save-every', '5', '--teacher-topk', '16');
+    const args = (out: string) => runArgs(out, steps, '--save-every', '5', '--teacher-topk', '16', '--eval-data', evalData, '--eval-every', '20');
     const full = path.join(tmp, 'full');
     const r = llmopt(...args(full));
     expect(r.code, r.stderr).toBe(0);
@@ -253,6 +253,11 @@ describe('runs', () => {
     expect(killedAt).toBeLessThan(steps);
     expect(fs.existsSync(path.join(killed, 'model.safetensors'))).toBe(false);
 
+    // A resume with other settings than the checkpoint's is refused, and changes nothing.
+    const otherLr = llmopt(...args(killed).map((a) => (a === '3e-3' ? '1e-3' : a)), '--resume');
+    expect(otherLr.code).toBe(1);
+    expect(otherLr.stderr).toMatch(/--resume: --lr 0\.001 differs from the checkpoint's --lr 0\.003/);
+
     const resumed = llmopt(...args(killed), '--resume', '--json');
     expect(resumed.code, resumed.stderr).toBe(0);
     const report = JSON.parse(resumed.stdout);
@@ -260,6 +265,8 @@ describe('runs', () => {
     expect(fs.readFileSync(path.join(killed, 'model.safetensors')).equals(fs.readFileSync(path.join(full, 'model.safetensors')))).toBe(true);
     const fullReport = JSON.parse(fs.readFileSync(path.join(full, 'llmopt-report.json'), 'utf8'));
     expect(report.curve).toEqual(fullReport.curve);
+    expect(report.eval.points).toEqual(fullReport.eval.points);
+    expect(report.eval.points.map((p: { step: number }) => p.step)).toEqual([0, 20, 40, 60]);
     expect(fs.readdirSync(tmp).filter((f) => f.startsWith('.killed'))).toEqual([]);
 
     // Finished: nothing to resume.

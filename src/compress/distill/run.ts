@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { LlmoptError } from '../../errors.js';
-import { CONFIG_FILE, checkNotAnInput, copyFiles, encodeFromFloat32, writeCheckpointTensors, writeOutputDir, sha256File, type DType, type TensorToWrite } from '../../io/index.js';
+import { CONFIG_FILE, SafetensorsReader, checkNotAnInput, copyFiles, encodeFromFloat32, writeCheckpointTensors, writeOutputDir, sha256File, type DType, type TensorToWrite } from '../../io/index.js';
 import { evaluatePerplexity } from '../../eval/perplexity.js';
 import { defaultBatch } from '../../eval/run.js';
 import { makeWindows, protocolName, type Window } from '../../eval/windows.js';
@@ -165,6 +165,16 @@ function checkResumeInputs(saved: InputHashes, now: InputHashes, opts: DistillOp
   if (saved.data_tokens !== now.data_tokens) throw differs(`--data ${opts.data} (its tokens)`);
 }
 
+/** A resume may drop or add --eval-data, but not measure other windows than the points it continues. */
+function checkResumeEval(saved: EvalProtocolReport | null, now: EvalProtocolReport | undefined): void {
+  if (saved === null || now === undefined) return;
+  if (saved.sha256 !== now.sha256 || saved.name !== now.name || saved.tokens_used !== now.tokens_used) {
+    throw new LlmoptError(
+      `--resume: the eval (${now.name} on ${now.file}, ${now.tokens_used} tokens) differs from the checkpoint's (${saved.name} on ${saved.file}, ${saved.tokens_used} tokens); resume with the same --eval-data, --eval-seq-len and --eval-max-tokens, or without --eval-data`,
+    );
+  }
+}
+
 /** Leftovers of a killed atomic write (`.OUT.tmp-<pid>-…`, `.OUT.old-<pid>-…` of a process that is gone). */
 function removeStaleSiblings(out: string): void {
   const target = path.resolve(out);
@@ -239,6 +249,7 @@ export async function runDistill(opts: DistillOptions): Promise<DistillReport> {
     );
   }
   const evalSet = loadEvalSet(opts, teacher, opts.evalSeqLen ?? Math.min(settings.seq_len, student.spec.maxPositionEmbeddings), student.spec.maxPositionEmbeddings);
+  if (resumed) checkResumeEval(resumed.state.eval_protocol, evalSet?.protocol);
   if (resumed && resumed.state.step >= settings.steps && fs.existsSync(path.join(opts.output, CONFIG_FILE))) {
     throw new LlmoptError(`--resume: the run in ${opts.output} already finished (step ${resumed.state.step} of ${settings.steps}); nothing to resume`);
   }
@@ -331,10 +342,10 @@ export async function runDistill(opts: DistillOptions): Promise<DistillReport> {
       events.onEval?.(point, who);
       return point;
     };
-    if (evalSet && !resumed) {
-      teacherEval = await evaluate('teacher');
-      evals.push(await evaluate('student'));
-    }
+    // A fresh run scores the student before training; a resume that adds --eval-data starts at its step.
+    if (evalSet && teacherEval === null) teacherEval = await evaluate('teacher');
+    if (evalSet && evals.length === 0) evals.push(await evaluate('student'));
+    const evalProtocol = evalSet?.protocol ?? resumed?.state.eval_protocol ?? null;
 
     // --- checkpoints ---------------------------------------------------------------------------
     const saveEvery = opts.saveEvery ?? DEFAULTS.saveEvery;
@@ -349,6 +360,7 @@ export async function runDistill(opts: DistillOptions): Promise<DistillReport> {
       curve,
       evals,
       teacher_eval: teacherEval,
+      eval_protocol: evalProtocol,
       segments: [...segments, segment],
     });
     const stateTensors = (): StateTensor[] => studentModel!.params.flatMap((p, i) => {
@@ -424,7 +436,7 @@ export async function runDistill(opts: DistillOptions): Promise<DistillReport> {
       },
       device: { name: deviceName, dtype: device.dtype },
       teacher_forward: useTeacher,
-      eval: evalSet ? { protocol: evalSet.protocol, teacher: teacherEval, points: evals } : null,
+      eval: evalProtocol ? { protocol: evalProtocol, teacher: teacherEval, points: evals } : null,
       curve,
       segments: [...segments, segment],
       warnings,
@@ -451,7 +463,6 @@ export async function runDistill(opts: DistillOptions): Promise<DistillReport> {
     removeStaleSiblings(opts.output);
     return report;
   } finally {
-    resumed?.tensors.close();
     studentModel?.dispose();
     teacherModel?.decoder.dispose({ weights: true });
   }
@@ -459,14 +470,24 @@ export async function runDistill(opts: DistillOptions): Promise<DistillReport> {
 
 /** Puts a checkpoint's master weights and AdamW moments back into the student and the trainer. */
 function restoreState(ops: TrainingOps, student: TrainableDecoder, trainer: DistillTrainer, resumed: LoadedTrainState): void {
-  const file = resumed.tensors.file;
+  const file = resumed.tensorsFile;
+  const reader = SafetensorsReader.open(file);
+  try {
+    restoreTensors(ops, student, trainer, reader);
+  } finally {
+    reader.close();
+  }
+}
+
+function restoreTensors(ops: TrainingOps, student: TrainableDecoder, trainer: DistillTrainer, reader: SafetensorsReader): void {
+  const file = reader.file;
   const read = (name: string, shape: readonly number[]): Float32Array => {
-    const info = resumed.tensors.tensors.get(name);
+    const info = reader.tensors.get(name);
     if (info === undefined) throw new LlmoptError(`${file}: no tensor "${name}"; the checkpoint does not match the student`);
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
       throw new LlmoptError(`${file}: tensor "${name}" has shape [${info.shape.join(', ')}], the student's is [${shape.join(', ')}]`);
     }
-    return resumed.tensors.readFloat32(name);
+    return reader.readFloat32(name);
   };
   student.params.forEach((p, i) => {
     const master = ops.uploadF32(read(masterName(p.name), p.shape), p.shape);

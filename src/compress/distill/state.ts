@@ -8,7 +8,7 @@ import path from 'node:path';
 import { LlmoptError } from '../../errors.js';
 import { SafetensorsReader, encodeFromFloat32, readJsonFile, writeSafetensors, type TensorToWrite } from '../../io/index.js';
 import type { SamplerState } from './data.js';
-import type { CurvePoint, EvalPoint, RunSegment } from './report.js';
+import type { CurvePoint, EvalPoint, EvalProtocolReport, RunSegment } from './report.js';
 import type { TrajectorySettings } from './settings.js';
 
 export const STATE_DIR = 'train-state';
@@ -39,6 +39,8 @@ export interface TrainState {
   evals: EvalPoint[];
   /** The teacher's perplexity on the eval data (null without --eval-data). */
   teacher_eval: EvalPoint | null;
+  /** What the eval points measure (null when no eval ran). */
+  eval_protocol: EvalProtocolReport | null;
   segments: RunSegment[];
 }
 
@@ -66,7 +68,8 @@ export interface LoadedTrainState {
   /** The folder the checkpoint was found in (OUT, or a leftover of an interrupted replacement). */
   dir: string;
   state: TrainState;
-  tensors: SafetensorsReader;
+  /** optimizer.safetensors (open it with SafetensorsReader when restoring). */
+  tensorsFile: string;
 }
 
 /**
@@ -95,6 +98,7 @@ export function readTrainState(out: string): LoadedTrainState {
   const json = readJsonFile(file) as Partial<TrainState> | null;
   if (json === null || typeof json !== 'object' || json.format !== FORMAT) throw new LlmoptError(`${file}: not an llmopt distill checkpoint`);
   if (json.version !== VERSION) throw new LlmoptError(`${file}: checkpoint format version ${String(json.version)}; this llmopt reads version ${VERSION}`);
-  const tensors = SafetensorsReader.open(path.join(dir, STATE_DIR, TENSORS_FILE));
-  return { dir, state: json as TrainState, tensors };
+  const tensorsFile = path.join(dir, STATE_DIR, TENSORS_FILE);
+  SafetensorsReader.open(tensorsFile).close(); // a missing or broken file fails here, before any work
+  return { dir, state: json as TrainState, tensorsFile };
 }
