@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { CheckpointTensors } from '../src/io/checkpoint.js';
 import { loadModel } from '../src/model/load.js';
 import type { ModelSpec } from '../src/model/spec.js';
 import { TextTokenizer } from '../src/model/tokenizer.js';
@@ -53,10 +54,16 @@ describe.each(ARCHS)('%s fixture', (name) => {
       expect(maxRelDiff(dev.download(trainable.decoder().forward(ids, 2, seq)), expected)).toBeLessThanOrEqual(1e-6);
       // exportWeights round-trips the checkpoint's tensors (GPT-2: Conv1D layout again).
       const exported = new Map(trainable.exportWeights().map((w) => [w.name, w]));
-      for (const tensorName of model.checkpoint.names()) {
-        if (tensorName === 'lm_head.weight' && model.spec.tieWordEmbeddings) continue;
-        if (/\.attn\.(masked_)?bias$/.test(tensorName)) continue; // GPT-2's causal-mask buffers
-        expect(exported.get(tensorName)?.shape, tensorName).toEqual([...model.checkpoint.info(tensorName).shape]);
+      const checkpoint = CheckpointTensors.open(path.join(fixtures, name));
+      try {
+        for (const tensorName of checkpoint.names()) {
+          if (tensorName === 'lm_head.weight' && model.spec.tieWordEmbeddings) continue;
+          if (/\.attn\.(masked_)?bias$/.test(tensorName)) continue; // GPT-2's causal-mask buffers
+          expect(exported.get(tensorName)?.shape, tensorName).toEqual([...checkpoint.info(tensorName).shape]);
+          expect(Array.from(exported.get(tensorName)!.data), tensorName).toEqual(Array.from(checkpoint.readFloat32(tensorName)));
+        }
+      } finally {
+        checkpoint.close();
       }
       expect(exported.size).toBe(trainable.params.length);
     } finally {

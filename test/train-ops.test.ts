@@ -10,15 +10,18 @@ import { refAttention, refLayerNorm, refLinear, refRmsNorm, refRope } from './he
 
 let dev: CpuDevice;
 let dev2: CpuDevice;
+let devNoSimd: CpuDevice;
 let ops: TrainingOps;
 beforeAll(() => {
   dev = createCpuDevice({ threads: 1 });
   dev2 = createCpuDevice({ threads: 2 });
+  devNoSimd = createCpuDevice({ threads: 1, simd: false });
   ops = dev.training!;
 });
 afterAll(() => {
   dev?.close();
   dev2?.close();
+  devNoSimd?.close();
 });
 
 function randu(n: number, seed: number, scale = 1, offset = 0): Float32Array {
@@ -171,19 +174,33 @@ test('ropeBackward (rotaryDim < headDim) is the transpose of rope', () => {
   expectClose(down(dx), g, 1e-6, 'dx');
 });
 
-test('siluMulBackward and geluTanhBackward', () => {
+test.each([true, false])('siluMulBackward (simd %s) and geluTanhBackward', (simd) => {
+  const d = simd ? dev : devNoSimd;
   const n = 37;
   const gate = randu(n, 51, 4), upv = randu(n, 52, 2), dAct = randu(n, 53);
   const silu = (xs: Float64Array[]) => xs[0].map((gv, i) => (gv / (1 + Math.exp(-gv))) * xs[1][i]);
-  const dGate = dev.empty([n]), dUp = dev.empty([n]);
-  ops.siluMulBackward(dGate, dUp, up(dAct, [n]), up(gate, [n]), up(upv, [n]));
-  expectClose(down(dGate), numericGrad(silu, [gate, upv], 0, dAct), 1e-6, 'dGate');
-  expectClose(down(dUp), numericGrad(silu, [gate, upv], 1, dAct), 1e-6, 'dUp');
+  const dGate = d.empty([n]), dUp = d.empty([n]);
+  d.training!.siluMulBackward(dGate, dUp, d.upload(dAct, [n]), d.upload(gate, [n]), d.upload(upv, [n]));
+  expectClose(d.download(dGate), numericGrad(silu, [gate, upv], 0, dAct), 1e-6, 'dGate');
+  expectClose(d.download(dUp), numericGrad(silu, [gate, upv], 1, dAct), 1e-6, 'dUp');
   const c = Math.sqrt(2 / Math.PI);
   const gelu = (xs: Float64Array[]) => xs[0].map((x) => 0.5 * x * (1 + Math.tanh(c * (x + 0.044715 * x ** 3))));
   const dx = dev.empty([n]);
   ops.geluTanhBackward(dx, up(dAct, [n]), up(gate, [n]));
   expectClose(down(dx), numericGrad(gelu, [gate], 0, dAct), 1e-6, 'gelu dx');
+});
+
+test('siluMulBackward: bit-identical on 1 and 2 threads (split across the pool)', () => {
+  const n = 40_003;
+  const inputs = [randu(n, 54, 5), randu(n, 55), randu(n, 56)];
+  const [a, b] = [dev, dev2].map((d) => {
+    const dg = d.empty([n]), du = d.empty([n]);
+    d.training!.siluMulBackward(dg, du, d.upload(inputs[2], [n]), d.upload(inputs[0], [n]), d.upload(inputs[1], [n]));
+    return [d.download(dg), d.download(du)];
+  });
+  for (let i = 0; i < 2; i++) expect(Buffer.from(b[i].buffer).equals(Buffer.from(a[i].buffer))).toBe(true);
+  const s = 1 / (1 + Math.exp(-inputs[0][7]));
+  expect(a[0][7]).toBeCloseTo(inputs[2][7] * inputs[1][7] * s * (1 + inputs[0][7] * (1 - s)), 5);
 });
 
 test('embeddingBackward sums repeated ids', () => {
@@ -203,6 +220,7 @@ const ATTENTION_SHAPES: [string, AttentionShape][] = [
   ['MHA, hd 8, window 3', { batch: 1, seqQ: 9, kvLen: 9, kvStride: 9, nHead: 4, nKvHead: 4, headDim: 8, scale: 1 / Math.sqrt(8), window: 3 }],
   ['MQA 3/1, window 4, odd seq', { batch: 3, seqQ: 11, kvLen: 11, kvStride: 11, nHead: 3, nKvHead: 1, headDim: 3, scale: 0.7, window: 4 }],
   ['past keys, kvStride > kvLen', { batch: 2, seqQ: 4, kvLen: 6, kvStride: 7, nHead: 2, nKvHead: 1, headDim: 4, scale: 0.5 }],
+  ['GQA 4/2, hd 12 (generic SIMD), window 5', { batch: 1, seqQ: 10, kvLen: 10, kvStride: 10, nHead: 4, nKvHead: 2, headDim: 12, scale: 0.3, window: 5 }],
 ];
 
 describe.each(ATTENTION_SHAPES)('attention (%s)', (_name, s) => {

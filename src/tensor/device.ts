@@ -228,7 +228,11 @@ export interface DistillLossArgs {
 export interface DistillLossRows {
   /** Per row, the combined loss (0 for unscored rows), f64 on the host. */
   loss: Float64Array;
-  /** Per row, the distillation term alone and the CE alone (for logging), f64. */
+  /**
+   * Per row, the distillation term alone and the CE alone (for logging), f64: distill is D itself
+   * (the divergence at temperature T, before the T² and 1−alpha factors; 0 without a teacher), ce
+   * the hard-label cross-entropy. Without a teacher, loss = ce whatever alpha.
+   */
   distill: Float64Array;
   ce: Float64Array;
 }

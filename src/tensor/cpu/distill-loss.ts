@@ -60,10 +60,12 @@ export function distillLossKernel(a: LossKernelArgs): void {
   const wCe = hasTeacher ? alpha : 1;
   const wD = hasTeacher ? 1 - alpha : 0;
   const zr = new Float64Array(V);
-  const logq = new Float64Array(V);
+  // Log-probabilities and probabilities: student at T (q), student at 1 (for CE, when T ≠ 1), teacher at T (p).
+  const logq = new Float64Array(V), q = new Float64Array(V);
+  const logs = new Float64Array(V), sm = new Float64Array(V);
+  const logp = new Float64Array(V), p = new Float64Array(V);
   const grad = new Float64Array(V);
-  const logp = new Float64Array(V);
-  // Per token: its position in the row's top-k + 1 (0 = in the bucket); stamped per row.
+  // Per token: its position in the row's top-k, valid where stamp = row + 1 (else it is in the bucket).
   const slot = new Int32Array(V);
   const stamp = new Int32Array(V);
   for (let r = 0; r < rows; r++) {
@@ -78,27 +80,26 @@ export function distillLossKernel(a: LossKernelArgs): void {
     }
     for (let i = 0; i < V; i++) zr[i] = z[base + i];
     grad.fill(0);
+    logSoftmax(zr, V, 1 / T, logq, q);
 
     // Hard-label cross-entropy on the unsoftened logits.
-    const lseZ = logSumExp(zr, V, 1);
-    const ce = lseZ - zr[target];
+    const [logS, S] = T === 1 ? [logq, q] : [logs, sm];
+    if (T !== 1) logSoftmax(zr, V, 1, logs, sm);
+    const ce = -logS[target];
     if (wCe > 0) {
-      for (let i = 0; i < V; i++) grad[i] = wCe * Math.exp(zr[i] - lseZ);
+      for (let i = 0; i < V; i++) grad[i] = wCe * S[i];
       grad[target] -= wCe;
     }
 
     let D = 0;
     if (hasTeacher) {
-      const lseU = logSumExp(zr, V, 1 / T);
-      for (let i = 0; i < V; i++) logq[i] = zr[i] / T - lseU;
       const g = wD * T; // ∂/∂z of (1−α)·T²·D per unit of ∂D/∂u
       if (teacher !== null) {
-        for (let i = 0; i < V; i++) logp[i] = teacher[base + i];
-        const lseT = logSumExp(logp, V, 1 / T);
-        for (let i = 0; i < V; i++) logp[i] = logp[i] / T - lseT;
-        D = fullDivergence(kind, lambda, logq, logp, V, grad, g);
+        for (let i = 0; i < V; i++) p[i] = teacher[base + i];
+        logSoftmax(p, V, 1 / T, logp, p);
+        D = fullDivergence(kind, lambda, logq, q, logp, p, V, grad, g);
       } else {
-        D = topKDivergence(kind, lambda, logq, V, topIds!, topLogits!, topLse![r], k, r, T, slot, stamp, grad, g);
+        D = topKDivergence(kind, lambda, logq, q, V, topIds!, topLogits!, topLse![r], k, r, T, slot, stamp, grad, g);
       }
     }
     a.loss[r] = wD * T * T * D + wCe * ce;
@@ -108,47 +109,56 @@ export function distillLossKernel(a: LossKernelArgs): void {
   }
 }
 
-/** log Σ_i exp(s·x_i). */
-function logSumExp(x: Float64Array, n: number, s: number): number {
+/** logOut = log softmax(s·x), probOut = softmax(s·x) (one exponential per element); probOut may be x. */
+function logSoftmax(x: Float64Array, n: number, s: number, logOut: Float64Array, probOut: Float64Array): void {
   let m = -Infinity;
   for (let i = 0; i < n; i++) if (s * x[i] > m) m = s * x[i];
   let sum = 0;
-  for (let i = 0; i < n; i++) sum += Math.exp(s * x[i] - m);
-  return m + Math.log(sum);
+  for (let i = 0; i < n; i++) {
+    const xs = s * x[i] - m;
+    logOut[i] = xs;
+    const e = Math.exp(xs);
+    probOut[i] = e;
+    sum += e;
+  }
+  const logSum = Math.log(sum), inv = 1 / sum;
+  for (let i = 0; i < n; i++) {
+    logOut[i] -= logSum;
+    probOut[i] *= inv;
+  }
 }
 
 /** D over the whole vocabulary; grad += g·∂D/∂u. */
-function fullDivergence(kind: number, lambda: number, logq: Float64Array, logp: Float64Array, V: number, grad: Float64Array, g: number): number {
+function fullDivergence(
+  kind: number, lambda: number, logq: Float64Array, q: Float64Array, logp: Float64Array, p: Float64Array, V: number, grad: Float64Array, g: number,
+): number {
   let D = 0;
   if (kind === LOSS_KL) {
     for (let i = 0; i < V; i++) {
-      const p = Math.exp(logp[i]);
-      if (p > 0) D += p * (logp[i] - logq[i]);
-      grad[i] += g * (Math.exp(logq[i]) - p);
+      if (p[i] > 0) D += p[i] * (logp[i] - logq[i]);
+      grad[i] += g * (q[i] - p[i]);
     }
   } else if (kind === LOSS_REVERSE_KL) {
-    for (let i = 0; i < V; i++) D += Math.exp(logq[i]) * (logq[i] - logp[i]);
-    for (let i = 0; i < V; i++) grad[i] += g * Math.exp(logq[i]) * (logq[i] - logp[i] - D);
+    for (let i = 0; i < V; i++) D += q[i] * (logq[i] - logp[i]);
+    for (let i = 0; i < V; i++) grad[i] += g * q[i] * (logq[i] - logp[i] - D);
   } else {
+    // r_i = p_i / m_i, kept in p (no longer needed as such) after D and S.
     let S = 0;
     for (let i = 0; i < V; i++) {
-      const p = Math.exp(logp[i]), q = Math.exp(logq[i]);
-      const m = lambda * p + (1 - lambda) * q;
-      if (p > 0) D += p * (logp[i] - Math.log(m));
-      S += m > 0 ? (q * p) / m : 0;
+      const m = lambda * p[i] + (1 - lambda) * q[i];
+      if (p[i] > 0) D += p[i] * (logp[i] - Math.log(m));
+      const ri = m > 0 ? p[i] / m : 0;
+      S += q[i] * ri;
+      p[i] = ri;
     }
-    for (let i = 0; i < V; i++) {
-      const p = Math.exp(logp[i]), q = Math.exp(logq[i]);
-      const m = lambda * p + (1 - lambda) * q;
-      grad[i] += g * (1 - lambda) * q * (S - (m > 0 ? p / m : 0));
-    }
+    for (let i = 0; i < V; i++) grad[i] += g * (1 - lambda) * q[i] * (S - p[i]);
   }
   return D;
 }
 
 /** D between the coarsened distributions (top-k + bucket, see the top of the file); grad += g·∂D/∂u. */
 function topKDivergence(
-  kind: number, lambda: number, logq: Float64Array, V: number, ids: Int32Array, logits: Float32Array, lse: number,
+  kind: number, lambda: number, logq: Float64Array, q: Float64Array, V: number, ids: Int32Array, logits: Float32Array, lse: number,
   k: number, row: number, T: number, slot: Int32Array, stamp: Int32Array, grad: Float64Array, g: number,
 ): number {
   const off = row * k;
@@ -162,7 +172,7 @@ function topKDivergence(
   }
   const bucket = k < V;
   let qBucket = 0;
-  if (bucket) for (let i = 0; i < V; i++) if (stamp[i] !== tag) qBucket += Math.exp(logq[i]);
+  if (bucket) for (let i = 0; i < V; i++) if (stamp[i] !== tag) qBucket += q[i];
   const R = bucket ? Math.max(1 - mass, BUCKET_FLOOR) : 0;
   const QR = bucket ? Math.max(qBucket, BUCKET_FLOOR) : 0;
   let D = 0;
@@ -173,30 +183,29 @@ function topKDivergence(
     }
     if (bucket) D += R * (Math.log(R) - Math.log(QR));
     for (let i = 0; i < V; i++) {
-      const q = Math.exp(logq[i]);
-      const p = stamp[i] === tag ? Math.exp(logits[off + slot[i]] / T - lse) : (R * q) / QR;
-      grad[i] += g * (q - p);
+      const p = stamp[i] === tag ? Math.exp(logits[off + slot[i]] / T - lse) : (R * q[i]) / QR;
+      grad[i] += g * (q[i] - p);
     }
   } else if (kind === LOSS_REVERSE_KL) {
     const aBucket = bucket ? Math.log(QR) - Math.log(R) : 0;
     for (let c = 0; c < k; c++) {
-      const lq = logq[ids[off + c]];
-      D += Math.exp(lq) * (lq - (logits[off + c] / T - lse));
+      const id = ids[off + c];
+      D += q[id] * (logq[id] - (logits[off + c] / T - lse));
     }
     if (bucket) D += qBucket * aBucket;
     for (let i = 0; i < V; i++) {
       const a = stamp[i] === tag ? logq[i] - (logits[off + slot[i]] / T - lse) : aBucket;
-      grad[i] += g * Math.exp(logq[i]) * (a - D);
+      grad[i] += g * q[i] * (a - D);
     }
   } else {
     // r_c = P_c / M_c per class; the bucket's uses the student's unfloored mass in M.
     let S = 0;
     for (let c = 0; c < k; c++) {
       const lp = logits[off + c] / T - lse;
-      const p = Math.exp(lp), q = Math.exp(logq[ids[off + c]]);
-      const m = lambda * p + (1 - lambda) * q;
+      const p = Math.exp(lp), qc = q[ids[off + c]];
+      const m = lambda * p + (1 - lambda) * qc;
       D += p * (lp - Math.log(m));
-      S += (q * p) / m;
+      S += (qc * p) / m;
     }
     let rBucket = 0;
     if (bucket) {
@@ -209,9 +218,9 @@ function topKDivergence(
       let rc = rBucket;
       if (stamp[i] === tag) {
         const p = Math.exp(logits[off + slot[i]] / T - lse);
-        rc = p / (lambda * p + (1 - lambda) * Math.exp(logq[i]));
+        rc = p / (lambda * p + (1 - lambda) * q[i]);
       }
-      grad[i] += g * (1 - lambda) * Math.exp(logq[i]) * (S - rc);
+      grad[i] += g * (1 - lambda) * q[i] * (S - rc);
     }
   }
   return D;

@@ -31,6 +31,8 @@ export const OP_SCORE_SIMD = 14;
 /** Training's attention kernels (CpuTrainingOps). */
 export const OP_ATTENTION_LSE = 15;
 export const OP_ATTENTION_BACKWARD = 16;
+export const OP_ATTENTION_BACKWARD_SIMD = 17;
+export const OP_SILUMUL_BACKWARD_SIMD = 18;
 
 // --- JS kernels (the reference) ---------------------------------------------------------------
 
@@ -343,7 +345,10 @@ export interface SimdContext {
   attention: Map<number, (...args: number[]) => void>;
   /** The same with softmax statistics (lseAttention…), for training. */
   lseAttention: Map<number, (...args: number[]) => void>;
+  /** Attention backward functions (attnGrad…) by head size; key 0 is the generic one. */
+  attnGrad: Map<number, (...args: number[]) => void>;
   siluMul: (g: number, u: number, o: number, n: number) => void;
+  siluMulGrad: (g: number, u: number, da: number, dg: number, du: number, n: number) => void;
   add: (x: number, y: number, n: number) => void;
   rmsNorm: (x: number, w: number, o: number, rows: number, C: number, eps: number) => void;
   score: (l: number, b: number, hasBase: number, rows: number, Vp: number, res: number) => void;
@@ -362,15 +367,17 @@ export function createSimdContext(bytes: Uint8Array): SimdContext {
   const inst = new wa.Instance(new wa.Module(bytes), { env: { mem } });
   const attention = new Map<number, (...args: number[]) => void>();
   const lseAttention = new Map<number, (...args: number[]) => void>();
+  const attnGrad = new Map<number, (...args: number[]) => void>();
   for (const name of Object.keys(inst.exports)) {
     if (name.startsWith('attention')) attention.set(Number(name.slice(9)), inst.exports[name] as (...args: number[]) => void);
     if (name.startsWith('lseAttention')) lseAttention.set(Number(name.slice(12)), inst.exports[name] as (...args: number[]) => void);
+    if (name.startsWith('attnGrad')) attnGrad.set(Number(name.slice(8)), inst.exports[name] as (...args: number[]) => void);
   }
   const ex = inst.exports;
   return {
-    mem, f32: new Float32Array(mem.buffer), attention, lseAttention, matmul: ex.matmul as SimdContext['matmul'],
+    mem, f32: new Float32Array(mem.buffer), attention, lseAttention, attnGrad, matmul: ex.matmul as SimdContext['matmul'],
     pack: ex.pack as SimdContext['pack'],
-    siluMul: ex.siluMul as SimdContext['siluMul'], add: ex.add as SimdContext['add'], rmsNorm: ex.rmsNorm as SimdContext['rmsNorm'],
+    siluMul: ex.siluMul as SimdContext['siluMul'], siluMulGrad: ex.siluMulGrad as SimdContext['siluMulGrad'], add: ex.add as SimdContext['add'], rmsNorm: ex.rmsNorm as SimdContext['rmsNorm'],
     score: ex.score as SimdContext['score'],
   };
 }
@@ -480,6 +487,77 @@ export function simdAttentionKernel(
   }
 }
 
+/**
+ * attentionBackwardUnits through the SIMD module (headDim a multiple of 4, see attnGrad in
+ * wasm/simd-kernels.ts): per unit, packs its keys/values and its heads' q, dOut, lse·log2 e and D
+ * (rows padded to a multiple of 4 with probability-0 rows), runs, and scatters dq, dk, dv.
+ */
+export function simdAttentionBackwardKernel(
+  ctx: SimdContext, dq: Float32Array, dqOff: number, dkv: Float32Array, dkOff: number, dvOff: number, dOut: Float32Array, doOff: number,
+  dl: Float32Array, dOffD: number, lseOff: number, q: Float32Array, qOff: number, kv: Float32Array, kOff: number, vOff: number,
+  seqQ: number, kvLen: number, kvStride: number, nHead: number, nKvHead: number, hd: number,
+  scale: number, window: number, u0: number, u1: number,
+): void {
+  const qRow = nHead * hd, kvRow = nKvHead * hd, group = nHead / nKvHead, past = kvLen - seqQ;
+  const seqQp = (seqQ + 3) & ~3;
+  const KP = 0, VP = KP + kvLen * hd, QP = VP + kvLen * hd, OP = QP + group * seqQp * hd, LP = OP + group * seqQp * hd;
+  const DP = LP + group * seqQp, GQ = DP + group * seqQp, DK = GQ + group * seqQp * hd, DV = DK + kvLen * hd;
+  const QT = DV + kvLen * hd, OT = QT + 4 * hd, GT = OT + 4 * hd;
+  const mem = simdReserve(ctx, GT + 4 * hd);
+  const fn = ctx.attnGrad.get(hd) ?? ctx.attnGrad.get(0)!;
+  for (let u = u0; u < u1; u++) {
+    const g = u % nKvHead;
+    const b = (u - g) / nKvHead;
+    // Rows are short (hd floats): plain loops beat subarray copies.
+    for (let j = 0; j < kvLen; j++) {
+      const src = (b * kvStride + j) * kvRow + g * hd;
+      for (let d = 0; d < hd; d++) {
+        mem[KP + j * hd + d] = kv[kOff + src + d];
+        mem[VP + j * hd + d] = kv[vOff + src + d];
+      }
+    }
+    for (let hh = 0; hh < group; hh++) {
+      const h = g * group + hh;
+      for (let t = 0; t < seqQp; t++) {
+        const at = hh * seqQp + t;
+        if (t < seqQ) {
+          const src = (b * seqQ + t) * qRow + h * hd;
+          for (let d = 0; d < hd; d++) {
+            mem[QP + at * hd + d] = q[qOff + src + d];
+            mem[OP + at * hd + d] = dOut[doOff + src + d];
+          }
+          const r = (b * seqQ + t) * nHead + h;
+          mem[LP + at] = dl[lseOff + r] * Math.LOG2E;
+          mem[DP + at] = dl[dOffD + r];
+        } else {
+          mem.fill(0, QP + at * hd, QP + (at + 1) * hd);
+          mem.fill(0, OP + at * hd, OP + (at + 1) * hd);
+          mem[LP + at] = Infinity;
+          mem[DP + at] = 0;
+        }
+      }
+    }
+    mem.fill(0, DK, DV + kvLen * hd);
+    fn(KP * 4, VP * 4, QP * 4, OP * 4, LP * 4, DP * 4, GQ * 4, DK * 4, DV * 4, QT * 4, OT * 4, GT * 4,
+      group, seqQp, kvLen, past, hd, scale, window);
+    for (let hh = 0; hh < group; hh++) {
+      const h = g * group + hh;
+      for (let t = 0; t < seqQ; t++) {
+        const from = GQ + (hh * seqQp + t) * hd;
+        const to = dqOff + (b * seqQ + t) * qRow + h * hd;
+        for (let d = 0; d < hd; d++) dq[to + d] = mem[from + d];
+      }
+    }
+    for (let j = 0; j < kvStride; j++) {
+      const dst = (b * kvStride + j) * kvRow + g * hd;
+      for (let d = 0; d < hd; d++) {
+        dkv[dkOff + dst + d] = j < kvLen ? mem[DK + j * hd + d] : 0;
+        dkv[dvOff + dst + d] = j < kvLen ? mem[DV + j * hd + d] : 0;
+      }
+    }
+  }
+}
+
 // The elementwise SIMD kernels copy 16384 floats per operand per step (64 KiB: stays in L2).
 
 /** siluMulKernel through the SIMD module, in chunks. */
@@ -495,6 +573,24 @@ export function simdSiluMulKernel(
     mem.set(u.subarray(uOff + s, uOff + s + n), CH);
     ctx.siluMul(0, CH * 4, 2 * CH * 4, (n + 3) & ~3);
     o.set(mem.subarray(2 * CH, 2 * CH + n), oOff + s);
+  }
+}
+
+/** The backward of siluMul through the SIMD module (siluMulGrad), elements [e0, e1), in chunks. */
+export function simdSiluMulBackwardKernel(
+  ctx: SimdContext, dg: Float32Array, dgOff: number, du: Float32Array, duOff: number, da: Float32Array, daOff: number,
+  g: Float32Array, gOff: number, u: Float32Array, uOff: number, e0: number, e1: number,
+): void {
+  const CH = 8192;
+  const mem = simdReserve(ctx, 5 * CH);
+  for (let s = e0; s < e1; s += CH) {
+    const n = Math.min(CH, e1 - s);
+    mem.set(g.subarray(gOff + s, gOff + s + n), 0);
+    mem.set(u.subarray(uOff + s, uOff + s + n), CH);
+    mem.set(da.subarray(daOff + s, daOff + s + n), 2 * CH);
+    ctx.siluMulGrad(0, CH * 4, 2 * CH * 4, 3 * CH * 4, 4 * CH * 4, (n + 3) & ~3);
+    dg.set(mem.subarray(3 * CH, 3 * CH + n), dgOff + s);
+    du.set(mem.subarray(4 * CH, 4 * CH + n), duOff + s);
   }
 }
 
@@ -805,6 +901,13 @@ export function runKernel(
       attentionBackwardUnits(f[0], p[0] | 0, f[1], p[1] | 0, p[2] | 0, f[2], p[3] | 0, f[3], p[4] | 0, p[5] | 0, f[4], p[6] | 0,
         f[5], p[7] | 0, p[8] | 0, p[9] | 0, p[10] | 0, p[11] | 0, p[12] | 0, p[13] | 0, p[14] | 0, p[15], p[16] | 0, lo, hi);
       break;
+    case 18: // OP_SILUMUL_BACKWARD_SIMD
+      simdSiluMulBackwardKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, f[2], p[2] | 0, f[3], p[3] | 0, f[4], p[4] | 0, lo, hi);
+      break;
+    case 17: // OP_ATTENTION_BACKWARD_SIMD
+      simdAttentionBackwardKernel(simd!, f[0], p[0] | 0, f[1], p[1] | 0, p[2] | 0, f[2], p[3] | 0, f[3], p[4] | 0, p[5] | 0, f[4], p[6] | 0,
+        f[5], p[7] | 0, p[8] | 0, p[9] | 0, p[10] | 0, p[11] | 0, p[12] | 0, p[13] | 0, p[14] | 0, p[15], p[16] | 0, lo, hi);
+      break;
     default:
       throw new Error(`cpu kernel: unknown op ${op}`);
   }
@@ -814,5 +917,5 @@ export function runKernel(
 export const KERNEL_FUNCTIONS: readonly ((...args: never[]) => void)[] = [
   matmulKernel, attentionKernel, rmsNormKernel, layerNormKernel, siluMulKernel, geluTanhKernel,
   addKernel, scoreKernel, createSimdContext, simdReserve, simdMatmulKernel, simdAttentionKernel, simdSiluMulKernel, simdAddKernel, simdRmsNormKernel, simdScoreKernel,
-  attentionLseUnits, attentionBackwardUnits, runKernel,
+  attentionLseUnits, attentionBackwardUnits, simdAttentionBackwardKernel, simdSiluMulBackwardKernel, runKernel,
 ];

@@ -10,7 +10,7 @@ import type {
 import type { CpuDevice } from './cpu-device.js';
 import { distillLossKernel, LOSS_KL, LOSS_REVERSE_KL, LOSS_SKEW_KL, topKKernel } from './distill-loss.js';
 import { CpuTensor, fmtShape } from './tensor.js';
-import { OP_ATTENTION_BACKWARD, OP_ATTENTION_LSE } from './kernels.js';
+import { OP_ATTENTION_BACKWARD, OP_ATTENTION_BACKWARD_SIMD, OP_ATTENTION_LSE, OP_SILUMUL_BACKWARD_SIMD } from './kernels.js';
 import {
   adamwKernel, biasGradKernel, embeddingBackwardKernel, geluTanhBackwardKernel,
   layerNormBackwardKernel, ropeBackwardKernel, rmsNormBackwardKernel, siluMulBackwardKernel, sumSquaresKernel,
@@ -137,7 +137,11 @@ export class CpuTrainingOps implements TrainingOps {
     const op = 'siluMulBackward';
     const t = [this.cpu(dGate, op, 'dGate'), this.cpu(dUp, op, 'dUp'), this.cpu(dAct, op, 'dAct'), this.cpu(gate, op, 'gate'), this.cpu(up, op, 'up')];
     if (t.some((c) => c.length !== t[2].length)) throw new Error(`${op}: shape mismatch: ${t.map(fmtShape).join(', ')}`);
-    siluMulBackwardKernel(t[0].data, t[1].data, t[2].data, t[3].data, t[4].data);
+    if (!this.device.simd) {
+      siluMulBackwardKernel(t[0].data, t[1].data, t[2].data, t[3].data, t[4].data);
+      return;
+    }
+    this.device.runUnits(OP_SILUMUL_BACKWARD_SIMD, t.map((c) => c.base), t.map((c) => c.offset), t[2].length, 8 * t[2].length);
   }
 
   geluTanhBackward(dx: Tensor, dy: Tensor, x: Tensor): void {
@@ -197,7 +201,8 @@ export class CpuTrainingOps implements TrainingOps {
       dld[r] = s;
     }
     dld.set(t.lse.data, R);
-    this.device.runUnits(OP_ATTENTION_BACKWARD, [t.dq.base, dkv.base, t.dOut.base, dl.base, t.q.base, kv.base],
+    const kernel = this.device.simd && hd % 4 === 0 ? OP_ATTENTION_BACKWARD_SIMD : OP_ATTENTION_BACKWARD;
+    this.device.runUnits(kernel, [t.dq.base, dkv.base, t.dOut.base, dl.base, t.q.base, kv.base],
       [t.dq.offset, 0, kvLen, t.dOut.offset, 0, R, t.q.offset, 0, kvLen, ...attnParams(shape)], batch * nKvHead, 2.5 * attnWork(shape));
     t.dk.data.set(dkv.data.subarray(0, kvLen));
     t.dv.data.set(dkv.data.subarray(kvLen, 2 * kvLen));

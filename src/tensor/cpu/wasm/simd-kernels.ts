@@ -342,6 +342,189 @@ function attentionFn(hdConst: number | null, stats = false): Fn {
   return f;
 }
 
+/**
+ * attnGrad(K, V, Q, O, L2, D, dQ, dK, dV, qT, oT, gT, group, seqQp, kvLen, past, hd, scale, window):
+ * the attention backward of one (sequence, KV group) (kernels.ts simdAttentionBackwardKernel
+ * packs the operands). K, V, dK, dV are [kvLen][hd]; Q, O (= dOut), dQ [group][seqQp][hd];
+ * L2 (lse · log2 e) and D (dOut·out) [group][seqQp], padded rows with L2 = +inf so that their
+ * probabilities are exactly 0. Queries go 4 at a time as the 4 lanes (qT[d] holds their q[d] ·
+ * scale · log2 e, oT[d] their dOut[d], gT[d] their dq[d]); per key j:
+ *   P = 2^(qT·k_j − L2),  dS = P · (oT·v_j − D) · scale,  gT += dS · k_j,
+ *   dK[j] += Σ_lanes dS_i · q_i,  dV[j] += Σ_lanes P_i · dOut_i   (masked keys: P = 0).
+ * dK, dV accumulate (the caller zeroes them); dQ is written. With `hdConst` the loops over
+ * dimensions are unrolled for that head size.
+ */
+function attnGradFn(hdConst: number | null): Fn {
+  const f = new Fn(hdConst === null ? 'attnGrad' : `attnGrad${hdConst}`,
+    [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, F32, I32]);
+  const [K, Vv, Q, O, L2, D, dQ, dK, dV, qT, oT, gT, group, seqQp, kvLen, past, hd, scale, window] =
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18];
+  const L = () => f.local(I32);
+  const hh = L(), t0 = L(), j = L(), d = L(), hd4 = L(), row = L(), tmp = L(), kp = L(), vp = L(), dkp = L(), dvp = L();
+  const pFirst = L(), jLo = L(), jMid = L(), jAll = L(), jHi = L(), qp = L(), op = L(), gp = L(), i4 = L();
+  const Vr = () => f.local(V128);
+  const sv = Vr(), ev = Vr(), lv = Vr(), dv = Vr(), pVec = Vr(), loVec = Vr(), jv = Vr(), x = Vr(), P = Vr(), dS = Vr();
+  const e = Vr(), t = Vr(), n = Vr(), acc = Vr(), scaleV = Vr(), ks = Vr();
+  const dsI = Array.from({ length: 4 }, () => Vr());
+  const pI = Array.from({ length: 4 }, () => Vr());
+  const ec = expConstants(f);
+  const scale2 = f.local(F32);
+  f.get(scale).f32(Math.LOG2E).f32Mul().set(scale2);
+  f.get(scale).f32x4Splat().set(scaleV);
+  f.get(hd).i32(2).i32Shl().set(hd4);
+
+  /** body(dimBytes) per dimension d (step 1) or per 4 dimensions (step 4): dimBytes = 4·d unrolled, null in the generic loop over local d. */
+  const eachDim = (step: 1 | 4, body: (dimBytes: number | null) => void) => {
+    if (hdConst !== null) {
+      for (let dd = 0; dd < hdConst; dd += step) body(4 * dd);
+    } else {
+      f.forLoop(d, () => f.i32(0), () => f.get(hd), step, () => body(null));
+    }
+  };
+  /**
+   * Pushes the address of dimension d in an array at local `ptr` with `scaleBy` bytes per dimension
+   * (4: rows of floats; 16: the [hd][4] transposed scratch) and returns the constant offset for the
+   * load/store (unrolled: the whole offset; generic: 0, as d·scaleBy is added to the address).
+   */
+  const at = (ptr: number, dimBytes: number | null, scaleBy: 4 | 16 = 4) => {
+    f.get(ptr);
+    if (dimBytes === null) f.get(d).i32(scaleBy === 4 ? 2 : 4).i32Shl().i32Add();
+    return dimBytes === null ? 0 : (scaleBy === 4 ? dimBytes : dimBytes * 4);
+  };
+
+  const keys = (from: () => void, to: () => void, masked: boolean) => {
+    f.forLoop(j, from, to, 1, () => {
+      f.get(j).get(hd4).i32Mul().tee(tmp).get(K).i32Add().set(kp);
+      f.get(tmp).get(Vv).i32Add().set(vp);
+      f.get(tmp).get(dK).i32Add().set(dkp);
+      f.get(tmp).get(dV).i32Add().set(dvp);
+      f.f32(0).f32x4Splat().tee(sv).set(ev);
+      eachDim(1, (db) => {
+        let off = at(kp, db);
+        f.loadSplat(off);
+        off = at(qT, db, 16);
+        f.v128Load(off).f32x4Mul().get(sv).f32x4Add().set(sv);
+        off = at(vp, db);
+        f.loadSplat(off);
+        off = at(oT, db, 16);
+        f.v128Load(off).f32x4Mul().get(ev).f32x4Add().set(ev);
+      });
+      if (masked) {
+        f.get(j).i32x4Splat().set(jv);
+        f.get(sv).f32(-Infinity).f32x4Splat();
+        f.get(jv).get(loVec).i32x4GeS().get(jv).get(pVec).i32x4LeS().v128And();
+        f.v128Bitselect().set(sv);
+      }
+      f.get(sv).get(lv).f32x4Sub().set(x);
+      emitExp(f, ec, x, P, t, n, 'exp2');
+      f.get(P).get(ev).get(dv).f32x4Sub().f32x4Mul().get(scaleV).f32x4Mul().set(dS);
+      // gT[d] += dS · k[j, d]
+      eachDim(1, (db) => {
+        let off = at(gT, db, 16);
+        const gOff = off;
+        off = at(gT, db, 16);
+        f.v128Load(off);
+        off = at(kp, db);
+        f.loadSplat(off).get(dS).f32x4Mul().f32x4Add().v128Store(gOff);
+      });
+      for (let i = 0; i < 4; i++) {
+        f.get(dS).f32x4ExtractLane(i).f32x4Splat().set(dsI[i]);
+        f.get(P).f32x4ExtractLane(i).f32x4Splat().set(pI[i]);
+      }
+      // dK[j] += Σ_i dS_i · Q_i; dV[j] += Σ_i P_i · O_i, 4 dims at a time
+      for (const [dst, src, w] of [[dkp, qp, dsI], [dvp, op, pI]] as const) {
+        eachDim(4, (db) => {
+          const off = at(dst, db);
+          const stOff = off;
+          f.get(dst);
+          if (db === null) f.get(d).i32(2).i32Shl().i32Add();
+          f.v128Load(off).set(acc);
+          for (let i = 0; i < 4; i++) {
+            f.get(acc);
+            f.get(src);
+            if (db === null) f.get(d).i32(2).i32Shl().i32Add();
+            if (i > 0) f.get(hd4).i32(i).i32Mul().i32Add();
+            f.v128Load(db ?? 0).get(w[i]).f32x4Mul().f32x4Add().set(acc);
+          }
+          f.get(acc).v128Store(stOff);
+        });
+      }
+    });
+  };
+
+  f.forLoop(hh, () => f.i32(0), () => f.get(group), 1, () => {
+    f.forLoop(t0, () => f.i32(0), () => f.get(seqQp), 4, () => {
+      // rows t0..t0+3 of head hh: byte offset into Q, O, dQ; L2/D vectors
+      f.get(hh).get(seqQp).i32Mul().get(t0).i32Add().tee(row).i32(2).i32Shl().set(i4);
+      f.get(L2).get(i4).i32Add().v128Load().set(lv);
+      f.get(D).get(i4).i32Add().v128Load().set(dv);
+      f.get(row).get(hd4).i32Mul().set(row);
+      f.get(Q).get(row).i32Add().set(qp);
+      f.get(O).get(row).i32Add().set(op);
+      f.get(past).get(t0).i32Add().set(pFirst);
+      // jHi = min(pFirst + 4, kvLen); jAll = min(pFirst + 1, jHi): keys < jAll are causal for all lanes
+      f.get(pFirst).i32(4).i32Add().set(tmp);
+      f.get(tmp).get(kvLen).get(tmp).get(kvLen).i32LtS().select().set(jHi);
+      f.get(pFirst).i32(1).i32Add().set(tmp);
+      f.get(tmp).get(jHi).get(tmp).get(jHi).i32LtS().select().set(jAll);
+      // window: jLo = max(0, pFirst − w + 1); jMid = min(max(0, pFirst + 3 − w + 1), jAll): keys ≥ jMid are inside every lane's window
+      f.i32(0).set(jLo);
+      f.i32(0).set(jMid);
+      f.get(window).ifThen(() => {
+        f.get(pFirst).get(window).i32Sub().i32(1).i32Add().set(tmp);
+        f.get(tmp).i32(0).get(tmp).i32(0).i32GtS().select().set(jLo);
+        f.get(pFirst).i32(3).i32Add().get(window).i32Sub().i32(1).i32Add().set(tmp);
+        f.get(tmp).i32(0).get(tmp).i32(0).i32GtS().select().set(tmp);
+        f.get(tmp).get(jAll).get(tmp).get(jAll).i32LtS().select().set(jMid);
+      });
+      for (let i = 0; i < 4; i++) {
+        f.get(pFirst).i32(i).i32Add().set(tmp);
+        if (i === 0) f.get(tmp).i32x4Splat().set(pVec);
+        else f.get(pVec).get(tmp).i32x4ReplaceLane(i).set(pVec);
+        // lo_i = window ? max(0, p_i − window + 1) : 0
+        f.get(tmp).get(window).i32Sub().i32(1).i32Add().set(tmp);
+        f.get(tmp).i32(0).get(tmp).i32(0).i32GtS().get(window).i32(0).i32GtS().i32Mul().select().set(tmp);
+        if (i === 0) f.get(tmp).i32x4Splat().set(loVec);
+        else f.get(loVec).get(tmp).i32x4ReplaceLane(i).set(loVec);
+      }
+      // qT[d] = q[t0 + i, d] · scale · log2 e; oT[d] = dOut[t0 + i, d]; gT[d] = 0
+      eachDim(1, (db) => {
+        for (let i = 0; i < 4; i++) {
+          let off = at(qT, db, 16);
+          const qtOff = off + 4 * i;
+          f.get(qp);
+          if (db === null) f.get(d).i32(2).i32Shl().i32Add();
+          if (i > 0) f.get(hd4).i32(i).i32Mul().i32Add();
+          f.f32Load(db ?? 0).get(scale2).f32Mul().f32Store(qtOff);
+          off = at(oT, db, 16);
+          const otOff = off + 4 * i;
+          f.get(op);
+          if (db === null) f.get(d).i32(2).i32Shl().i32Add();
+          if (i > 0) f.get(hd4).i32(i).i32Mul().i32Add();
+          f.f32Load(db ?? 0).f32Store(otOff);
+        }
+        const off = at(gT, db, 16);
+        f.f32(0).f32x4Splat().v128Store(off);
+      });
+      keys(() => f.get(jLo), () => f.get(jMid), true);
+      keys(() => f.get(jMid), () => f.get(jAll), false);
+      keys(() => f.get(jAll), () => f.get(jHi), true);
+      // dQ rows: lane i of gT[d]
+      f.get(dQ).get(row).i32Add().set(gp);
+      eachDim(1, (db) => {
+        for (let i = 0; i < 4; i++) {
+          f.get(gp);
+          if (db === null) f.get(d).i32(2).i32Shl().i32Add();
+          if (i > 0) f.get(hd4).i32(i).i32Mul().i32Add();
+          const off = at(gT, db, 16);
+          f.v128Load(off).f32x4ExtractLane(i).f32Store(db ?? 0);
+        }
+      });
+    });
+  });
+  return f;
+}
+
 /** siluMul(g, u, o, n): o = g · u / (1 + e^-g) for n (a multiple of 4) floats. */
 function siluMulFn(): Fn {
   const f = new Fn('siluMul', [I32, I32, I32, I32]);
@@ -356,6 +539,33 @@ function siluMulFn(): Fn {
     f.get(o).get(i).i32Add();
     f.get(gv).get(u).get(i).i32Add().v128Load().f32x4Mul();
     f.get(one).get(e).f32x4Add().f32x4Div();
+    f.v128Store();
+  });
+  return f;
+}
+
+/**
+ * siluMulGrad(g, u, da, dg, du, n): the backward of act = silu(g)·u for n (a multiple of 4) floats:
+ * with s = 1 / (1 + e^-g), du = da·g·s and dg = da·u·s·(1 + g·(1 − s)).
+ */
+function siluMulGradFn(): Fn {
+  const f = new Fn('siluMulGrad', [I32, I32, I32, I32, I32, I32]);
+  const [g, u, da, dg, du, n] = [0, 1, 2, 3, 4, 5];
+  const i = f.local(I32), gv = f.local(V128), e = f.local(V128), t = f.local(V128), m = f.local(V128);
+  const one = f.local(V128), sg = f.local(V128), av = f.local(V128);
+  const ec = expConstants(f);
+  f.f32(1).f32x4Splat().set(one);
+  f.forLoop(i, () => f.i32(0), () => f.get(n).i32(2).i32Shl(), 16, () => {
+    f.get(g).get(i).i32Add().v128Load().set(gv);
+    f.get(da).get(i).i32Add().v128Load().set(av);
+    emitExp(f, ec, gv, e, t, m, 'expNeg');
+    f.get(one).get(one).get(e).f32x4Add().f32x4Div().set(sg);
+    f.get(du).get(i).i32Add();
+    f.get(av).get(gv).f32x4Mul().get(sg).f32x4Mul();
+    f.v128Store();
+    f.get(dg).get(i).i32Add();
+    f.get(av).get(u).get(i).i32Add().v128Load().f32x4Mul().get(sg).f32x4Mul();
+    f.get(one).get(gv).get(one).get(sg).f32x4Sub().f32x4Mul().f32x4Add().f32x4Mul();
     f.v128Store();
   });
   return f;
@@ -546,17 +756,20 @@ function scoreFn(): Fn {
 
 /** Head sizes with an unrolled attention function; others use the generic one. */
 export const ATTENTION_HEAD_SIZES = [4, 8, 16, 32, 64, 128];
+/** The same for attnGrad, whose unrolled body grows much faster with the head size. */
+export const ATTENTION_GRAD_HEAD_SIZES = [4, 8, 16];
 
 let cached: Uint8Array | undefined;
 
 /**
  * The module binary (exports matmul, pack, attention, attention<hd>, lseAttention, lseAttention<hd>,
- * siluMul, add, rmsNorm, score; imports env.mem).
+ * attnGrad, attnGrad<hd>, siluMul, siluMulGrad, add, rmsNorm, score; imports env.mem).
  */
 export function simdModuleBytes(): Uint8Array {
   cached ??= buildModule([
     matmulFn(MATMUL_ROWS, MATMUL_COLS), packFn(MATMUL_COLS), attentionFn(null), ...ATTENTION_HEAD_SIZES.map((hd) => attentionFn(hd)),
-    attentionFn(null, true), ...ATTENTION_HEAD_SIZES.map((hd) => attentionFn(hd, true)), siluMulFn(), addFn(), rmsNormFn(), scoreFn(),
+    attentionFn(null, true), ...ATTENTION_HEAD_SIZES.map((hd) => attentionFn(hd, true)),
+    attnGradFn(null), ...ATTENTION_GRAD_HEAD_SIZES.map((hd) => attnGradFn(hd)), siluMulFn(), siluMulGradFn(), addFn(), rmsNormFn(), scoreFn(),
   ]);
   return cached;
 }
