@@ -29,7 +29,7 @@
 //   node bench/distill-recovery.js --device cuda --cli .gpu/cli/bin/llmopt.mjs \
 //     --model .gpu/data/stories260K --text .gpu/data/tinystories-valid.txt --results $OUT
 
-import { spawnSync } from 'node:child_process';
+import { execSync, spawnSync } from 'node:child_process';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -74,6 +74,14 @@ function llmopt(args) {
   if (r.status !== 0) throw new Error(`${line}: exit ${r.status}`);
   commands.push({ command: line, wall_s: wall });
   return { json: JSON.parse(r.stdout), wall };
+}
+
+function gitCommit() {
+  try {
+    return execSync('git rev-parse HEAD', { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return null;
+  }
 }
 
 /** Index of the "\n\n" paragraph break nearest `at` (the text after it starts a paragraph). */
@@ -195,6 +203,7 @@ try {
     what: 'stories260K pruned (--kv-heads 0.25 --mlp 0.25), then distilled vs CE-finetuned at equal tokens; held-out ppl',
     created: new Date().toISOString(),
     machine: { cpus: cpus().length, cpu: cpus()[0]?.model, loadavg: loadavg(), device },
+    commit: gitCommit(),
     split,
     eval_protocol: `chunks${EVAL_WINDOW} over the held-out half (${teacherEval.tokens_scored} tokens scored) and over its ASCII-only paragraphs (${teacherEval.ascii_tokens_scored} tokens scored)`,
     settings: { tokens, seq_len: seqLen, batch, lrs, mix: mix ?? null, selection: 'per arm, the lr with the lowest validation ppl (chunks512 on val.txt)' },
