@@ -55,6 +55,7 @@ const device = flag('--device', 'cpu');
 const keep = flag('--keep');
 const mix = flag('--mix') !== undefined ? Number(flag('--mix')) : undefined;
 const EVAL_WINDOW = 512;
+const CURVE_COLUMNS = ['step', 'tokens', 'lr', 'loss', 'distill', 'ce', 'grad_norm'];
 
 const work = keep ?? mkdtempSync(path.join(tmpdir(), 'llmopt-distill-recovery-'));
 mkdirSync(work, { recursive: true });
@@ -78,7 +79,8 @@ function llmopt(args) {
 
 function gitCommit() {
   try {
-    return execSync('git rev-parse HEAD', { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const run = (cmd) => execSync(cmd, { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return `${run('git rev-parse HEAD')}${run('git status --porcelain --untracked-files=no') !== '' ? ' (with uncommitted changes)' : ''}`;
   } catch {
     return null;
   }
@@ -209,14 +211,26 @@ try {
     settings: { tokens, seq_len: seqLen, batch, lrs, mix: mix ?? null, selection: 'per arm, the lr with the lowest validation ppl (chunks512 on val.txt)' },
     rows,
     lr_search: Object.fromEntries(Object.entries(arms).map(([arm, runs]) => [arm, runs.map((r) => ({ lr: r.lr, val_ppl: r.val_ppl, final_loss: r.report.curve.at(-1).loss, wall_s: r.wall_s }))])),
-    curves: Object.fromEntries(Object.entries(best).map(([arm, run]) => [arm, { curve: run.report.curve, evals: run.report.eval.points }])),
+    curves: Object.fromEntries(
+      Object.entries(best).map(([arm, run]) => [
+        arm,
+        {
+          columns: CURVE_COLUMNS,
+          curve: run.report.curve.map((p) => CURVE_COLUMNS.map((c) => Number(p[c].toPrecision(6)))),
+          evals: run.report.eval.points,
+        },
+      ]),
+    ),
     prune: { parameters: prune.json.parameters, plan: prune.json.plan },
     commands,
     wall_s: (performance.now() - started) / 1000,
+    /** Training runs reused from --keep: their own wall time (see commands), not in wall_s. */
+    reused_wall_s: commands.filter((c) => c.reused_from !== undefined).reduce((a, c) => a + c.wall_s, 0),
   };
   mkdirSync(resultsDir, { recursive: true });
   const outFile = path.join(resultsDir, `${date}-distill-recovery.json`);
-  writeFileSync(outFile, `${JSON.stringify(result, null, 2)}\n`);
+  // One curve point per line: [1, 2048, …] arrays of numbers are not spread over lines.
+  writeFileSync(outFile, `${JSON.stringify(result, null, 2).replace(/\[\s+(-?[\d.e+-]+(?:,\s+-?[\d.e+-]+)*)\s+\]/g, (_, xs) => `[${xs.split(/,\s+/).join(', ')}]`)}\n`);
 
   const f = (x, d = 4) => x.toFixed(d);
   console.log(`\nheld-out ppl: ${result.eval_protocol}; ${tokens.toLocaleString('en-US')}-token budget per arm, seq ${seqLen}, batch ${batch}, device ${device}`);
