@@ -20,7 +20,7 @@ import type { Device, TrainingOps } from '../../tensor/device.js';
 import { COPIED_FILES } from '../prune/run.js';
 import { loadTokenStream, WindowSampler, type TokenStream } from './data.js';
 import { checkModel, checkSameVocabulary, describeModel, modelFingerprint, tokensSha256, type CheckedModel } from './inputs.js';
-import { REPORT_FILE, type CurvePoint, type DistillReport, type EvalPoint, type EvalProtocolReport, type ModelInput, type RunSegment } from './report.js';
+import { REPORT_FILE, type CurvePoint, type DistillReport, type EvalPoint, type EvalProtocolReport, type RunSegment } from './report.js';
 import { defaultLearningRate, defaultWarmup, FINAL_LR_FRACTION } from './schedule.js';
 import { checkRequested, DEFAULTS, resolveSettings, settingsForResume, tokensPerStep, type RequestedSettings, type TrajectorySettings } from './settings.js';
 import { masterName, momentName, readTrainState, STATE_DIR, writeTrainState, type InputHashes, type LoadedTrainState, type StateTensor, type TrainState } from './state.js';
@@ -503,4 +503,3 @@ function restoreTensors(ops: TrainingOps, student: TrainableDecoder, trainer: Di
   });
 }
 
-export type { ModelInput };
