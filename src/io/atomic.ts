@@ -37,7 +37,8 @@ function isWithin(inner: string, outer: string): boolean {
   return rel === '' || (rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel));
 }
 
-function checkNotAnInput(outDir: string, inputs: readonly string[]): void {
+/** Throws LlmoptError when outDir is, contains, or lies inside one of `inputs` (writeOutputDir checks this too; commands call it up front). */
+export function checkNotAnInput(outDir: string, inputs: readonly string[]): void {
   const out = realResolve(outDir);
   for (const input of inputs) {
     const inp = realResolve(input);
