@@ -435,7 +435,14 @@ export async function runQuantModelChecks(cpu: Device, makeGpu: (dtype: ComputeD
         });
         const cpuPpl = await perplexity(out, cpu, tokens);
         const f32 = await perplexity(out, gpu('f32'), tokens);
-        checks.push(compare(`${name}: ppl cuda f32 (dequantized) ${f32.toFixed(6)} = cpu ${cpuPpl.toFixed(6)}`, 'f32', Float32Array.of(f32), Float32Array.of(cpuPpl), 1e-5));
+        // Weight-only schemes: the f32 GPU and the cpu agree to f32 rounding. With simulated activation
+        // quantization the same last-bit differences (cuda expf vs the cpu's SIMD exp in attention:
+        // 4e-6 at layer 0's o_proj input) move a code across a rounding boundary now and then, by a
+        // whole step, and that grows through the layers (scripts/gpu/quant-f32-diag.ts on the H200,
+        // 2026-12-01: logits 3% apart at the last layer, fakeQuantRows itself bit-exact on the same
+        // inputs; ppl 4e-5 … 4e-4 apart).
+        const f32Tol = m.nativeActivations ? 1e-3 : 1e-5;
+        checks.push(compare(`${name}: ppl cuda f32 (dequantized) ${f32.toFixed(6)} = cpu ${cpuPpl.toFixed(6)}`, 'f32', Float32Array.of(f32), Float32Array.of(cpuPpl), f32Tol));
         for (const dtype of ['bf16', 'f16'] as ComputeDType[]) {
           const dev = gpu(dtype);
           const ppl = await perplexity(out, dev, tokens);

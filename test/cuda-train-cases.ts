@@ -498,9 +498,11 @@ function modelGradientCase(label: string, spec: ModelSpec, batch: number, seq: n
       const tol = tolModel(dtype);
       let worst = 0, worstName = '(all exact)';
       let diff2 = 0, want2 = 0;
+      const perParam: [string, number, number][] = [];
       for (const [pname, want] of c.grads) {
         const got = g.grads.get(pname)!;
         const e = relL2(got, want);
+        perParam.push([pname, e, Math.sqrt(want.reduce((a, v) => a + v * v, 0))]);
         for (let i = 0; i < want.length; i++) {
           diff2 += (got[i]! - want[i]!) ** 2;
           want2 += want[i]! ** 2;
@@ -520,7 +522,8 @@ function modelGradientCase(label: string, spec: ModelSpec, batch: number, seq: n
       const logitsError = relL2(g.logits, c.logits);
       return [
         { case: `${name}: logits (rel L2)`, dtype, error: logitsError, tol, ok: logitsError <= tol },
-        { case: `${name}: all ${c.grads.size} gradients (rel L2)`, dtype, error: all, tol, ok: all <= tol && c.grads.size > 0 },
+        { case: `${name}: all ${c.grads.size} gradients (rel L2)`, dtype, error: all, tol, ok: all <= tol && c.grads.size > 0,
+          note: perParam.sort((a, b) => b[1] * b[2] - a[1] * a[2]).slice(0, 6).map(([n, e, norm]) => `${n.replace('model.', '')} ${e.toExponential(1)} (‖g‖ ${norm.toExponential(1)})`).join('; ') },
         { case: `${name}: worst single gradient (rel L2)`, dtype, error: worst, tol: worstTol, ok: worst <= worstTol, note: `worst ${worstName}` },
       ];
     },
