@@ -1,6 +1,7 @@
 // The optimizer side of training: fused AdamW over one parameter, and sums of squares (global-norm
 // clipping). All of it f32 storage.
 #include "common.cuh"
+// llmopt:pdl
 
 // AdamW, element by element in f64 with the cpu reference's operation order, and with explicit
 // round-to-nearest intrinsics so that no multiply-add is contracted into an fma: the f32 results
@@ -29,7 +30,7 @@ __device__ __forceinline__ void adamw(float* master, const float* grad, float* m
 #define DEF_ADAMW(T, S)                                                                                             \
   extern "C" __global__ void adamw_##S(float* master, const float* grad, float* m, float* v, T* compute, long long n, \
                                        double lr, double b1, double omb1, double b2, double omb2, double eps,         \
-                                       double wd, double c1, double c2, double gradScale) {                          \
+                                       double wd, double c1, double c2, double gradScale) { pdl_start();                          \
     adamw<T>(master, grad, m, v, compute, n, lr, b1, omb1, b2, omb2, eps, wd, c1, c2, gradScale);                    \
   }
 FOR_EACH_DTYPE(DEF_ADAMW)
@@ -50,7 +51,7 @@ __device__ __forceinline__ double block_sum_f64(double v) {
 
 // out[blockIdx.x] = sum of x[i]^2 over this block's grid-stride share of x, in f64 (an f32 square is
 // exact in f64).
-extern "C" __global__ void sum_squares_partial(double* out, const float* x, long long n) {
+extern "C" __global__ void sum_squares_partial(double* out, const float* x, long long n) { pdl_start();
   double s = 0.0;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
     const double v = (double)x[i];
@@ -61,7 +62,7 @@ extern "C" __global__ void sum_squares_partial(double* out, const float* x, long
 }
 
 // out[0] = sum of part[0 .. n) (one block; fixed order per thread, then the block reduction).
-extern "C" __global__ void sum_f64(double* out, const double* part, int n) {
+extern "C" __global__ void sum_f64(double* out, const double* part, int n) { pdl_start();
   double s = 0.0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) s += part[i];
   s = block_sum_f64(s);

@@ -18,6 +18,7 @@
 // in registers, P and dS from lse and delta, accumulates dQ = scale dS K, and writes P and dS (16-bit)
 // for the dV/dK GEMMs. S and dP never reach memory.
 #include "mma.cuh"
+// llmopt:pdl
 
 // dst (query-block layout, element type D) <- src (token-major, element type S); rows t >= seq are 0.
 // One thread per destination element, consecutive threads along hd (coalesced on both sides).
@@ -127,23 +128,23 @@ __device__ __forceinline__ void softmax_backward(float* S, float* dP, const floa
 
 #define DEF_ATTN_BWD(T, S)                                                                                           \
   extern "C" __global__ void attn_to_blocks_##S(T* dst, const T* src, int batch, int seq, int heads, int hd, int Lq,  \
-                                                long long total) {                                                   \
+                                                long long total) { pdl_start();                                                   \
     to_blocks<T, T>(dst, src, batch, seq, heads, hd, Lq, total);                                                     \
   }                                                                                                                  \
   extern "C" __global__ void attn_from_blocks_##S(T* dst, const T* src, int batch, int rowsPerSeq, int valid,          \
-                                                  int heads, int hd, int Lq) {                                       \
+                                                  int heads, int hd, int Lq) { pdl_start();                                       \
     from_blocks<T, T>(dst, src, batch, rowsPerSeq, valid, heads, hd, Lq);                                            \
   }                                                                                                                  \
   extern "C" __global__ void attn_from_blocks_f32_to_##S(T* dst, const float* src, int batch, int rowsPerSeq,          \
-                                                         int valid, int heads, int hd, int Lq) {                     \
+                                                         int valid, int heads, int hd, int Lq) { pdl_start();                     \
     from_blocks<float, T>(dst, src, batch, rowsPerSeq, valid, heads, hd, Lq);                                        \
   }                                                                                                                  \
-  extern "C" __global__ void attn_delta_##S(float* delta, const T* dO, const T* O, long long rowsHeads, int hd) {     \
+  extern "C" __global__ void attn_delta_##S(float* delta, const T* dO, const T* O, long long rowsHeads, int hd) { pdl_start();     \
     attn_delta<T>(delta, dO, O, rowsHeads, hd);                                                                      \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(256) attn_softmax_backward_##S(                                       \
       float* Sm, float* dP, const float* lse, const float* delta, int ldS, int kLen, int kStart, int qb0, int Lq,    \
-      int g, int nKvHead, int seqQ, int past, int window, int b0) {                                                  \
+      int g, int nKvHead, int seqQ, int past, int window, int b0) { pdl_start();                                                  \
     softmax_backward<T, 8>(Sm, dP, lse, delta, ldS, kLen, kStart, qb0, Lq, g, nKvHead, seqQ, past, window, b0);      \
   }
 FOR_EACH_DTYPE(DEF_ATTN_BWD)
@@ -343,7 +344,7 @@ __device__ __forceinline__ void attn_bwd_dq_mma(T* dq, T* P, T* dS, const T* q, 
   extern "C" __global__ void __launch_bounds__(bwd::NW * 32) attn_bwd_dq_mma_##S##_d##D(                             \
       T* dq, T* P, T* dS, const T* q, const T* k, const T* v, const T* dO, const float* lse, const float* delta,     \
       int seqQ, int kvStride, int nHead, int nKvHead, float scale, int window, int past, int qb0, int Lq, int kStart, \
-      int kEnd, int ldP, int b0) {                                                                                    \
+      int kEnd, int ldP, int b0) { pdl_start();                                                                                    \
     attn_bwd_dq_mma<T, D>(dq, P, dS, q, k, v, dO, lse, delta, seqQ, kvStride, nHead, nKvHead, scale, window, past,   \
                           qb0, Lq, kStart, kEnd, ldP, b0);                                                            \
   }

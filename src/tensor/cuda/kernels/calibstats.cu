@@ -4,6 +4,7 @@
 // cpu reference: min/max/absmax exactly (f32 compares; −0 counts as +0), error sums in f64 (another
 // summation order), the Hessian rescale bit-exactly (f64 quotient, one rounding to f32).
 #include "common.cuh"
+// llmopt:pdl
 
 // Float atomics through the integer orderings: non-negative floats order as ints, negative ones
 // reversed as unsigned. v must not be NaN or −0 (the callers normalize −0 to +0).
@@ -95,17 +96,17 @@ __device__ __forceinline__ void error_sums(const T* yq, const T* y, const T* x, 
 
 #define DEF_CALIB(T, S)                                                                                              \
   extern "C" __global__ void channel_range_##S(const T* x, long long rows, int cols, int rowsPerBlock, float* mn,    \
-                                               float* mx) {                                                          \
+                                               float* mx) { pdl_start();                                                          \
     channel_range<T>(x, rows, cols, rowsPerBlock, mn, mx);                                                           \
   }                                                                                                                  \
-  extern "C" __global__ void abs_max_##S(const T* x, long long n, float* acc) { abs_max<T>(x, n, acc); }             \
-  extern "C" __global__ void error_sums_##S(const T* yq, const T* y, const T* x, long long n, double* partials) {     \
+  extern "C" __global__ void abs_max_##S(const T* x, long long n, float* acc) { pdl_start(); abs_max<T>(x, n, acc); }             \
+  extern "C" __global__ void error_sums_##S(const T* yq, const T* y, const T* x, long long n, double* partials) { pdl_start();     \
     error_sums<T>(yq, y, x, n, partials);                                                                            \
   }
 FOR_EACH_DTYPE(DEF_CALIB)
 
 // h[i, j] = f32(h[i, j] / (s[i] · s[j])) for an f32 [n, n] Hessian and f64 scales.
-extern "C" __global__ void scale_hessian(float* h, const double* s, int n) {
+extern "C" __global__ void scale_hessian(float* h, const double* s, int n) { pdl_start();
   const long long total = (long long)n * n;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
     const int r = (int)(i / n), c = (int)(i % n);

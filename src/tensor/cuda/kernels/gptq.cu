@@ -8,6 +8,7 @@
 // f64, clamp, round half to even (int) or the torch E4M3 cast (fp8); scales from (min, max) in f64
 // and rounded once to the scale dtype, as compressed-tensors' calculate_qparams.
 #include "common.cuh"
+// llmopt:pdl
 
 // ---- value math --------------------------------------------------------------------------------
 
@@ -125,7 +126,7 @@ __device__ __forceinline__ void atomic_max_f32(float* a, float v) {
 // ---- observers ---------------------------------------------------------------------------------
 // Group k is the contiguous run w[k·len, (k+1)·len). Blocks: (k = blockIdx.x, chunk blockIdx.y).
 
-extern "C" __global__ void group_minmax(const float* w, long long len, int chunk, float* mn, float* mx) {
+extern "C" __global__ void group_minmax(const float* w, long long len, int chunk, float* mn, float* mx) { pdl_start();
   const long long k = blockIdx.x;
   const long long start = k * len + (long long)blockIdx.y * chunk;
   const long long end = start + chunk < (k + 1) * len ? start + chunk : (k + 1) * len;
@@ -160,7 +161,7 @@ extern "C" __global__ void group_minmax(const float* w, long long len, int chunk
 }
 
 extern "C" __global__ void qparams_minmax(const float* mn, const float* mx, int count, int qmin, int qmax, int fp8, int symmetric,
-                                          int scaleDtype, float* scale, int* zp) {
+                                          int scaleDtype, float* scale, int* zp) { pdl_start();
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= count) return;
   const QRange r = {qmin, qmax, fp8};
@@ -171,7 +172,7 @@ extern "C" __global__ void qparams_minmax(const float* mn, const float* mx, int 
 // k, for each shrink candidate c: p = 1 − c/steps on (p·min, p·max).
 extern "C" __global__ void mse_errors(const float* w, long long len, int chunk, int splits, const float* mn, const float* mx, int count,
                                       int candidates, int steps, double norm, int qmin, int qmax, int fp8, int symmetric, int scaleDtype,
-                                      double* partial) {
+                                      double* partial) { pdl_start();
   const long long k = blockIdx.x;
   const long long start = k * len + (long long)blockIdx.y * chunk;
   const long long end = start + chunk < (k + 1) * len ? start + chunk : (k + 1) * len;
@@ -194,7 +195,7 @@ extern "C" __global__ void mse_errors(const float* w, long long len, int chunk, 
 }
 
 // err[c·count + k] = Σ over chunks; improved[c] = 1 where candidate c lowers some group's best.
-extern "C" __global__ void mse_improved(const double* partial, int count, int splits, int candidates, double* err, int* improved) {
+extern "C" __global__ void mse_improved(const double* partial, int count, int splits, int candidates, double* err, int* improved) { pdl_start();
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= count) return;
   double best = 1.7976931348623157e308;  // Number.MAX_VALUE
@@ -211,7 +212,7 @@ extern "C" __global__ void mse_improved(const double* partial, int count, int sp
 
 // Per group: the first candidate ≤ last with the least error (initially (1, 0), as the cpu) → qparams.
 extern "C" __global__ void mse_select(const double* err, const float* mn, const float* mx, int count, int last, int steps, int qmin, int qmax,
-                                      int fp8, int symmetric, int scaleDtype, float* scale, int* zp) {
+                                      int fp8, int symmetric, int scaleDtype, float* scale, int* zp) { pdl_start();
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= count) return;
   double best = 1.7976931348623157e308, bmin = 1.0, bmax = 0.0;
@@ -250,7 +251,7 @@ __device__ __forceinline__ void rtn_quantize(const float* w, int rows, int cols,
 #define CHOL_NB 64
 
 // out[i, j] = h[perm[i], perm[j]] for i, j < n, identity elsewhere ([np, np]).
-extern "C" __global__ void gather_sym(const float* h, const int* perm, int n, int np, float* out) {
+extern "C" __global__ void gather_sym(const float* h, const int* perm, int n, int np, float* out) { pdl_start();
   const long long total = (long long)np * np;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (long long)gridDim.x * blockDim.x) {
     const int i = (int)(t / np), j = (int)(t % np);
@@ -259,7 +260,7 @@ extern "C" __global__ void gather_sym(const float* h, const int* perm, int n, in
 }
 
 // out[i, j] = a[i, j] for i, j < n ([n, n] → [np, np], identity padding), or back (unpad = 1).
-extern "C" __global__ void pad_square(const float* a, int n, int np, float* out, int unpad) {
+extern "C" __global__ void pad_square(const float* a, int n, int np, float* out, int unpad) { pdl_start();
   const long long total = unpad ? (long long)n * n : (long long)np * np;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (long long)gridDim.x * blockDim.x) {
     if (unpad) {
@@ -274,7 +275,7 @@ extern "C" __global__ void pad_square(const float* a, int n, int np, float* out,
 
 // One block: dead columns (diagonal 0 → 1, dead[j] = 1), then diag += dampening · mean(diag) over
 // the first n columns of a [np, np].
-extern "C" __global__ void gptq_damp(float* a, int n, int np, double dampening, unsigned char* dead) {
+extern "C" __global__ void gptq_damp(float* a, int n, int np, double dampening, unsigned char* dead) { pdl_start();
   __shared__ double partial[32];
   double sum = 0.0;
   for (int j = threadIdx.x; j < n; j += blockDim.x) {
@@ -314,7 +315,7 @@ __device__ __forceinline__ void invert_lower_block(const float (*L)[CHOL_NB + 1]
 // The diagonal block [k0, k0 + CHOL_NB) of a [np, np] (already updated by the earlier panels):
 // factored in place (lower, block's upper part zeroed), its inverse written to inv[k0 .. k0+NB, NB].
 // fail[0] = 1 when a pivot is not positive (or NaN); the factorization then continues with pivot 1.
-extern "C" __global__ void chol_diag(float* a, int np, int k0, float* inv, int* fail) {
+extern "C" __global__ void chol_diag(float* a, int np, int k0, float* inv, int* fail) { pdl_start();
   __shared__ float L[CHOL_NB][CHOL_NB + 1];
   __shared__ float Li[CHOL_NB][CHOL_NB + 1];
   const int tid = threadIdx.x, threads = blockDim.x;
@@ -356,7 +357,7 @@ extern "C" __global__ void chol_diag(float* a, int np, int k0, float* inv, int* 
 }
 
 // inv[b·NB .. (b+1)·NB, NB] = inverse of the lower-triangular diagonal block b of l [np, np]; block b = blockIdx.x.
-extern "C" __global__ void tri_inv_diag(const float* l, int np, float* inv) {
+extern "C" __global__ void tri_inv_diag(const float* l, int np, float* inv) { pdl_start();
   __shared__ float L[CHOL_NB][CHOL_NB + 1];
   __shared__ float Li[CHOL_NB][CHOL_NB + 1];
   const int k0 = blockIdx.x * CHOL_NB;
@@ -373,7 +374,7 @@ extern "C" __global__ void tri_inv_diag(const float* l, int np, float* inv) {
 }
 
 // dst[i, j] = src[i, j] for a rows × cols block (leading dimensions ldd, lds).
-extern "C" __global__ void copy_block(float* dst, int ldd, const float* src, int lds, int rows, int cols) {
+extern "C" __global__ void copy_block(float* dst, int ldd, const float* src, int lds, int rows, int cols) { pdl_start();
   const long long total = (long long)rows * cols;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (long long)gridDim.x * blockDim.x) {
     const int i = (int)(t / cols), j = (int)(t % cols);
@@ -382,7 +383,7 @@ extern "C" __global__ void copy_block(float* dst, int ldd, const float* src, int
 }
 
 // a[i, j] = 0 for j > i ([np, np]).
-extern "C" __global__ void zero_upper(float* a, int np) {
+extern "C" __global__ void zero_upper(float* a, int np) { pdl_start();
   const long long total = (long long)np * np;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (long long)gridDim.x * blockDim.x) {
     if (t % np > t / np) a[t] = 0.f;
@@ -392,7 +393,7 @@ extern "C" __global__ void zero_upper(float* a, int np) {
 // ---- GPTQ: the column loop ---------------------------------------------------------------------
 
 // out[r, j] = w[r, perm[j]], or 0 for a dead column ([rows, cols], visiting order).
-extern "C" __global__ void gather_cols(const float* w, const int* perm, const unsigned char* deadVisit, int rows, int cols, float* out) {
+extern "C" __global__ void gather_cols(const float* w, const int* perm, const unsigned char* deadVisit, int rows, int cols, float* out) { pdl_start();
   const long long total = (long long)rows * cols;
   for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (long long)gridDim.x * blockDim.x) {
     const long long r = t / cols;
@@ -472,14 +473,14 @@ __device__ __forceinline__ void gptq_block(float* W, int rows, int cols, int i1,
 
 #define DEF_WQUANT(T, S)                                                                                                       \
   extern "C" __global__ void rtn_quantize_##S(const float* w, int rows, int cols, const float* scale, const int* zp, int strategy, \
-                                              int groupSize, int groupsPerRow, int qmin, int qmax, int fp8, int* codes, T* deq) {   \
+                                              int groupSize, int groupsPerRow, int qmin, int qmax, int fp8, int* codes, T* deq) { pdl_start();   \
     const QRange r = {qmin, qmax, fp8};                                                                                        \
     rtn_quantize<T>(w, rows, cols, scale, zp, strategy, groupSize, groupsPerRow, r, codes, deq);                               \
   }                                                                                                                            \
   extern "C" __global__ void gptq_block_##S(float* W, int rows, int cols, int i1, int count, const float* l2, int np,           \
                                             const float* scale, const int* zp, int strategy, int groupSize, int groupsPerRow, \
                                             int qmin, int qmax, int fp8, const int* perm, int* codes, T* deq, float* E, int ldE,  \
-                                            double* lossRows) {                                                               \
+                                            double* lossRows) { pdl_start();                                                               \
     const QRange r = {qmin, qmax, fp8};                                                                                        \
     gptq_block<T>(W, rows, cols, i1, count, l2, np, scale, zp, strategy, groupSize, groupsPerRow, r, perm, codes, deq, E, ldE,  \
                   lossRows);                                                                                                   \

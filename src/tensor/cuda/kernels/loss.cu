@@ -16,6 +16,7 @@
 // target < 0 get zero gradient and zero loss.
 // res[3 row + {0, 1, 2}] = loss, D, CE.
 #include "common.cuh"
+// llmopt:pdl
 
 struct Lse {
   float m;   // running max
@@ -413,12 +414,12 @@ __device__ __forceinline__ void top_k(int* outIds, float* outVals, float* outLse
   extern "C" __global__ void __launch_bounds__(1024) distill_loss_##S(double* res, T* dLogits, const T* logits, const T* teacher,            \
                                               const int* tkIds, const float* tkLogits, const float* tkLse, int k,   \
                                               const int* targets, int V, int kind, int mode, double invT,           \
-                                              double temperature, double alpha, double lambda, float gradScale) {   \
+                                              double temperature, double alpha, double lambda, float gradScale) { pdl_start();   \
     distill_loss<T>(res, dLogits, logits, teacher, tkIds, tkLogits, tkLse, k, targets, V, kind, mode, invT,         \
                     temperature, alpha, lambda, gradScale);                                                         \
   }                                                                                                                 \
   extern "C" __global__ void __launch_bounds__(1024) top_k_##S(int* outIds, float* outVals, float* outLse, const T* logits, int V, int k,    \
-                                       int P, float invT) {                                                         \
+                                       int P, float invT) { pdl_start();                                                         \
     top_k<T>(outIds, outVals, outLse, logits, V, k, P, invT);                                                       \
   }
 FOR_EACH_DTYPE(DEF_LOSS)

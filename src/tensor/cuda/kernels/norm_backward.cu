@@ -5,6 +5,7 @@
 // reduce_partials adds them into the f32 gradients in block order. No atomics: deterministic.
 // f32 math, row sums through block reductions.
 #include "common.cuh"
+// llmopt:pdl
 
 // Two sums over the block at once (same pattern as block_sum).
 __device__ __forceinline__ float2 block_sum2(float a, float b) {
@@ -92,7 +93,7 @@ __device__ __forceinline__ void layer_norm_backward(T* dx, float* part, const T*
 }
 
 // grad[c] += sum_{b < blocks} part[b][c], in block order (f64 accumulator).
-extern "C" __global__ void reduce_partials(float* grad, const float* part, int blocks, int cols) {
+extern "C" __global__ void reduce_partials(float* grad, const float* part, int blocks, int cols) { pdl_start();
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   double s = 0.0;
@@ -102,11 +103,11 @@ extern "C" __global__ void reduce_partials(float* grad, const float* part, int b
 
 #define DEF_NORM_BACKWARD(T, S)                                                                                      \
   extern "C" __global__ void rms_norm_backward_##S(T* dx, float* part, const T* dy, const T* x, const T* w, int rows,  \
-                                                   int cols, float eps, int accumulate) {                            \
+                                                   int cols, float eps, int accumulate) { pdl_start();                            \
     rms_norm_backward<T>(dx, part, dy, x, w, rows, cols, eps, accumulate);                                           \
   }                                                                                                                  \
   extern "C" __global__ void layer_norm_backward_##S(T* dx, float* part, const T* dy, const T* x, const T* w,          \
-                                                     int rows, int cols, float eps, int accumulate) {                \
+                                                     int rows, int cols, float eps, int accumulate) { pdl_start();                \
     layer_norm_backward<T>(dx, part, dy, x, w, rows, cols, eps, accumulate);                                         \
   }
 FOR_EACH_DTYPE(DEF_NORM_BACKWARD)

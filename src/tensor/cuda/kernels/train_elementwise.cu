@@ -2,6 +2,7 @@
 // GELU-tanh and rotary embedding, bias gradients and the embedding gradient. f32 math, one rounding
 // at the store; the f32 gradient outputs (dTable, db) accumulate in f32.
 #include "common.cuh"
+// llmopt:pdl
 
 #define GRID_STRIDE(i, n) \
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
@@ -94,22 +95,22 @@ __device__ __forceinline__ void embedding_backward(float* dTable, const T* dOut,
 }
 
 #define DEF_TRAIN_ELEMENTWISE(T, S)                                                                                   \
-  extern "C" __global__ void fill_##S(T* x, float value, long long n) { fill<T>(x, value, n); }                       \
-  extern "C" __global__ void scale_##S(T* x, float s, long long n) { scale<T>(x, s, n); }                             \
+  extern "C" __global__ void fill_##S(T* x, float value, long long n) { pdl_start(); fill<T>(x, value, n); }                       \
+  extern "C" __global__ void scale_##S(T* x, float s, long long n) { pdl_start(); scale<T>(x, s, n); }                             \
   extern "C" __global__ void silu_mul_backward_##S(T* dGate, T* dUp, const T* dAct, const T* gate, const T* up,       \
-                                                   long long n) {                                                     \
+                                                   long long n) { pdl_start();                                                     \
     silu_mul_backward<T>(dGate, dUp, dAct, gate, up, n);                                                              \
   }                                                                                                                   \
-  extern "C" __global__ void gelu_tanh_backward_##S(T* dx, const T* dy, const T* x, long long n) {                    \
+  extern "C" __global__ void gelu_tanh_backward_##S(T* dx, const T* dy, const T* x, long long n) { pdl_start();                    \
     gelu_tanh_backward<T>(dx, dy, x, n);                                                                              \
   }                                                                                                                   \
   extern "C" __global__ void rope_backward_##S(T* dx, const int* pos, const T* cosT, const T* sinT, int nHeads,       \
-                                               int headDim, int rotaryDim) {                                          \
+                                               int headDim, int rotaryDim) { pdl_start();                                          \
     rope_backward<T>(dx, pos, cosT, sinT, nHeads, headDim, rotaryDim);                                                \
   }                                                                                                                   \
-  extern "C" __global__ void bias_grad_##S(float* db, const T* dy, int rows, int cols) { bias_grad<T>(db, dy, rows, cols); } \
+  extern "C" __global__ void bias_grad_##S(float* db, const T* dy, int rows, int cols) { pdl_start(); bias_grad<T>(db, dy, rows, cols); } \
   extern "C" __global__ void embedding_backward_##S(float* dTable, const T* dOut, const int* uniq, const int* start,   \
-                                                    const int* rowsOf, int cols) {                                    \
+                                                    const int* rowsOf, int cols) { pdl_start();                                    \
     embedding_backward<T>(dTable, dOut, uniq, start, rowsOf, cols);                                                   \
   }
 FOR_EACH_DTYPE(DEF_TRAIN_ELEMENTWISE)
