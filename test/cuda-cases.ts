@@ -654,53 +654,32 @@ export function runAtCases(gpu: CudaDevice, dtype: ComputeDType): CaseRun {
       gpu.freeInts(posDev);
     }
 
-    // qkvRopeKvAt (q/k/v GEMV + rope + KV append in one launch, optionally with the residual add +
-    // norm in front) against matmulMany + ropeWriteKvAt [after addRmsNorm]: exact without the norm
-    // (same sums, same roundings); with it, the norm's sum of squares runs in another order → tolerance.
-    for (const [M, K, withBias, withNorm] of [[1, 256, false, false], [3, 200, true, false], [1, 2056, true, true], [4, 1000, false, true]] as const) {
+    // qkvRopeKvAt (q/k/v GEMV + rope + KV append in one launch) against matmulMany + ropeWriteKvAt:
+    // the same sums and roundings (bit-equal on the H200 in bf16/f16; f32 within an ulp, FMA placement).
+    for (const [M, K, withBias] of [[1, 256, false], [3, 200, true], [1, 2056, true], [4, 1000, false]] as const) {
       const nH = 6, nKv = 2, hd = 32, stride = 23, D = nKv * hd;
       const pos = Int32Array.from({ length: M }, (_, b) => [5, 0, 22, 11][b]!);
       const posDev = gpu.allocInts(M);
       gpu.setInts(posDev, pos);
       const cos = gpu.upload(inp.floats(32 * (hd / 2)), [32, hd / 2]), sin = gpu.upload(inp.floats(32 * (hd / 2)), [32, hd / 2]);
-      const x0 = inp.floats(M * K), y0 = inp.floats(M * K), nw = gpu.upload(inp.floats(K, 1.5), [K]);
+      const x = gpu.upload(inp.floats(M * K), [M, K]);
       const wq = gpu.upload(inp.floats(nH * hd * K, 0.3), [nH * hd, K]), wk = gpu.upload(inp.floats(D * K, 0.3), [D, K]), wv = gpu.upload(inp.floats(D * K, 0.3), [D, K]);
       const bq = withBias ? gpu.upload(inp.floats(nH * hd), [nH * hd]) : undefined, bv = withBias ? gpu.upload(inp.floats(D), [D]) : undefined;
       const c0 = inp.floats(M * stride * D);
-      const mk = () => ({ q: gpu.empty([M, nH * hd]), k: gpu.empty([M, D]), v: gpu.empty([M, D]), ck: gpu.upload(c0, [M * stride, D]),
-        cv: gpu.upload(c0, [M * stride, D]), x: gpu.upload(x0, [M, K]), xn: gpu.empty([M, K]), xOut: gpu.empty([M, K]) });
+      const mk = () => ({ q: gpu.empty([M, nH * hd]), k: gpu.empty([M, D]), v: gpu.empty([M, D]), ck: gpu.upload(c0, [M * stride, D]), cv: gpu.upload(c0, [M * stride, D]) });
       const a = mk(), b = mk();
-      const y = gpu.upload(y0, [M, K]);
-      const did = gpu.qkvRopeKvAt({ q: a.q, cacheK: a.ck, cacheV: a.cv, x: withNorm ? a.x : a.x, wq, wk, wv, bq, bv, positions: posDev, cos, sin,
-        nHeads: nH, nKvHeads: nKv, headDim: hd, rotaryDim: hd, kvStride: stride, residual: withNorm ? { y, xOut: a.xOut, weight: nw, eps: 1e-5 } : undefined });
-      if (withNorm) gpu.addRmsNorm(b.xn, b.x, y, nw, 1e-5);
-      gpu.matmulMany([b.q, b.k, b.v], withNorm ? b.xn : b.x, [wq, wk, wv], [bq, undefined, bv]);
+      const did = gpu.qkvRopeKvAt({ q: a.q, cacheK: a.ck, cacheV: a.cv, x, wq, wk, wv, bq, bv, positions: posDev, cos, sin,
+        nHeads: nH, nKvHeads: nKv, headDim: hd, rotaryDim: hd, kvStride: stride });
+      gpu.matmulMany([b.q, b.k, b.v], x, [wq, wk, wv], [bq, undefined, bv]);
       gpu.ropeWriteKvAt(b.q, b.k, b.v, b.ck, b.cv, posDev, M, 1, cos, sin, nH, nKv, hd, hd, stride);
-      const label = `qkvRopeKvAt M${M} K${K}${withBias ? ' +bias' : ''}${withNorm ? ' +add/norm' : ''}`;
+      const label = `qkvRopeKvAt M${M} K${K}${withBias ? ' +bias' : ''}`;
       checks.push({ case: `${label}: applies`, dtype, error: did ? 0 : 1, tol: 0, ok: did });
-      const tol = withNorm ? 2 * tolerance(dtype) : 0;
+      const tol = dtype === 'f32' ? 1e-6 : 0;
       checks.push(compare(`${label} q`, dtype, gpu.download(a.q), gpu.download(b.q), tol));
       checks.push(compare(`${label} cacheK`, dtype, gpu.download(a.ck), gpu.download(b.ck), tol));
       checks.push(compare(`${label} cacheV`, dtype, gpu.download(a.cv), gpu.download(b.cv), tol));
-      if (withNorm) exact(`${label} residual x + y`, gpu.download(a.xOut), gpu.download(b.x));
-      for (const t of [cos, sin, nw, wq, wk, wv, y, ...(bq ? [bq] : []), ...(bv ? [bv] : []), ...Object.values(a), ...Object.values(b)]) gpu.free(t);
+      for (const t of [cos, sin, x, wq, wk, wv, ...(bq ? [bq] : []), ...(bv ? [bv] : []), ...Object.values(a), ...Object.values(b)]) gpu.free(t);
       gpu.freeInts(posDev);
-    }
-
-    // normMatmulSiluMul against addRmsNorm + matmulSiluMul
-    for (const [M, K] of [[1, 512], [2, 1304], [4, 250]] as const) {
-      const N = 301;
-      const x0 = inp.floats(M * K, 2), y0 = inp.floats(M * K, 2);
-      const xa = gpu.upload(x0, [M, K]), xb = gpu.upload(x0, [M, K]), y = gpu.upload(y0, [M, K]), nw = gpu.upload(inp.floats(K, 1.5), [K]);
-      const wg = gpu.upload(inp.floats(N * K, 0.2), [N, K]), wu = gpu.upload(inp.floats(N * K, 0.2), [N, K]);
-      const xOut = gpu.empty([M, K]), xn = gpu.empty([M, K]), gate = gpu.empty([M, N]), up = gpu.empty([M, N]), got = gpu.empty([M, N]), want = gpu.empty([M, N]);
-      const did = gpu.normMatmulSiluMul(got, xOut, xa, y, nw, 1e-5, wg, wu);
-      gpu.addRmsNorm(xn, xb, y, nw, 1e-5);
-      gpu.matmulSiluMul(want, xn, wg, wu, gate, up);
-      checks.push({ case: `normMatmulSiluMul M${M} K${K}: applies`, dtype, error: did ? 0 : 1, tol: 0, ok: did });
-      checks.push(compare(`normMatmulSiluMul M${M} K${K} = addRmsNorm + matmulSiluMul`, dtype, gpu.download(got), gpu.download(want), 2 * tolerance(dtype)));
-      exact(`normMatmulSiluMul M${M} K${K} residual x + y`, gpu.download(xOut), gpu.download(xb));
-      for (const t of [xa, xb, y, nw, wg, wu, xOut, xn, gate, up, got, want]) gpu.free(t);
     }
   });
 

@@ -57,16 +57,13 @@ export interface StepAtOps<I> {
   ropeWriteKvAt?(q: Tensor, k: Tensor, v: Tensor, cacheK: Tensor, cacheV: Tensor, positions: I, batch: number, seq: number,
     cos: Tensor, sin: Tensor, nHeads: number, nKvHeads: number, headDim: number, rotaryDim: number, kvStride: number): void;
   /**
-   * Deeper fusions (CUDA, small batches): q/k/v + rope + KV append in one launch, optionally with the
-   * residual add + norm in front (xOut ← x + y; the input is rmsNorm(x + y)·weight); and the residual
-   * add + norm in front of gate/up/SwiGLU. Each returns false, queueing nothing, where it does not apply.
+   * q/k/v + rope + KV append of one decode step in one launch (CUDA, small batches); false, queueing
+   * nothing, where it does not apply (then matmulMany + ropeWriteKvAt run).
    */
   qkvRopeKvAt?(a: {
     q: Tensor; cacheK: Tensor; cacheV: Tensor; x: Tensor; wq: Tensor; wk: Tensor; wv: Tensor; bq?: Tensor; bk?: Tensor; bv?: Tensor;
     positions: I; cos: Tensor; sin: Tensor; nHeads: number; nKvHeads: number; headDim: number; rotaryDim: number; kvStride: number;
-    residual?: { y: Tensor; xOut: Tensor; weight: Tensor; eps: number };
   }): boolean;
-  normMatmulSiluMul?(out: Tensor, xOut: Tensor, x: Tensor, y: Tensor, weight: Tensor, eps: number, wGate: Tensor, wUp: Tensor): boolean;
 }
 
 /** Device-side inputs of one decode step: ids [batch]; positions[b] = sequence b's cache length before the step; kvLens[b] = positions[b] + 1. */
@@ -140,8 +137,6 @@ export class Workspace {
   readonly rows: number;
   /** The residual stream [rows, hidden] (embed writes it; forward runs the layers in place on it). */
   readonly x: Tensor;
-  /** A second residual buffer (decode workspaces, seq 1): fused decode ops write x + y beside x, not over it. */
-  readonly xAlt?: Tensor;
   /** Norm output [rows, hidden]. */
   readonly xn: Tensor;
   readonly q: Tensor;
@@ -174,7 +169,6 @@ export class Workspace {
     const qDim = spec.numHeads * spec.headDim;
     const kvDim = spec.numKvHeads * spec.headDim;
     this.x = t(spec.hiddenSize);
-    if (seq === 1) this.xAlt = t(spec.hiddenSize);
     this.xn = t(spec.hiddenSize);
     this.q = t(qDim);
     this.k = t(kvDim);
@@ -319,38 +313,24 @@ export class Decoder {
   }
 
   /**
-   * decodeStepAt's layers with fused ops: per layer norm+residual fused, q/k/v in one launch, rope and
-   * the KV append in one kernel, gate/up/SwiGLU in one launch (7 launches instead of 18). Where the
-   * device has the deeper fusions (qkvRopeKvAt, normMatmulSiluMul) the residual add + norm and rope +
-   * KV append move into the GEMVs as well (5 launches), the residual alternating between ws.x and
-   * ws.xAlt because a fused op reads one while it writes the other.
+   * decodeStepAt's layers with fused ops: per layer norm+residual fused, q/k/v in one launch with rope
+   * and the KV append in its epilogue where the device has qkvRopeKvAt (else a second kernel),
+   * gate/up/SwiGLU in one launch (6 launches instead of 18).
    */
   private fusedDecodeLayers<I>(ws: Workspace, step: DecodeStepAt<I>, cache: KVCache): Tensor {
     const s = this.spec;
     const ops = step.ops;
     const rope = this.ropeFor(cache.maxLen);
     const layers = this.weights.layers;
-    const eps = s.normEps;
-    const deep = ops.qkvRopeKvAt !== undefined && ops.normMatmulSiluMul !== undefined && ws.xAlt !== undefined && this.rotaryDim === s.headDim;
-    const other = (t: Tensor) => (t === ws.x ? ws.xAlt! : ws.x);
-    let cur = ws.x;
-    /** The last block's output, not yet added to the residual (its add + norm opens the next block). */
-    let pending: Tensor | undefined;
-    this.device.rmsNorm(ws.xn, ws.x, layers[0]!.attnNorm, eps);
+    this.device.rmsNorm(ws.xn, ws.x, layers[0]!.attnNorm, s.normEps);
     for (let i = 0; i < s.numLayers; i++) {
       const w = layers[i]!;
-      let fused = false;
-      if (deep) {
-        fused = ops.qkvRopeKvAt!({
-          q: ws.q, cacheK: cache.k[i]!, cacheV: cache.v[i]!, x: pending !== undefined ? cur : ws.xn, wq: w.q, wk: w.k, wv: w.v,
-          bq: w.qBias, bk: w.kBias, bv: w.vBias, positions: step.positions, cos: rope.cos, sin: rope.sin, nHeads: s.numHeads,
-          nKvHeads: s.numKvHeads, headDim: s.headDim, rotaryDim: this.rotaryDim, kvStride: cache.maxLen,
-          residual: pending !== undefined ? { y: pending, xOut: other(cur), weight: w.attnNorm, eps } : undefined,
-        });
-        if (fused && pending !== undefined) cur = other(cur);
-      }
+      const fused = ops.qkvRopeKvAt?.({
+        q: ws.q, cacheK: cache.k[i]!, cacheV: cache.v[i]!, x: ws.xn, wq: w.q, wk: w.k, wv: w.v, bq: w.qBias, bk: w.kBias, bv: w.vBias,
+        positions: step.positions, cos: rope.cos, sin: rope.sin, nHeads: s.numHeads, nKvHeads: s.numKvHeads, headDim: s.headDim,
+        rotaryDim: this.rotaryDim, kvStride: cache.maxLen,
+      }) ?? false;
       if (!fused) {
-        if (pending !== undefined) ops.addRmsNorm!(ws.xn, cur, pending, w.attnNorm, eps);
         ops.matmulMany!([ws.q, ws.k, ws.v], ws.xn, [w.q, w.k, w.v], [w.qBias, w.kBias, w.vBias]);
         ops.ropeWriteKvAt!(ws.q, ws.k, ws.v, cache.k[i]!, cache.v[i]!, step.positions, ws.batch, 1, rope.cos, rope.sin,
           s.numHeads, s.numKvHeads, s.headDim, this.rotaryDim, cache.maxLen);
@@ -360,17 +340,11 @@ export class Decoder {
         headDim: s.headDim, scale: 1 / Math.sqrt(s.headDim), window: layerSlidingWindow(s, i),
       }, step.kvLens);
       this.device.matmul(ws.proj, ws.att, w.o, w.oBias);
-      fused = deep && ops.normMatmulSiluMul!(ws.act, other(cur), cur, ws.proj, w.mlpNorm, eps, w.gate!, w.up);
-      if (fused) {
-        cur = other(cur);
-      } else {
-        ops.addRmsNorm!(ws.xn, cur, ws.proj, w.mlpNorm, eps);
-        ops.matmulSiluMul!(ws.act, ws.xn, w.gate!, w.up, ws.gate!, ws.up);
-      }
+      ops.addRmsNorm!(ws.xn, ws.x, ws.proj, w.mlpNorm, s.normEps);
+      ops.matmulSiluMul!(ws.act, ws.xn, w.gate!, w.up, ws.gate!, ws.up);
       this.device.matmul(ws.proj, ws.act, w.down, w.downBias);
-      pending = ws.proj;
+      ops.addRmsNorm!(ws.xn, ws.x, ws.proj, i + 1 < s.numLayers ? layers[i + 1]!.attnNorm : this.weights.finalNorm, s.normEps);
     }
-    ops.addRmsNorm!(ws.xn, cur, ws.proj, this.weights.finalNorm, eps);
     return ws.xn;
   }
 

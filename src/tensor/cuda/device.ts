@@ -492,65 +492,36 @@ export class CudaDevice implements Device {
   /**
    * One decode step's q/k/v (seq 1, M = batch ≤ gemvMaxM sequences) in one GEMV launch, with rope and
    * the K/V append of ropeWriteKvAt in its epilogue (rotaryDim = headDim): q ← rope(x·Wqᵀ + bq) into
-   * `q`, rope(x·Wkᵀ + bk) and x·Wvᵀ + bv into the caches at row b·kvStride + positions[b]. With
-   * `residual`, the GEMV's input is rmsNorm(x + residual.y)·residual.weight and x + y goes to
-   * residual.xOut (addRmsNorm in front; xOut must not be x). The same values as [addRmsNorm +]
-   * matmulMany + ropeWriteKvAt but for the order of the norm's sum of squares. Returns false, queueing
-   * nothing, when the shapes or weights do not allow it (the caller runs the separate ops).
+   * `q`, rope(x·Wkᵀ + bk) and x·Wvᵀ + bv into the caches at row b·kvStride + positions[b]; the same
+   * values as matmulMany + ropeWriteKvAt. Returns false, queueing nothing, when the shapes or weights
+   * do not allow it (the caller runs those two ops).
    */
   qkvRopeKvAt(a: {
     q: Tensor; cacheK: Tensor; cacheV: Tensor; x: Tensor; wq: Tensor; wk: Tensor; wv: Tensor; bq?: Tensor; bk?: Tensor; bv?: Tensor;
     positions: CudaInts; cos: Tensor; sin: Tensor; nHeads: number; nKvHeads: number; headDim: number; rotaryDim: number; kvStride: number;
-    residual?: { y: Tensor; xOut: Tensor; weight: Tensor; eps: number };
   }): boolean {
-    const all = [a.q, a.cacheK, a.cacheV, a.x, a.wq, a.wk, a.wv, a.bq, a.bk, a.bv, a.cos, a.sin, a.residual?.y, a.residual?.xOut, a.residual?.weight];
+    const all = [a.q, a.cacheK, a.cacheV, a.x, a.wq, a.wk, a.wv, a.bq, a.bk, a.bv, a.cos, a.sin];
     if (!all.every((t) => t === undefined || (t instanceof CudaTensor && t.device === this && t.dtype === this.dtype && !t.storage.freed))) return false;
-    const x = a.x as CudaTensor;
-    const M = x.rowCount, K = x.cols, hd = a.headDim, half = hd / 2;
+    const [q, ck, cv, x, wq, wk, wv] = all as CudaTensor[];
+    const M = x!.rowCount, K = x!.cols, hd = a.headDim, half = hd / 2;
     const qDim = a.nHeads * hd, D = a.nKvHeads * hd;
-    const wq = a.wq as CudaTensor, wk = a.wk as CudaTensor, wv = a.wv as CudaTensor;
-    const ck = a.cacheK as CudaTensor, cv = a.cacheV as CudaTensor, q = a.q as CudaTensor;
-    const r = a.residual;
-    const smem = r !== undefined ? M * K * elementBytes(this.dtype) : 0;
+    const size = (t: Tensor | undefined) => (t === undefined ? -1 : (t as CudaTensor).size);
     const ok = M >= 1 && M <= Math.min(4, this.gemvMaxM) && a.rotaryDim === hd && hd % 2 === 0 && K > 0 &&
-      wq.rowCount === qDim && wk.rowCount === D && wv.rowCount === D && wq.cols === K && wk.cols === K && wv.cols === K &&
-      q.size === M * qDim && ck.cols === D && cv.cols === D && ck.rowCount >= M * a.kvStride && cv.rowCount >= M * a.kvStride &&
+      wq!.rowCount === qDim && wk!.rowCount === D && wv!.rowCount === D && wq!.cols === K && wk!.cols === K && wv!.cols === K &&
+      q!.size === M * qDim && ck!.cols === D && cv!.cols === D && ck!.rowCount >= M * a.kvStride && cv!.rowCount >= M * a.kvStride &&
       a.positions.length >= M && (a.cos as CudaTensor).cols === half && (a.sin as CudaTensor).cols === half &&
-      (a.bq === undefined || a.bq.shape.reduce((p, d) => p * d, 1) === qDim) &&
-      (a.bk === undefined || a.bk.shape.reduce((p, d) => p * d, 1) === D) && (a.bv === undefined || a.bv.shape.reduce((p, d) => p * d, 1) === D) &&
-      (r === undefined || ((r.y as CudaTensor).size === x.size && (r.xOut as CudaTensor).size === x.size && (r.weight as CudaTensor).size === K &&
-        !overlaps(r.xOut as CudaTensor, x) && smem <= this.info.maxSharedMemoryPerBlockOptin));
+      (a.bq === undefined || size(a.bq) === qDim) && (a.bk === undefined || size(a.bk) === D) && (a.bv === undefined || size(a.bv) === D);
     if (!ok) return false;
     this.ints(a.positions, 'qkvRopeKvAt', 'positions');
     const vec = this.dtype === 'f32' ? 4 : 8;
-    const vectorized = K % vec === 0 && (r !== undefined || x.ptr % 16n === 0n) && [wq, wk, wv].every((w) => w.ptr % 16n === 0n) ? 1 : 0;
+    const vectorized = K % vec === 0 && [x!, wq!, wk!, wv!].every((t) => t.ptr % 16n === 0n) ? 1 : 0;
     const warps = a.nHeads * half + a.nKvHeads * half + D;
     const p = (t: Tensor | undefined) => (t === undefined ? 0n : (t as CudaTensor).ptr);
-    const k = this.kernel('gemv', `gemv_qkv_rope_kv_${this.suffix}_m${M}`, 'pppppppfpppppppppiiiiii');
-    this.kernels.launch(k, [Math.ceil(warps / GEMV_WARPS)], [GEMV_WARPS * 32], smem, [
-      q.ptr, ck.ptr, cv.ptr, p(r?.xOut), x.ptr, p(r?.y), p(r?.weight), r?.eps ?? 0, wq.ptr, wk.ptr, wv.ptr, p(a.bq), p(a.bk), p(a.bv),
-      a.positions.ptr, p(a.cos), p(a.sin), a.nHeads, a.nKvHeads, hd, a.kvStride, K, vectorized,
+    const k = this.kernel('gemv', `gemv_qkv_rope_kv_${this.suffix}_m${M}`, 'pppppppppppppiiiiii');
+    this.kernels.launch(k, [Math.ceil(warps / GEMV_WARPS)], [GEMV_WARPS * 32], 0, [
+      q!.ptr, ck!.ptr, cv!.ptr, x!.ptr, wq!.ptr, wk!.ptr, wv!.ptr, p(a.bq), p(a.bk), p(a.bv), a.positions.ptr, p(a.cos), p(a.sin),
+      a.nHeads, a.nKvHeads, hd, a.kvStride, K, vectorized,
     ]);
-    return true;
-  }
-
-  /**
-   * out = silu(n·wGateᵀ)·(n·wUpᵀ) with n = rmsNorm(x + y)·weight, and xOut ← x + y (addRmsNorm fused
-   * into matmulSiluMul's GEMV, M ≤ gemvMaxM; xOut must not be x). Returns false, queueing nothing, when
-   * it does not apply.
-   */
-  normMatmulSiluMul(out: Tensor, xOut: Tensor, x: Tensor, y: Tensor, weight: Tensor, eps: number, wGate: Tensor, wUp: Tensor): boolean {
-    const all = [out, xOut, x, y, weight, wGate, wUp];
-    if (!all.every((t) => t instanceof CudaTensor && t.device === this && t.dtype === this.dtype && !t.storage.freed)) return false;
-    const [o, xo, xc, yc, wc, g, u] = all as CudaTensor[];
-    const M = xc!.rowCount, K = xc!.cols, N = g!.rowCount;
-    const smem = M * K * elementBytes(this.dtype);
-    if (!(M >= 1 && M <= Math.min(4, this.gemvMaxM) && K > 0 && g!.cols === K && u!.cols === K && u!.rowCount === N && o!.rowCount === M && o!.cols === N &&
-      yc!.size === xc!.size && xo!.size === xc!.size && wc!.size === K && !overlaps(xo!, xc!) && smem <= this.info.maxSharedMemoryPerBlockOptin)) return false;
-    const vec = this.dtype === 'f32' ? 4 : 8;
-    const vectorized = K % vec === 0 && g!.ptr % 16n === 0n && u!.ptr % 16n === 0n ? 1 : 0;
-    const k = this.kernel('gemv', `gemv_norm_silu_mul_${this.suffix}_m${M}`, 'pppppfppiii');
-    this.kernels.launch(k, [Math.ceil(N / GEMV_WARPS)], [GEMV_WARPS * 32], smem, [o!.ptr, xo!.ptr, xc!.ptr, yc!.ptr, wc!.ptr, eps, g!.ptr, u!.ptr, N, K, vectorized]);
     return true;
   }
 

@@ -261,44 +261,20 @@ __device__ __forceinline__ void gemv(T* out, const T* x, const T* w, const T* bi
   DEF_GEMV_M(T, S, 6) DEF_GEMV_M(T, S, 7) DEF_GEMV_M(T, S, 8)
 FOR_EACH_DTYPE(DEF_GEMV)
 
-// --- decode-step fusions: the residual add + RMSNorm in the GEMV's prologue, rope + KV append in its epilogue ---
+// --- decode-step fusion: rope + KV append in the q/k/v GEMV's epilogue ---
 //
-// Each block stages n = rmsnorm(x + y) * w for its M rows in shared memory (the values add_rms_norm
-// would store: x + y rounded to T, then the normalized value rounded to T; only the order of the
-// sum of squares differs) and block 0 writes x + y to xOut, the next residual (xOut ≠ x: other
-// blocks still read x). With y == nullptr the GEMV reads x as it is (no norm, no residual).
-
-// Stages M rows of K (see above) into xs; every thread of the block must call it.
+// q/k/v of one decode step (seq 1, M sequences) in one launch: q and k rotated (rotate-half,
+// rotaryDim == headDim) at position pos[m], q written to qOut, k and v appended to the caches at row
+// m * kvStride + pos[m]. Warps [0, Pq) take the q pairs (rows i and i + half of a head), [Pq, Pq + Pk)
+// the k pairs, the rest the v rows; a pair's two dot products run in one pass (gemv_row2, the same
+// sums as gemv_row). The pre-rope values are rounded to T first, as matmul then rope would.
+// (Tried and reverted, H200 2026-12-01: the residual add + RMSNorm staged in every GEMV block's
+// prologue as well — batch-1 decode 1.324 ms/step against 1.207 unfused: each of the ~1,400 blocks
+// re-reading and reducing the 2048-wide row costs more than the separate norm launch.)
 template <typename T, int M>
-__device__ __forceinline__ void stage_add_rms_norm(T* xs, T* xOut, const T* x, const T* y, const T* w, int K, float eps) {
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    const long long base = (long long)m * K;
-    float ss = 0.f;
-    for (int c = threadIdx.x; c < K; c += blockDim.x) {
-      const T sum = from_float<T>(to_float(x[base + c]) + to_float(y[base + c]));
-      xs[base + c] = sum;
-      if (blockIdx.x == 0) xOut[base + c] = sum;
-      const float v = to_float(sum);
-      ss += v * v;
-    }
-    const float inv = 1.f / sqrtf(block_sum(ss) / K + eps);
-    for (int c = threadIdx.x; c < K; c += blockDim.x) xs[base + c] = from_float<T>(to_float(xs[base + c]) * inv * to_float(w[c]));
-  }
-  __syncthreads();
-}
-
-// q/k/v of one decode step (seq 1, M sequences) in one launch: optionally normalized input (above),
-// q and k rotated (rotate-half, rotaryDim == headDim) at position pos[m], q written to qOut, k and v
-// appended to the caches at row m * kvStride + pos[m]. Warps [0, Pq) take the q pairs (rows i and
-// i + half of a head), [Pq, Pq + Pk) the k pairs, the rest the v rows; a pair's two dot products run
-// in one pass (gemv_row2). The pre-rope values are rounded to T first, as matmul then rope would.
-template <typename T, int M>
-__device__ __forceinline__ void gemv_qkv_rope_kv(T* qOut, T* cacheK, T* cacheV, T* xOut, const T* x, const T* y, const T* nw, float eps,
-                                                 const T* wq, const T* wk, const T* wv, const T* bq, const T* bk, const T* bv,
-                                                 const int* pos, const T* cosT, const T* sinT, int nHeads, int nKvHeads, int headDim,
-                                                 int kvStride, int K, int vectorized) {
-  extern __shared__ uint4 gemv_smem[];
+__device__ __forceinline__ void gemv_qkv_rope_kv(T* qOut, T* cacheK, T* cacheV, const T* x, const T* wq, const T* wk, const T* wv,
+                                                 const T* bq, const T* bk, const T* bv, const int* pos, const T* cosT, const T* sinT,
+                                                 int nHeads, int nKvHeads, int headDim, int kvStride, int K, int vectorized) {
   pdl_launch();
   const int half = headDim / 2;
   const int Pq = nHeads * half, Pk = nKvHeads * half, Nv = nKvHeads * headDim;
@@ -318,18 +294,12 @@ __device__ __forceinline__ void gemv_qkv_rope_kv(T* qOut, T* cacheK, T* cacheV, 
     if (kind < 2) prefetch_row(w + (long long)(r1 + half) * K, K);
   }
   pdl_wait();
-  const T* xin = x;
-  if (y != nullptr) {
-    T* xs = reinterpret_cast<T*>(gemv_smem);
-    stage_add_rms_norm<T, M>(xs, xOut, x, y, nw, K, eps);
-    xin = xs;
-  }
   if (kind < 0) return;
   const int lane = threadIdx.x & 31;
   const int D = nKvHeads * headDim;
   if (kind == 2) {
     float acc[M];
-    gemv_row<T, M>(acc, xin, w + (long long)r1 * K, K, vectorized);
+    gemv_row<T, M>(acc, x, w + (long long)r1 * K, K, vectorized);
     if (lane == 0) {
       const float b = bv != nullptr ? to_float(bv[r1]) : 0.f;
 #pragma unroll
@@ -338,7 +308,7 @@ __device__ __forceinline__ void gemv_qkv_rope_kv(T* qOut, T* cacheK, T* cacheV, 
     return;
   }
   float a[M], b[M];
-  gemv_row2<T, M>(a, b, xin, w + (long long)r1 * K, w + (long long)(r1 + half) * K, K, vectorized);
+  gemv_row2<T, M>(a, b, x, w + (long long)r1 * K, w + (long long)(r1 + half) * K, K, vectorized);
   if (lane != 0) return;
   const T* bias = kind == 0 ? bq : bk;
   const float ba = bias != nullptr ? to_float(bias[r1]) : 0.f, bb = bias != nullptr ? to_float(bias[r1 + half]) : 0.f;
@@ -361,42 +331,13 @@ __device__ __forceinline__ void gemv_qkv_rope_kv(T* qOut, T* cacheK, T* cacheV, 
   }
 }
 
-// gate/up/SwiGLU (gemv_silu_mul) on rmsnorm(x + y) * w staged as above; xOut ← x + y.
-template <typename T, int M>
-__device__ __forceinline__ void gemv_norm_silu_mul(T* out, T* xOut, const T* x, const T* y, const T* nw, float eps, const T* wg, const T* wu,
-                                                   int N, int K, int vectorized) {
-  extern __shared__ uint4 gemv_smem[];
-  pdl_launch();
-  const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-  if (n < N) {
-    prefetch_row(wg + (long long)n * K, K);
-    prefetch_row(wu + (long long)n * K, K);
-  }
-  pdl_wait();
-  T* xs = reinterpret_cast<T*>(gemv_smem);
-  stage_add_rms_norm<T, M>(xs, xOut, x, y, nw, K, eps);
-  if (n >= N) return;
-  float g[M], u[M];
-  gemv_row2<T, M>(g, u, xs, wg + (long long)n * K, wu + (long long)n * K, K, vectorized);
-  if ((threadIdx.x & 31) == 0) {
-#pragma unroll
-    for (int m = 0; m < M; ++m) out[(long long)m * N + n] = from_float<T>(g[m] / (1.f + expf(-g[m])) * u[m]);
-  }
-}
-
-#define DEF_GEMV_FUSED_M(T, S, M)                                                                                      \
+#define DEF_GEMV_ROPE_M(T, S, M)                                                                                       \
   extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                                        \
-      gemv_qkv_rope_kv_##S##_m##M(T* qOut, T* cacheK, T* cacheV, T* xOut, const T* x, const T* y, const T* nw, float eps, \
-                                  const T* wq, const T* wk, const T* wv, const T* bq, const T* bk, const T* bv,           \
-                                  const int* pos, const T* cosT, const T* sinT, int nHeads, int nKvHeads, int headDim,    \
-                                  int kvStride, int K, int vectorized) {                                                  \
-    gemv_qkv_rope_kv<T, M>(qOut, cacheK, cacheV, xOut, x, y, nw, eps, wq, wk, wv, bq, bk, bv, pos, cosT, sinT, nHeads,   \
-                           nKvHeads, headDim, kvStride, K, vectorized);                                                  \
-  }                                                                                                                    \
-  extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                                                        \
-      gemv_norm_silu_mul_##S##_m##M(T* out, T* xOut, const T* x, const T* y, const T* nw, float eps, const T* wg,         \
-                                    const T* wu, int N, int K, int vectorized) {                                          \
-    gemv_norm_silu_mul<T, M>(out, xOut, x, y, nw, eps, wg, wu, N, K, vectorized);                                       \
+      gemv_qkv_rope_kv_##S##_m##M(T* qOut, T* cacheK, T* cacheV, const T* x, const T* wq, const T* wk, const T* wv,      \
+                                  const T* bq, const T* bk, const T* bv, const int* pos, const T* cosT, const T* sinT,    \
+                                  int nHeads, int nKvHeads, int headDim, int kvStride, int K, int vectorized) {           \
+    gemv_qkv_rope_kv<T, M>(qOut, cacheK, cacheV, x, wq, wk, wv, bq, bk, bv, pos, cosT, sinT, nHeads, nKvHeads, headDim,  \
+                           kvStride, K, vectorized);                                                                      \
   }
-#define DEF_GEMV_FUSED(T, S) DEF_GEMV_FUSED_M(T, S, 1) DEF_GEMV_FUSED_M(T, S, 2) DEF_GEMV_FUSED_M(T, S, 3) DEF_GEMV_FUSED_M(T, S, 4)
-FOR_EACH_DTYPE(DEF_GEMV_FUSED)
+#define DEF_GEMV_ROPE(T, S) DEF_GEMV_ROPE_M(T, S, 1) DEF_GEMV_ROPE_M(T, S, 2) DEF_GEMV_ROPE_M(T, S, 3) DEF_GEMV_ROPE_M(T, S, 4)
+FOR_EACH_DTYPE(DEF_GEMV_ROPE)
