@@ -6,7 +6,6 @@
 //                        the ordinary GEMM (what exllama does at large M: the GEMM is compute-bound,
 //                        the dequantized copy costs one pass over the weights).
 #include "quant.cuh"
-// llmopt:pdl
 
 // Byte position of column k in a row of 8-bit codes laid out as the weights (interleaved chunks).
 __device__ __forceinline__ int qcol8_pos(int k) {
@@ -88,25 +87,25 @@ __device__ __forceinline__ void dequant_weight(T* wd, const unsigned char* w, co
 }
 
 #define DEF_QGEMM(T, S)                                                                                                         \
-  extern "C" __global__ void quantize_act_##S(unsigned char* q, float* sx, const T* x, int K, int Kp, int fp8, float staticScale) { pdl_start(); \
+  extern "C" __global__ void quantize_act_##S(unsigned char* q, float* sx, const T* x, int K, int Kp, int fp8, float staticScale) { \
     quantize_act<T>(q, sx, x, K, Kp, fp8, staticScale);                                                                        \
   }                                                                                                                             \
-  extern "C" __global__ void rescale_f32_##S(T* out, const float* acc, const float* sx, const float* sw, const T* bias, int N, int Np) { pdl_start(); \
+  extern "C" __global__ void rescale_f32_##S(T* out, const float* acc, const float* sx, const float* sw, const T* bias, int N, int Np) { \
     rescale<T, float>(out, acc, sx, sw, bias, N, Np);                                                                           \
   }                                                                                                                             \
-  extern "C" __global__ void rescale_i32_##S(T* out, const int* acc, const float* sx, const float* sw, const T* bias, int N, int Np) { pdl_start(); \
+  extern "C" __global__ void rescale_i32_##S(T* out, const int* acc, const float* sx, const float* sw, const T* bias, int N, int Np) { \
     rescale<T, int>(out, acc, sx, sw, bias, N, Np);                                                                             \
   }                                                                                                                             \
   extern "C" __global__ void dequant_weight_fp8_##S(T* wd, const unsigned char* w, const float* scale, const int* zero,          \
-                                                    const int* perm, int N, int K, int rowBytes, int G, int groupSize) { pdl_start();       \
+                                                    const int* perm, int N, int K, int rowBytes, int G, int groupSize) {       \
     dequant_weight<T, QFMT_FP8>(wd, w, scale, zero, perm, N, K, rowBytes, G, groupSize);                                        \
   }                                                                                                                             \
   extern "C" __global__ void dequant_weight_s8_##S(T* wd, const unsigned char* w, const float* scale, const int* zero,           \
-                                                   const int* perm, int N, int K, int rowBytes, int G, int groupSize) { pdl_start();        \
+                                                   const int* perm, int N, int K, int rowBytes, int G, int groupSize) {        \
     dequant_weight<T, QFMT_S8>(wd, w, scale, zero, perm, N, K, rowBytes, G, groupSize);                                         \
   }                                                                                                                             \
   extern "C" __global__ void dequant_weight_u4_##S(T* wd, const unsigned char* w, const float* scale, const int* zero,           \
-                                                   const int* perm, int N, int K, int rowBytes, int G, int groupSize) { pdl_start();        \
+                                                   const int* perm, int N, int K, int rowBytes, int G, int groupSize) {        \
     dequant_weight<T, QFMT_U4>(wd, w, scale, zero, perm, N, K, rowBytes, G, groupSize);                                         \
   }
 DEF_QGEMM(bf16_t, bf16)

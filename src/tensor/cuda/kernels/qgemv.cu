@@ -19,7 +19,6 @@
 // Kernels: qgemv3 (up to three matrices sharing x, e.g. q/k/v; blocks index their concatenated
 // tiles) and qgemv_silu (gate and up: out = silu(x·Wgᵀ) · (x·Wuᵀ), f32 until the store).
 #include "quant.cuh"
-// llmopt:pdl
 
 constexpr int QG_UNROLL = 4;      // chunks per lane loaded before any math
 constexpr int QG_MAX_THREADS = 512;
@@ -388,14 +387,14 @@ __device__ __forceinline__ void qgemv_silu(T* out, const T* x, const unsigned ch
       T* o0, T* o1, T* o2, const T* x, const unsigned char* w0, const unsigned char* w1, const unsigned char* w2, const float* s0, \
       const float* s1, const float* s2, const int* z0, const int* z1, const int* z2, const T* b0, const T* b1, const T* b2,        \
       const int* perm, int N0, int N1, int N2, int M, int K, int Kp, int rowBytes, int G, int vec, long long gmagic,              \
-      float staticScale) { pdl_start();                                                                                                         \
+      float staticScale) {                                                                                                         \
     qgemv3<T, FMT, ACT>(o0, o1, o2, x, w0, w1, w2, s0, s1, s2, z0, z1, z2, b0, b1, b2, perm, N0, N1, N2, M, K, Kp, rowBytes, G,   \
                         vec, gmagic, staticScale);                                                                                 \
   }                                                                                                                                \
   extern "C" __global__ void __launch_bounds__(QG_MAX_THREADS) qgemv_silu_##F##_##A##_##S(                                     \
       T* out, const T* x, const unsigned char* wg, const unsigned char* wu, const float* sg, const float* su, const int* zg,       \
       const int* zu, const int* perm, int N, int M, int K, int Kp, int rowBytes, int G, int vec, long long gmagic,               \
-      float staticScale) { pdl_start();                                                                                                         \
+      float staticScale) {                                                                                                         \
     qgemv_silu<T, FMT, ACT>(out, x, wg, wu, sg, su, zg, zu, perm, N, M, K, Kp, rowBytes, G, vec, gmagic, staticScale);            \
   }
 #define DEF_QGEMV_ALL(T, S)                                                                                                      \
