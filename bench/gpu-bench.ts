@@ -24,26 +24,14 @@ import { measureLatency, weightBytes, type LatencyResult } from '../src/eval/lat
 import { makeWindows } from '../src/eval/windows.js';
 import { loadModel, type LoadedModel } from '../src/model/load.js';
 import { CudaDevice } from '../src/tensor/cuda/index.js';
-import { SHAPES, copyBandwidth, decodeBreakdown, flag, gpuSlug, log, summarize, writeRandomCheckpoint, type ShapeName } from './gpu-common.js';
+import { SHAPES, copyBandwidth, decodeBreakdown, flag, gpuSlug, log, summarize, timeUs, writeRandomCheckpoint, type ShapeName } from './gpu-common.js';
 
 /** Small-M GEMMs at the decode shapes: our GEMV kernel vs cuBLASLt (µs, weight GB/s), median of 20 event-timed runs. */
 function smallMGemms(dev: CudaDevice): { M: number; N: number; K: number; gemvUs: number | null; cublasUs: number }[] {
   const shapes = [[2048, 2048], [512, 2048], [8192, 2048], [2048, 8192], [128256, 2048]] as const;
   const out: { M: number; N: number; K: number; gemvUs: number | null; cublasUs: number }[] = [];
   const saved = dev.gemvMaxM;
-  const time = (fn: () => void) => {
-    fn();
-    const ms: number[] = [];
-    for (let r = 0; r < 20; r++) {
-      const e0 = dev.recordEvent();
-      fn();
-      const e1 = dev.recordEvent();
-      ms.push(dev.elapsedMs(e0, e1));
-      dev.destroyEvent(e0);
-      dev.destroyEvent(e1);
-    }
-    return ms.sort((a, b) => a - b)[10]! * 1000;
-  };
+  const time = (fn: () => void) => timeUs(dev, fn);
   for (const [N, K] of shapes) {
     const w = dev.empty([N, K]);
     for (const M of [1, 2, 4, 8, 16, 32]) {

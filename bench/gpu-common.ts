@@ -23,6 +23,21 @@ export { writeRandomCheckpoint } from './random-checkpoint.js';
 
 export const log = (line: string) => console.log(line);
 
+/** Median event-timed µs of fn over 20 runs (after one warm-up). */
+export function timeUs(dev: CudaDevice, fn: () => void): number {
+  fn();
+  const ms: number[] = [];
+  for (let r = 0; r < 20; r++) {
+    const e0 = dev.recordEvent();
+    fn();
+    const e1 = dev.recordEvent();
+    ms.push(dev.elapsedMs(e0, e1));
+    dev.destroyEvent(e0);
+    dev.destroyEvent(e1);
+  }
+  return ms.sort((a, b) => a - b)[10]! * 1000;
+}
+
 /** Device-to-device copy bandwidth (read + write bytes per second), best of 5. */
 export function copyBandwidth(dev: CudaDevice): number {
   const n = 256 * 1024 * 1024; // elements of 2 bytes: 512 MiB

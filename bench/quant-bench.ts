@@ -31,7 +31,7 @@ import { createCpuDevice } from '../src/tensor/cpu/index.js';
 import { CudaDevice } from '../src/tensor/cuda/index.js';
 import { CudaQuantLinear } from '../src/tensor/cuda/quant-linear.js';
 import type { Tensor } from '../src/tensor/device.js';
-import { SHAPES, copyBandwidth, decodeBreakdown, flag, gpuSlug, log, writeRandomCheckpoint } from './gpu-common.js';
+import { SHAPES, copyBandwidth, decodeBreakdown, flag, gpuSlug, log, timeUs, writeRandomCheckpoint } from './gpu-common.js';
 
 const SCHEMES: SchemeName[] = ['FP8', 'FP8_DYNAMIC', 'W8A8', 'W4A16'];
 const TARGETS: Partial<Record<SchemeName, number>> = { FP8: 1.5, FP8_DYNAMIC: 1.5, W4A16: 2 };
@@ -103,21 +103,6 @@ interface LinearTiming {
   bytes: number;
   us: number;
   gbPerS: number;
-}
-
-/** Median event-timed µs of fn over 20 runs (after one warm-up). */
-function timeUs(dev: CudaDevice, fn: () => void): number {
-  fn();
-  const ms: number[] = [];
-  for (let r = 0; r < 20; r++) {
-    const e0 = dev.recordEvent();
-    fn();
-    const e1 = dev.recordEvent();
-    ms.push(dev.elapsedMs(e0, e1));
-    dev.destroyEvent(e0);
-    dev.destroyEvent(e1);
-  }
-  return ms.sort((a, b) => a - b)[10]! * 1000;
 }
 
 function tensorBytes(t: Tensor): number {

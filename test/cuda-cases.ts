@@ -101,6 +101,20 @@ export function both(cpu: Device, gpu: Device, data: Float32Array, shape: number
   return [cpu.upload(data, shape), gpu.upload(data, shape)];
 }
 
+/** cos/sin tables [maxPos, rotaryDim/2] of plain RoPE (theta 10000), for the rope cases. */
+export function ropeTestTables(maxPos: number, rotaryDim: number): { cos: Float32Array; sin: Float32Array } {
+  const half = rotaryDim / 2;
+  const cos = new Float32Array(maxPos * half), sin = new Float32Array(maxPos * half);
+  for (let p = 0; p < maxPos; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = p / 10000 ** ((2 * i) / rotaryDim);
+      cos[p * half + i] = Math.cos(angle);
+      sin[p * half + i] = Math.sin(angle);
+    }
+  }
+  return { cos, sin };
+}
+
 export function freeAll(dev: Device, ...ts: Tensor[]): void {
   for (const t of ts) dev.free(t);
 }
@@ -266,15 +280,7 @@ function ropeCase(rows: number, nHeads: number, headDim: number, rotaryDim: numb
       const inp = new Inputs(rows * 31 + rotaryDim, dtype);
       const maxPos = 50;
       const half = rotaryDim / 2;
-      const cos = new Float32Array(maxPos * half);
-      const sin = new Float32Array(maxPos * half);
-      for (let p = 0; p < maxPos; p++) {
-        for (let i = 0; i < half; i++) {
-          const angle = p / 10000 ** ((2 * i) / rotaryDim);
-          cos[p * half + i] = Math.cos(angle);
-          sin[p * half + i] = Math.sin(angle);
-        }
-      }
+      const { cos, sin } = ropeTestTables(maxPos, rotaryDim);
       const x = inp.floats(rows * nHeads * headDim, 2);
       const positions = inp.ints(rows, maxPos);
       positions[0] = maxPos - 1;

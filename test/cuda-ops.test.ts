@@ -7,18 +7,9 @@ import { createCpuDevice } from '../src/tensor/cpu/index.js';
 import { CudaDevice, CudaUnavailableError } from '../src/tensor/cuda/index.js';
 import type { ComputeDType } from '../src/tensor/device.js';
 import { opCases, runAtCases } from './cuda-cases.js';
+import { cudaUnavailable } from './helpers/cuda-probe.js';
 
-function probeCuda(): string | null {
-  try {
-    new CudaDevice({ dtype: 'f32' });
-    return null;
-  } catch (e) {
-    if (e instanceof CudaUnavailableError) return e.message;
-    throw e;
-  }
-}
-
-const unavailable = probeCuda();
+const unavailable = cudaUnavailable();
 const cpu = createCpuDevice({ threads: 1 });
 afterAll(() => cpu.close());
 

@@ -7,21 +7,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createCpuDevice } from '../src/tensor/cpu/index.js';
-import { CudaDevice, CudaUnavailableError } from '../src/tensor/cuda/index.js';
+import { CudaDevice } from '../src/tensor/cuda/index.js';
 import type { ComputeDType } from '../src/tensor/device.js';
 import { quantCases, runQuantGraphCases, runQuantModelChecks } from './cuda-quant-cases.js';
+import { cudaUnavailable } from './helpers/cuda-probe.js';
 
-function probeCuda(): string | null {
-  try {
-    new CudaDevice({ dtype: 'bf16' });
-    return null;
-  } catch (e) {
-    if (e instanceof CudaUnavailableError) return e.message;
-    throw e;
-  }
-}
-
-const unavailable = probeCuda();
+const unavailable = cudaUnavailable();
 const cpu = createCpuDevice({ threads: 1 });
 afterAll(() => cpu.close());
 const shared = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../shared');

@@ -17,7 +17,7 @@ import type { ModelSpec } from '../src/model/spec.js';
 import { seededRandom } from '../src/random.js';
 import type { AttentionShape, ComputeDType, Device, DistillLossKind, Tensor, TeacherTopK, TrainingOps } from '../src/tensor/device.js';
 import { CudaTrainingOps } from '../src/tensor/cuda/train-ops.js';
-import { Inputs, both, compare, freeAll, roundTo, tolerance, type CaseRun, type Check, type OpCase } from './cuda-cases.js';
+import { Inputs, both, compare, freeAll, ropeTestTables, roundTo, tolerance, type CaseRun, type Check, type OpCase } from './cuda-cases.js';
 import { baseSpec, randomTensors, sourceOf } from './helpers/tiny-models.js';
 
 function ops(d: Device): TrainingOps {
@@ -173,14 +173,7 @@ function ropeBackwardCase(rows: number, nHeads: number, headDim: number, rotaryD
     run(cpu, gpu, dtype) {
       const inp = new Inputs(rows * 29 + rotaryDim, dtype);
       const maxPos = 50, half = rotaryDim / 2;
-      const cos = new Float32Array(maxPos * half), sin = new Float32Array(maxPos * half);
-      for (let p = 0; p < maxPos; p++) {
-        for (let i = 0; i < half; i++) {
-          const angle = p / 10000 ** ((2 * i) / rotaryDim);
-          cos[p * half + i] = Math.cos(angle);
-          sin[p * half + i] = Math.sin(angle);
-        }
-      }
+      const { cos, sin } = ropeTestTables(maxPos, rotaryDim);
       const x = inp.floats(rows * nHeads * headDim, 2);
       const positions = inp.ints(rows, maxPos);
       positions[0] = maxPos - 1;

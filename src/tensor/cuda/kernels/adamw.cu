@@ -35,20 +35,6 @@ __device__ __forceinline__ void adamw(float* master, const float* grad, float* m
   }
 FOR_EACH_DTYPE(DEF_ADAMW)
 
-__device__ __forceinline__ double block_sum_f64(double v) {
-  __shared__ double partial[32];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < warps ? partial[lane] : 0.0;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-  return v;
-}
-
 // out[blockIdx.x] = sum of x[i]^2 over this block's grid-stride share of x, in f64 (an f32 square is
 // exact in f64).
 extern "C" __global__ void sum_squares_partial(double* out, const float* x, long long n) { pdl_start();

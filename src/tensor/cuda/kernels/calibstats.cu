@@ -55,24 +55,6 @@ __device__ __forceinline__ void abs_max(const T* x, long long n, float* acc) {
   }
 }
 
-__device__ __forceinline__ double warp_sum_f64(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-  return v;
-}
-
-// Sum over the block in a fixed order (deterministic for a fixed grid), valid in thread 0.
-__device__ __forceinline__ double block_sum_f64(double v, double* partial) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = warp_sum_f64(v);
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  double s = 0.0;
-  if (threadIdx.x == 0) for (int w = 0; w < warps; w++) s += partial[w];
-  return s;
-}
-
 // partials[3·block + {0, 1, 2}] = Σ (yq − y)², Σ y², Σ (y − x)² over the block's grid-stride share.
 template <typename T>
 __device__ __forceinline__ void error_sums(const T* yq, const T* y, const T* x, long long n, double* partials) {

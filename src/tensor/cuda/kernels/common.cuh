@@ -76,6 +76,36 @@ __device__ __forceinline__ float block_sum(float v) {
   return warp_sum(lane < warps ? partial[lane] : 0.f);
 }
 
+__device__ __forceinline__ double warp_sum_f64(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+  return v;
+}
+
+// f64 sum over the block, returned to every thread (warp sums, then a warp sum of the partials).
+__device__ __forceinline__ double block_sum_f64(double v) {
+  __shared__ double partial[32];
+  v = warp_sum_f64(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  return warp_sum_f64(lane < warps ? partial[lane] : 0.0);
+}
+
+// f64 sum over the block with the warps' partials added in warp order (deterministic for a fixed
+// block size), valid in thread 0; `partial` holds ≥ 32 doubles of shared memory.
+__device__ __forceinline__ double block_sum_f64(double v, double* partial) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum_f64(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  double s = 0.0;
+  if (threadIdx.x == 0) for (int w = 0; w < warps; w++) s += partial[w];
+  return s;
+}
+
 // Programmatic dependent launch (see kernels.ts): in a family marked `// llmopt:pdl`, every kernel
 // calls pdl_start() first — or pdl_launch(), then only work that reads nothing the previous kernel
 // writes (weight prefetch), then pdl_wait() — before it reads any input or writes any output. Every

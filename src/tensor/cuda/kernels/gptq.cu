@@ -96,24 +96,6 @@ __device__ __forceinline__ int param_index(int strategy, int r, int c, int group
   return strategy == 0 ? 0 : strategy == 1 ? r : r * groupsPerRow + c / groupSize;
 }
 
-__device__ __forceinline__ double warp_sum_f64(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-  return v;
-}
-
-// Sum over the block in a fixed order, valid in thread 0.
-__device__ __forceinline__ double block_sum_f64(double v, double* partial) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = warp_sum_f64(v);
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  double s = 0.0;
-  if (threadIdx.x == 0) for (int w = 0; w < warps; w++) s += partial[w];
-  return s;
-}
-
 __device__ __forceinline__ void atomic_min_f32(float* a, float v) {
   if (v >= 0.f) atomicMin((int*)a, __float_as_int(v));
   else atomicMax((unsigned*)a, __float_as_uint(v));

@@ -71,20 +71,6 @@ __device__ __forceinline__ double block_lse(Lse a) {
   return a.m == -INF_F ? -(double)INF_F : (double)a.m + log(a.s);
 }
 
-__device__ __forceinline__ double block_sum_f64(double v) {
-  __shared__ double partialSum[32];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  __syncthreads();
-  if (lane == 0) partialSum[warp] = v;
-  __syncthreads();
-  v = lane < warps ? partialSum[lane] : 0.0;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-  return v;
-}
-
 enum { KIND_KL = 0, KIND_REVERSE = 1, KIND_SKEW = 2 };
 enum { MODE_CE = 0, MODE_FULL = 1, MODE_TOPK = 2 };
 // Smallest bucket mass used in a log (as the cpu reference's BUCKET_FLOOR).

@@ -69,20 +69,6 @@ __device__ __forceinline__ RowStats block_stats(RowStats a) {
   return warp_stats(lane < warps ? partial[lane] : stats_init());
 }
 
-__device__ __forceinline__ double block_sum_f64(double v) {
-  __shared__ double partial[32];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < warps ? partial[lane] : 0.0;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-  return v;
-}
-
 template <typename T>
 __device__ __forceinline__ void score_logits(double* res, int* resArg, const T* logits, const T* base, const int* targets,
                                              int V) {
