@@ -24,8 +24,8 @@ export interface FusedDecodePlan {
 }
 
 /**
- * Group chunk = the GQA group rounded up to a power of two (≤ 8); splits = enough blocks for two per
- * SM, but no more than one 128-key round per split over the longest key range a row can have (the
+ * Group chunk = the GQA group rounded up to a power of two (≤ 8); splits = as many as keep the blocks
+ * within two per SM (one wave), but no more than one 128-key round per split over the longest key range a row can have (the
  * window when set), at most FUSED_SPLIT_MAX, and 1 when the counters or the scratch cannot hold them.
  */
 export function planFusedDecode(shape: AttentionShape, multiprocessors: number, scratchBytes: number): FusedDecodePlan {
@@ -36,7 +36,8 @@ export function planFusedDecode(shape: AttentionShape, multiprocessors: number, 
   const rows = batch * seqQ;
   const blocks = rows * nKvHead * chunks;
   const keys = shape.window !== undefined ? Math.min(kvLen, shape.window + seqQ - 1) : kvLen;
-  let splits = Math.min(FUSED_SPLIT_MAX, Math.ceil((2 * multiprocessors) / blocks), Math.ceil(keys / KEYS_PER_ROUND));
+  // floor: at ~200 registers a block, two blocks fit an SM, so more than 2·SMs blocks would start a second wave
+  let splits = Math.min(FUSED_SPLIT_MAX, Math.floor((2 * multiprocessors) / blocks), Math.ceil(keys / KEYS_PER_ROUND));
   const bytesPerSplit = rows * nHead * (headDim + 2) * 4 + 512;
   splits = Math.min(splits, Math.floor(scratchBytes / bytesPerSplit));
   if (blocks > DECODE_COUNTERS) splits = 1;
