@@ -296,7 +296,7 @@ function ropeCase(rows: number, nHeads: number, headDim: number, rotaryDim: numb
   };
 }
 
-function attentionCase(label: string, s: Omit<AttentionShape, 'scale'>): OpCase {
+export function attentionCase(label: string, s: Omit<AttentionShape, 'scale'>): OpCase {
   const name = `attention ${label}: b${s.batch} q${s.seqQ} kv${s.kvLen}/${s.kvStride} h${s.nHead}/${s.nKvHead} d${s.headDim}` +
     (s.window !== undefined ? ` win${s.window}` : '');
   return {

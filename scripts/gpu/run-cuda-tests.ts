@@ -5,6 +5,7 @@
 // quantized to each scheme and evaluated on the GPU (needs --model/--data, default data/stories260K
 // and data/tinystories-valid.txt beside the runner's working folder; skipped when absent).
 // Prints a pass/fail table; writes $OUT/cuda-tests.json when $OUT is set.
+// The decode-attention cases of test/cuda-attn-decode-cases.ts run with the op cases (--skip-ops skips them too).
 // Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--skip-ops] [--skip-quant]
 //        [--skip-quant-model] [--skip-train] [--skip-quant-job] [--train-only] [--model DIR] [--data FILE] [--self-test]
 // --train-only = --skip-ops --skip-quant --skip-quant-model.
@@ -15,6 +16,7 @@ import path from 'node:path';
 import { createCpuDevice } from '../../src/tensor/cpu/index.js';
 import { CudaDevice } from '../../src/tensor/cuda/index.js';
 import type { ComputeDType } from '../../src/tensor/device.js';
+import { runAttnDecodeCases, runAttnDecodeGpuCases } from '../../test/cuda-attn-decode-cases.js';
 import { runAtCases, runCases, type CaseRun, type Check } from '../../test/cuda-cases.js';
 import { runQuantCases, runQuantGraphCases, runQuantModelChecks } from '../../test/cuda-quant-cases.js';
 import { runTrainCases } from '../../test/cuda-train-cases.js';
@@ -58,10 +60,14 @@ for (const dtype of ['f32', 'bf16', 'f16'] as ComputeDType[]) {
     log(`== op cases, ${dtype}`);
     const t0 = performance.now();
     const run = runCases(cpu, gpu, dtype, filter);
+    const extra = [runAttnDecodeCases(cpu, gpu, dtype, filter)];
     if (gpu instanceof CudaDevice) {
-      const at = runAtCases(gpu, dtype);
-      run.checks.push(...at.checks);
-      run.failures.push(...at.failures);
+      extra.push(runAtCases(gpu, dtype));
+      if (!filter || filter('attention decode')) extra.push(runAttnDecodeGpuCases(cpu, gpu, dtype));
+    }
+    for (const more of extra) {
+      run.checks.push(...more.checks);
+      run.failures.push(...more.failures);
     }
     report(dtype, run, performance.now() - t0);
   }

@@ -9,6 +9,7 @@ import { CudaDriver, type DevicePtr, type GpuInfo, type Handle } from './driver.
 import { CudaError } from './errors.js';
 import { KernelLibrary, type ArgSignature, type Kernel, type KernelArg } from './kernels.js';
 import { Nvrtc, gpuArchitecture } from './nvrtc.js';
+import { DECODE_COUNTERS, launchFusedDecode } from './decode-attention.js';
 import { CudaQuantLinear, QuantLinearOps } from './quant-linear.js';
 import { CudaQuantJob } from './quant-job-ops.js';
 import { CudaTensor, Storage, elementBytes, shapeSize } from './tensor.js';
@@ -196,6 +197,13 @@ export class CudaDevice implements Device {
   private readonly readback: { address: bigint; view: Int32Array; events: Handle[]; next: number };
   /** LLMOPT_CUDA_SIMPLE_ATTENTION=1: the CUDA-core attention kernels only (A/B comparisons). */
   private readonly simpleAttention = process.env.LLMOPT_CUDA_SIMPLE_ATTENTION === '1';
+  /**
+   * Decode attention (seqQ < 8): 'fused' = one split-KV launch whose last split merges (default);
+   * 'split' = the split kernel + attention_combine (LLMOPT_CUDA_DECODE_ATTENTION=split; kept for A/B timings).
+   */
+  decodeAttention: 'fused' | 'split' = process.env.LLMOPT_CUDA_DECODE_ATTENTION === 'split' ? 'split' : 'fused';
+  /** Arrival counters of the fused decode attention (DECODE_COUNTERS int32, zeroed once; each launch leaves them 0). */
+  private readonly attentionCounters: DevicePtr;
   /** Largest M that goes to the GEMV kernels instead of cuBLASLt (LLMOPT_CUDA_GEMV_MAX_M, default 4 — at 8 cuBLASLt wins on large weights; 0 = never; benchmarks change it). */
   gemvMaxM = Math.min(8, Number(process.env.LLMOPT_CUDA_GEMV_MAX_M ?? 4));
   private profileEvents: { name: string; start: Handle; end: Handle }[] | undefined;
@@ -216,6 +224,8 @@ export class CudaDevice implements Device {
     this.attentionScratch = this.driver.allocPermanent(ATTENTION_SCRATCH_BYTES);
     this.gemvNormTicket = this.driver.allocPermanent(256);
     this.driver.memsetZero(this.gemvNormTicket, 256);
+    this.attentionCounters = this.driver.allocPermanent(DECODE_COUNTERS * 4);
+    this.driver.memsetZero(this.attentionCounters, DECODE_COUNTERS * 4);
     const rb = this.driver.allocPinned(READBACK_SLOTS * READBACK_SLOT_BYTES);
     this.readback = { address: rb.address, view: new Int32Array(rb.buffer), events: [], next: 0 };
     const self = this;
@@ -628,7 +638,9 @@ export class CudaDevice implements Device {
     const D = headDim <= 32 ? 32 : headDim <= 64 ? 64 : headDim <= 128 ? 128 : 256;
     const args: KernelArg[] = [o.ptr, qc.ptr, kc.ptr, vc.ptr, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window, kvLens];
     const sig = 'ppppiiiiiifip';
-    if (seqQ < DECODE_MAX_SEQ_Q && !this.simpleAttention) {
+    if (seqQ < DECODE_MAX_SEQ_Q && !this.simpleAttention && this.decodeAttention === 'fused') {
+      launchFusedDecode(this, shape, D, args, { partials: this.attentionScratch, bytes: ATTENTION_SCRATCH_BYTES, counters: this.attentionCounters });
+    } else if (seqQ < DECODE_MAX_SEQ_Q && !this.simpleAttention) {
       this.launchSplitDecode(shape, D, args);
     } else if (seqQ < DECODE_MAX_SEQ_Q) {
       const kern = this.kernel('attention', `attention_decode_${this.suffix}_d${D}`, sig);
