@@ -610,32 +610,6 @@ export function runAtCases(gpu: CudaDevice, dtype: ComputeDType): CaseRun {
     exact('addRmsNorm = addInPlace + rmsNorm (residual)', gpu.download(xa), gpu.download(xb));
     for (const t of [xa, xb, y, w, oa, ob]) gpu.free(t);
 
-    // matmulAddRmsNorm (GEMV + residual add + RMSNorm, last block normalizes): exactly matmul + addRmsNorm,
-    // eagerly (twice in a row: the ticket must be reset) and from a replayed graph
-    for (const [M, N, K, withBias] of [[1, 2048, 2048, true], [3, 1000, 264, false], [4, 77, 263, true], [2, 4100, 520, true]] as const) {
-      const a = gpu.upload(inp.floats(M * K), [M, K]), w = gpu.upload(inp.floats(N * K, 0.3), [N, K]);
-      const b = withBias ? gpu.upload(inp.floats(N), [N]) : undefined, nw = gpu.upload(inp.floats(N, 1.5), [N]);
-      const x0 = inp.floats(M * N, 2);
-      const xa = gpu.upload(x0, [M, N]), xb = gpu.upload(x0, [M, N]), y = gpu.empty([M, N]);
-      const oa = gpu.empty([M, N]), ob = gpu.empty([M, N]);
-      for (let rep = 0; rep < 2; rep++) {
-        if (!gpu.matmulAddRmsNorm(oa, xa, a, w, b, nw, 1e-5)) throw new Error('matmulAddRmsNorm declined a GEMV shape');
-        gpu.matmul(y, a, w, b);
-        gpu.addRmsNorm(ob, xb, y, nw, 1e-5);
-      }
-      const graph = gpu.captureGraph(() => { gpu.matmulAddRmsNorm(oa, xa, a, w, b, nw, 1e-5); });
-      graph.launch();
-      graph.launch();
-      graph.destroy();
-      for (let rep = 0; rep < 2; rep++) {
-        gpu.matmul(y, a, w, b);
-        gpu.addRmsNorm(ob, xb, y, nw, 1e-5);
-      }
-      exact(`matmulAddRmsNorm M${M} N${N} K${K} = matmul + addRmsNorm (norm)`, gpu.download(oa), gpu.download(ob));
-      exact(`matmulAddRmsNorm M${M} N${N} K${K} = matmul + addRmsNorm (residual)`, gpu.download(xa), gpu.download(xb));
-      for (const t of [a, w, nw, xa, xb, y, oa, ob, ...(b ? [b] : [])]) gpu.free(t);
-    }
-
     // matmulMany: exact against separate matmuls (GEMV path at M 1 and 3, cuBLASLt at M 12)
     for (const M of [1, 3, 12]) {
       const K = 256, Ns = [96, 32, 32];

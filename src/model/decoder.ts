@@ -49,8 +49,6 @@ export interface StepAtOps<I> {
   // Optional fusions (CUDA); decodeStepAt uses them for plain Llama-family layers when all are present.
   /** x += y, then out = rmsNorm(x). */
   addRmsNorm?(out: Tensor, x: Tensor, y: Tensor, weight: Tensor, eps: number): void;
-  /** x += a · wᵀ (+ bias), then out = rmsNorm(x); false, queueing nothing, where it does not apply (then matmul + addRmsNorm run). */
-  matmulAddRmsNorm?(out: Tensor, x: Tensor, a: Tensor, w: Tensor, bias: Tensor | undefined, normWeight: Tensor, eps: number): boolean;
   /** outs[i] = x · weights[i]ᵀ (+ biases[i]). */
   matmulMany?(outs: readonly Tensor[], x: Tensor, weights: readonly Tensor[], biases?: readonly (Tensor | undefined)[]): void;
   /** out = silu(x · wGateᵀ) * (x · wUpᵀ); gate/up are scratch of out's shape. */
@@ -341,19 +339,13 @@ export class Decoder {
         batch: ws.batch, seqQ: 1, kvLen: cache.maxLen, kvStride: cache.maxLen, nHead: s.numHeads, nKvHead: s.numKvHeads,
         headDim: s.headDim, scale: 1 / Math.sqrt(s.headDim), window: layerSlidingWindow(s, i),
       }, step.kvLens);
-      this.projectAddNorm(ops, ws, ws.att, w.o, w.oBias, w.mlpNorm);
+      this.device.matmul(ws.proj, ws.att, w.o, w.oBias);
+      ops.addRmsNorm!(ws.xn, ws.x, ws.proj, w.mlpNorm, s.normEps);
       ops.matmulSiluMul!(ws.act, ws.xn, w.gate!, w.up, ws.gate!, ws.up);
-      this.projectAddNorm(ops, ws, ws.act, w.down, w.downBias, i + 1 < s.numLayers ? layers[i + 1]!.attnNorm : this.weights.finalNorm);
+      this.device.matmul(ws.proj, ws.act, w.down, w.downBias);
+      ops.addRmsNorm!(ws.xn, ws.x, ws.proj, i + 1 < s.numLayers ? layers[i + 1]!.attnNorm : this.weights.finalNorm, s.normEps);
     }
     return ws.xn;
-  }
-
-  /** ws.x += a · wᵀ (+ bias), ws.xn = rmsNorm(ws.x): one launch where the device fuses it, else matmul + addRmsNorm. */
-  private projectAddNorm<I>(ops: StepAtOps<I>, ws: Workspace, a: Tensor, w: Tensor, bias: Tensor | undefined, normWeight: Tensor): void {
-    const eps = this.spec.normEps;
-    if (ops.matmulAddRmsNorm?.(ws.xn, ws.x, a, w, bias, normWeight, eps)) return;
-    this.device.matmul(ws.proj, a, w, bias);
-    ops.addRmsNorm!(ws.xn, ws.x, ws.proj, normWeight, eps);
   }
 
   /** hidden += o_proj(attention(norm(hidden))). With `at` (decodeStepAt), positions and lengths come from the device. */

@@ -192,8 +192,6 @@ export class CudaDevice implements Device {
   private tensorBytes = 0;
   private peakTensorBytes = 0;
   private readonly attentionScratch: DevicePtr;
-  /** The ticket counter of gemv_add_rms_norm (kernels/gemv.cu): zero between launches, at a fixed address for graphs. */
-  private readonly gemvNormTicket: DevicePtr;
   private readonly readback: { address: bigint; view: Int32Array; events: Handle[]; next: number };
   /** LLMOPT_CUDA_SIMPLE_ATTENTION=1: the CUDA-core attention kernels only (A/B comparisons). */
   private readonly simpleAttention = process.env.LLMOPT_CUDA_SIMPLE_ATTENTION === '1';
@@ -222,8 +220,6 @@ export class CudaDevice implements Device {
     const pinned = this.driver.allocPinned(STAGING_BYTES);
     this.staging = new IntStaging(this.driver, pinned.address, pinned.buffer, this.driver.allocPermanent(STAGING_BYTES), STAGING_BYTES);
     this.attentionScratch = this.driver.allocPermanent(ATTENTION_SCRATCH_BYTES);
-    this.gemvNormTicket = this.driver.allocPermanent(256);
-    this.driver.memsetZero(this.gemvNormTicket, 256);
     this.attentionCounters = this.driver.allocPermanent(DECODE_COUNTERS * 4);
     this.driver.memsetZero(this.attentionCounters, DECODE_COUNTERS * 4);
     const rb = this.driver.allocPinned(READBACK_SLOTS * READBACK_SLOT_BYTES);
@@ -447,30 +443,6 @@ export class CudaDevice implements Device {
     }
     const k = this.kernel('norm', `add_rms_norm_${this.suffix}`, 'ppppif');
     this.kernels.launch(k, [xc.rowCount], [rowThreads(C, normThreads(xc.rowCount))], 0, [o.ptr, xc.ptr, yc.ptr, wc.ptr, C, eps]);
-  }
-
-  /**
-   * x += a · wᵀ (+ bias), then out = rmsNorm(x) · normWeight: a decode step's o_proj / down_proj and the
-   * addRmsNorm after it in one GEMV launch (the same values as matmul + addRmsNorm). Returns false,
-   * queueing nothing, where it does not apply (M > min(4, gemvMaxM), quantized or mismatched weights):
-   * the caller runs those two ops.
-   */
-  matmulAddRmsNorm(out: Tensor, x: Tensor, a: Tensor, w: Tensor, bias: Tensor | undefined, normWeight: Tensor, eps: number): boolean {
-    const ts = [out, x, a, w, bias, normWeight];
-    if (!ts.every((t) => t === undefined || (t instanceof CudaTensor && t.device === this && t.dtype === this.dtype && !t.storage.freed))) return false;
-    const [o, xc, ac, wc, bc, nw] = ts as (CudaTensor | undefined)[];
-    const M = ac!.rowCount, K = ac!.cols, N = wc!.rowCount;
-    const ok = M >= 1 && M <= Math.min(4, this.gemvMaxM) && K > 0 && wc!.cols === K && xc!.rowCount === M && xc!.cols === N &&
-      o!.rowCount === M && o!.cols === N && nw!.size === N && (bc === undefined || bc.size === N) &&
-      !overlaps(xc!, ac!) && !overlaps(xc!, wc!) && !overlaps(o!, xc!) && !overlaps(o!, ac!);
-    if (!ok) return false;
-    const vec = this.dtype === 'f32' ? 4 : 8;
-    const vectorized = K % vec === 0 && ac!.ptr % 16n === 0n && wc!.ptr % 16n === 0n ? 1 : 0;
-    const k = this.kernel('gemv', `gemv_add_rms_norm_${this.suffix}_m${M}`, 'pppppppiiiif');
-    this.kernels.launch(k, [Math.ceil(N / GEMV_WARPS)], [GEMV_WARPS * 32], 0, [
-      o!.ptr, xc!.ptr, ac!.ptr, wc!.ptr, bc?.ptr ?? 0n, nw!.ptr, this.gemvNormTicket, N, K, vectorized, rowThreads(N, normThreads(M)), eps,
-    ]);
-    return true;
   }
 
   /**
