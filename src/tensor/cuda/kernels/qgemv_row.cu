@@ -161,30 +161,33 @@ __device__ __forceinline__ void qr_pair(float (&acc)[2][M], const unsigned char*
       const int c = 8 * (s0 + j) + (lane >> 2);
       if (c >= nChunks) break;
       if constexpr (ACT == 1) {
+        uint4 cv[M];  // the lane's 16 code bytes of each row of x, at its weight bytes' offset
 #pragma unroll
-        for (int m = 0; m < M; ++m) {
-          const uint4 cv = *reinterpret_cast<const uint4*>(in.codes + m * in.stride + c * 64 + 16 * t);
-          const unsigned cw[4] = {cv.x, cv.y, cv.z, cv.w};
+        for (int m = 0; m < M; ++m) cv[m] = *reinterpret_cast<const uint4*>(in.codes + m * in.stride + c * 64 + 16 * t);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          unsigned ww[2];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) ww[r] = u == 0 ? v[r][j].x : u == 1 ? v[r][j].y : u == 2 ? v[r][j].z : v[r][j].w;
           if constexpr (FMT == QFMT_S8) {
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-              const unsigned ww[4] = {v[r][j].x, v[r][j].y, v[r][j].z, v[r][j].w};
+            for (int m = 0; m < M; ++m) {
+              const unsigned cw = u == 0 ? cv[m].x : u == 1 ? cv[m].y : u == 2 ? cv[m].z : cv[m].w;
 #pragma unroll
-              for (int u = 0; u < 4; ++u) iacc[r][m] = qr_dp4a(ww[u], cw[u], iacc[r][m]);
+              for (int r = 0; r < 2; ++r) iacc[r][m] = qr_dp4a(ww[r], cw, iacc[r][m]);
             }
           } else {
+            float wf[2][4];
 #pragma unroll
-            for (int u = 0; u < 4; ++u) {
+            for (int r = 0; r < 2; ++r) qr_dequant<QFMT_FP8>(ww[r], 0u, wf[r]);
+#pragma unroll
+            for (int m = 0; m < M; ++m) {
               float xf[4];
-              qr_dequant<QFMT_FP8>(cw[u], 0u, xf);
+              qr_dequant<QFMT_FP8>(u == 0 ? cv[m].x : u == 1 ? cv[m].y : u == 2 ? cv[m].z : cv[m].w, 0u, xf);
 #pragma unroll
-              for (int r = 0; r < 2; ++r) {
-                const unsigned ww[4] = {v[r][j].x, v[r][j].y, v[r][j].z, v[r][j].w};
-                float wf[4];
-                qr_dequant<QFMT_FP8>(ww[u], 0u, wf);
+              for (int r = 0; r < 2; ++r)
 #pragma unroll
-                for (int i = 0; i < 4; ++i) facc[r][m] = fmaf(wf[i], xf[i], facc[r][m]);
-              }
+                for (int i = 0; i < 4; ++i) facc[r][m] = fmaf(wf[r][i], xf[i], facc[r][m]);
             }
           }
         }
