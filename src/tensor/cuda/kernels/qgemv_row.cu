@@ -18,23 +18,25 @@
 // interleaved order, so a lane's 16 code bytes sit at the same offset as its 16 weight bytes (one
 // conflict-free 16-byte shared load per row of x).
 //
-// Math, per lane and 16 loaded bytes of one row (instruction counts from the source; x conversions are
-// shared by the pair's two rows, so they count half):
-//   fp8_w: 8 cvt.e4m3x2→f16x2 + 16 f16→f32 (HADD2.F32) + 16·M FFMA + x: 4 loads, 16 bf16→f32 (shift /
-//          and) per row of x, /2 → M = 1: ~50, M = 4: ~130
-//   s8_w:  4 xor + 16 prmt into 0x4B0000xx (2^23 + q + 128 as f32) + 16 FADD (− 2^23 − 128 − zero, exact)
-//          + 16·M FFMA + x as fp8 → M = 1: ~62, M = 4: ~140
-//   u4_w:  3 shifts + 4 lop3 into 0x6400-biased f16x2 + 4 HSUB2 (− 1032 − zero, exact) per word → 76, +
-//          32 f16→f32, + 32·M FFMA + x: 4 loads, 32 conversions, /2 → M = 1: ~156, M = 4: ~300
-//          (f16x2 HFMA2 would halve the FMA count but accumulates in f16 and overflows past 65504 on
-//          real activations, |x| · 15 > 65504 for |x| > 4.4k; f32 FFMA keeps the accumulation exact-ish)
+// Math, per lane and 16 loaded bytes of one row (instruction counts from the source; x loads and
+// conversions are shared by the pair's two rows, so they count half; + 1 FFMA per word and row of x for
+// the word's (group) scale):
+//   fp8_w: 8 cvt.e4m3x2→f16x2 + 16 f16→f32 (HADD2.F32) + 20·M FFMA + x per row of it: 4 8-byte loads
+//          + 16 bf16→f32 (shift / and), /2 → M = 1: ~54, M = 4: ~145
+//   s8_w:  4 xor + 16 prmt into 0x4B0000xx (2^23 + q + 128 as f32) + 16 FADD (− 2^23 − 128 − zero,
+//          exact) + 20·M FFMA + x as fp8 → M = 1: ~66, M = 4: ~155
+//   u4_w:  per word 3 shifts + 4 lop3 into 0x6400-biased f16x2 + 4 HSUB2 (− 1032 − zero, exact) = 44,
+//          + 32 f16→f32 + 36·M FFMA + x: 4 16-byte loads + 32 conversions, /2 → M = 1: ~130, M = 4:
+//          ~290 (f16x2 HFMA2 would halve the FMAs but accumulates in f16, which overflows past 65504
+//          on real activations: |x| · 15 > 65504 for |x| > 4.4k)
 //   fp8_a: weights as fp8_w, codes the same way (/2), 16·M FFMA: products of two E4M3 values are exact
 //          in f32 → M = 1: ~52
-//   s8_a:  4·M dp4a (exact int32 sums) + M 16-byte shared loads → M = 1: ~8
-// plus per-group scales when G > 1 (one FFMA per word per row of x; one scale load per chunk when a group
-// spans whole chunks, else per word). At ~4 TB/s an H200 SM receives one 16-byte lane load per ~1 issue
-// cycle of each of its 4 schedulers, i.e. ~130 instructions per 16 bytes: M = 1 streams at bandwidth for
-// every format but 4-bit (issue-bound near its limit); larger M is issue-bound first.
+//   s8_a:  4·M dp4a (exact int32 sums) + M 16-byte shared loads (/2) → M = 1: ~6
+// plus, when G > 1, the group scale and zero loads (one per chunk when groups span whole chunks, else
+// per word). An H200 SM's share of ~4 TB/s is ~15 bytes per cycle: one 512-byte warp load per ~33
+// cycles, in which its 4 schedulers issue ~130 warp instructions, i.e. ~130 instructions per lane and
+// 16 loaded bytes. So M = 1 can stream near bandwidth (4-bit right at the issue limit), and M = 4 of
+// the weights-only formats is issue-bound.
 #include "quant.cuh"
 
 constexpr int QR_WARPS = 8;
