@@ -258,6 +258,17 @@ __device__ __forceinline__ void qr_pair(float (&acc)[2][M], const unsigned char*
   }
 }
 
+// Asks L2 for the lane's bytes of a row's first round (QR_SPANS spans), before x is staged: those
+// blocks would otherwise issue their first weight loads only after the staging's round trips.
+__device__ __forceinline__ void qr_prefetch(const unsigned char* row, int nChunks) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < QR_SPANS; ++j) {
+    const int c = 8 * j + (lane >> 2);
+    if (c < nChunks) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + (long long)c * 64 + 16 * (lane & 3)));
+  }
+}
+
 // Shared memory: staged x (ACT 0 with perm: T [M][Kp]; ACT 1: codes [M][Kp]), then the x scales [8] and
 // the absmax partials [QR_WARPS][8] (quant-linear.ts qgemvRowSmemBytes).
 template <typename T, int FMT, int ACT>
@@ -349,9 +360,19 @@ __device__ __forceinline__ void qgemvr3(T* o0, T* o1, T* o2, const T* x, const u
                                         const int* z1, const int* z2, const T* b0, const T* b1, const T* b2, const int* perm, int N0,
                                         int N1, int N2, int K, int Kp, int rowBytes, int G, int vec, long long gmagic, int chunkGroups,
                                         float staticScale, int pairsPerWarp) {
-  const QrIn<T> in = qr_stage<T, FMT, ACT>(x, M, K, Kp, perm, vec, staticScale);
   const int P0 = (N0 + 1) >> 1, P1 = (N1 + 1) >> 1, P2 = (N2 + 1) >> 1;
-  const int lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & 31, nChunks = Kp / QFmt<FMT>::CK;
+  if (ACT == 1 || perm != nullptr) {
+    int p = blockIdx.x * pairsPerWarp * QR_WARPS + (threadIdx.x >> 5);
+    const int which = p < P0 ? 0 : p < P0 + P1 ? 1 : 2;
+    const unsigned char* w = which == 0 ? w0 : which == 1 ? w1 : w2;
+    p -= which == 0 ? 0 : which == 1 ? P0 : P0 + P1;
+    if (p < (which == 0 ? P0 : which == 1 ? P1 : P2)) {
+      qr_prefetch(w + (long long)2 * p * rowBytes, nChunks);
+      qr_prefetch(w + (long long)(2 * p + 1) * rowBytes, nChunks);
+    }
+  }
+  const QrIn<T> in = qr_stage<T, FMT, ACT>(x, M, K, Kp, perm, vec, staticScale);
   for (int i = 0; i < pairsPerWarp; ++i) {
     int p = (blockIdx.x * pairsPerWarp + i) * QR_WARPS + (threadIdx.x >> 5);
     T* out = o0;
@@ -370,7 +391,7 @@ __device__ __forceinline__ void qgemvr3(T* o0, T* o1, T* o2, const T* x, const u
     float acc[2][M];
     qr_pair<T, FMT, ACT, M>(acc, w + (long long)n * rowBytes, w + (long long)(n + 1) * rowBytes, sc + (long long)n * G,
                             sc + (long long)(n + 1) * G, zp != nullptr ? zp + (long long)n * G : nullptr,
-                            zp != nullptr ? zp + (long long)(n + 1) * G : nullptr, in, rowBytes, Kp / QFmt<FMT>::CK, G,
+                            zp != nullptr ? zp + (long long)(n + 1) * G : nullptr, in, rowBytes, nChunks, G,
                             (unsigned long long)gmagic, chunkGroups);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -390,15 +411,19 @@ __device__ __forceinline__ void qgemvr_silu(T* out, const T* x, const unsigned c
                                             const float* su, const int* zg, const int* zu, const int* perm, int N, int K, int Kp,
                                             int rowBytes, int G, int vec, long long gmagic, int chunkGroups, float staticScale,
                                             int pairsPerWarp) {
+  const int lane = threadIdx.x & 31, nChunks = Kp / QFmt<FMT>::CK;
+  if (ACT == 1 || perm != nullptr) {
+    const int n = blockIdx.x * pairsPerWarp * QR_WARPS + (threadIdx.x >> 5);
+    if (n < N) qr_prefetch(wg + (long long)n * rowBytes, nChunks), qr_prefetch(wu + (long long)n * rowBytes, nChunks);
+  }
   const QrIn<T> in = qr_stage<T, FMT, ACT>(x, M, K, Kp, perm, vec, staticScale);
-  const int lane = threadIdx.x & 31;
   for (int i = 0; i < pairsPerWarp; ++i) {
     const int n = (blockIdx.x * pairsPerWarp + i) * QR_WARPS + (threadIdx.x >> 5);
     if (n >= N) return;
     float acc[2][M];
     qr_pair<T, FMT, ACT, M>(acc, wg + (long long)n * rowBytes, wu + (long long)n * rowBytes, sg + (long long)n * G, su + (long long)n * G,
                             zg != nullptr ? zg + (long long)n * G : nullptr, zu != nullptr ? zu + (long long)n * G : nullptr, in, rowBytes,
-                            Kp / QFmt<FMT>::CK, G, (unsigned long long)gmagic, chunkGroups);
+                            nChunks, G, (unsigned long long)gmagic, chunkGroups);
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const float g = acc[0][m];
