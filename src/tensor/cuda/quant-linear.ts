@@ -17,8 +17,8 @@
 // Paths by M: M ≤ CudaDevice.qgemvRowMaxM (default 4) one kernels/qgemv_row.cu launch (a warp per
 // row pair, CUDA cores); else M ≤ 8 one qgemv launch (tensor-core tiles; rows of x in chunks that fit
 // shared memory); 8 < M ≤ 64, or while a CUDA graph is being captured, 8-row slices of those (the
-// last slice may take the row kernels) (no scratch memory, so a replayed
-// graph never depends on a buffer that may move); otherwise W8A8 = quantize_act + cuBLASLt FP8/INT8
+// last slice may take the row kernels; no scratch memory, so a replayed graph never depends on a
+// buffer that may move); otherwise W8A8 = quantize_act + cuBLASLt FP8/INT8
 // GEMM into an f32/int32 scratch + rescale, weights only = dequant_weight into a scratch + the
 // ordinary GEMM. Scratch buffers grow on demand and are kept (counted in memoryStats).
 
