@@ -158,6 +158,16 @@ __device__ __forceinline__ void qr_pair(float (&acc)[2][M], const unsigned char*
 #pragma unroll
       for (int r = 0; r < 2; ++r) v[r][j] = c < nChunks ? qr_ld_stream(w[r] + (long long)c * 64 + 16 * t) : make_uint4(0u, 0u, 0u, 0u);
     }
+    // Long rows (down_proj: 4 rounds of FP8 at K = 8192): the next round heads for L2 during this one's math.
+    if (s0 + QR_SPANS < nSpans) {
+#pragma unroll
+      for (int j = 0; j < QR_SPANS; ++j) {
+        const int c = 8 * (s0 + QR_SPANS + j) + (lane >> 2);
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          if (c < nChunks) asm volatile("prefetch.global.L2 [%0];" ::"l"(w[r] + (long long)c * 64 + 16 * t));
+      }
+    }
 #pragma unroll
     for (int j = 0; j < QR_SPANS; ++j) {
       const int c = 8 * (s0 + j) + (lane >> 2);
