@@ -11,7 +11,9 @@
 //     the GPU and how many Linears stay quantized, decode tokens/s at batch 1 and 8 (decode step
 //     replayed as a CUDA graph, prompt 512, 128 new tokens, as bench:gpu), prefill tokens/s (batch 1,
 //     2048 tokens), decode ms/step against the floor (weight bytes / device-to-device copy bandwidth);
-//     a per-kernel breakdown of one decode step at batch 1; layer 0's Linears alone at M 1 and 8;
+//     a per-kernel breakdown of one decode step at batch 1; layer 0's Linears alone at M 1, 4 and 8;
+//     quantized models also with the small-M row kernels off (qgemvRowMaxM = 0: qgemv.cu's tiles at
+//     M ≤ 8) for layer 0's Linears and decode at batch 1, so one run A/Bs qgemv_row.cu against them;
 //  4. a table with the issue's targets (decode at batch 1: FP8 ≥ 1.5×, W4A16 ≥ 2× BF16) and each
 //     scheme's cap, BF16 weight bytes / scheme weight bytes (the tied 128256×2048 lm_head stays BF16);
 //  5. writes <results>/<date>-<gpu>-quant.json and .md.
@@ -37,6 +39,8 @@ const SCHEMES: SchemeName[] = ['FP8', 'FP8_DYNAMIC', 'W8A8', 'W4A16'];
 const TARGETS: Partial<Record<SchemeName, number>> = { FP8: 1.5, FP8_DYNAMIC: 1.5, W4A16: 2 };
 const CALIBRATION = { windows: 1, tokens: 32, seed: 7 };
 const DECODE_BATCHES = [1, 8];
+/** M of the layer-0 Linear timings: 1 and 4 run qgemv_row.cu (unless off), 8 qgemv.cu's tiles. */
+const LINEAR_MS = [1, 4, 8];
 
 /**
  * --quantize-child: one quantize job (random-id calibration windows, as documented above) on the GPU
@@ -99,6 +103,8 @@ async function quantizeAll(src: string, dirs: Map<SchemeName, string>, requantiz
 
 interface LinearTiming {
   name: string;
+  /** Small-M quantized kernels: 'row' (qgemv_row.cu at M ≤ qgemvRowMaxM), 'tiles' (qgemvRowMaxM = 0), 'bf16'. */
+  kernels: string;
   M: number;
   bytes: number;
   us: number;
@@ -109,19 +115,19 @@ function tensorBytes(t: Tensor): number {
   return t.storedBytes ?? t.shape.reduce((a, b) => a * b, 1) * 2;
 }
 
-/** Layer 0's Linears as the fused decode step calls them (q/k/v, o, gate/up + SwiGLU, down), at M 1 and 8. */
-function linearTimings(model: LoadedModel, dev: CudaDevice): LinearTiming[] {
+/** Layer 0's Linears as the fused decode step calls them (q/k/v, o, gate/up + SwiGLU, down), at LINEAR_MS. */
+function linearTimings(model: LoadedModel, dev: CudaDevice, kernels: string): LinearTiming[] {
   const w = model.decoder.weights.layers[0]!;
   const s = model.spec;
   const out: LinearTiming[] = [];
-  for (const M of DECODE_BATCHES) {
+  for (const M of LINEAR_MS) {
     const t = (shape: number[]) => dev.empty(shape);
     const xh = t([M, s.hiddenSize]), xq = t([M, s.numHeads * s.headDim]), xi = t([M, s.intermediateSize]);
     const q = t([M, s.numHeads * s.headDim]), k = t([M, s.numKvHeads * s.headDim]), v = t([M, s.numKvHeads * s.headDim]);
     const o = t([M, s.hiddenSize]), act = t([M, s.intermediateSize]), g = t([M, s.intermediateSize]), u = t([M, s.intermediateSize]);
     const add = (name: string, bytes: number, fn: () => void) => {
       const us = timeUs(dev, fn);
-      out.push({ name, M, bytes, us, gbPerS: bytes / us / 1e3 });
+      out.push({ name, kernels, M, bytes, us, gbPerS: bytes / us / 1e3 });
     };
     add('q/k/v', tensorBytes(w.q) + tensorBytes(w.k) + tensorBytes(w.v), () => dev.matmulMany([q, k, v], xh, [w.q, w.k, w.v]));
     add('o', tensorBytes(w.o), () => dev.matmul(o, xq, w.o));
@@ -142,6 +148,8 @@ interface ModelRow {
   nativeLinears: string;
   prefill: LatencyResult;
   decode: Record<number, LatencyResult>;
+  /** Quantized models: decode at batch 1 with qgemvRowMaxM = 0 (qgemv.cu's tiles). */
+  decodeTilesB1?: LatencyResult;
   floorMs: number;
   linears: LinearTiming[];
   breakdown: ReturnType<typeof decodeBreakdown>;
@@ -161,15 +169,36 @@ async function measureModel(name: string, dir: string, dev: CudaDevice, bandwidt
     const prefill = measureLatency({ decoder: model.decoder, promptLen: 2048, genLen: 2, batch: 1 });
     const decode: Record<number, LatencyResult> = {};
     for (const b of DECODE_BATCHES) decode[b] = measureLatency({ decoder: model.decoder, promptLen: 512, genLen, batch: b });
+    const quantized = linears.some((t) => t instanceof CudaQuantLinear);
+    const rowMaxM = dev.qgemvRowMaxM;
+    const timings = linearTimings(model, dev, quantized ? (rowMaxM >= 1 ? 'row' : 'tiles') : 'bf16');
+    let decodeTilesB1: LatencyResult | undefined;
+    if (quantized && rowMaxM >= 1) {
+      dev.qgemvRowMaxM = 0;
+      try {
+        timings.push(...linearTimings(model, dev, 'tiles'));
+        decodeTilesB1 = measureLatency({ decoder: model.decoder, promptLen: 512, genLen, batch: 1 });
+      } finally {
+        dev.qgemvRowMaxM = rowMaxM;
+      }
+    }
     const row: ModelRow = {
-      name, dir, quantizeSeconds, loadSeconds, weightBytes: wBytes, deviceTensorBytes, nativeLinears, prefill, decode, floorMs,
-      linears: linearTimings(model, dev), breakdown: decodeBreakdown(model, dev, 1, 576),
+      name, dir, quantizeSeconds, loadSeconds, weightBytes: wBytes, deviceTensorBytes, nativeLinears, prefill, decode, decodeTilesB1, floorMs,
+      linears: timings, breakdown: decodeBreakdown(model, dev, 1, 576),
     };
     const d1 = decode[1]!;
     log(`${name}: ${(wBytes / 1e9).toFixed(3)} GB of weights (${nativeLinears} Linears quantized on the GPU), loaded in ${loadSeconds.toFixed(1)} s; ` +
       `prefill ${Math.round(prefill.prefillTokensPerS).toLocaleString('en-US')} tok/s; decode b1 ${d1.decodeMsMedian.toFixed(3)} ms (${Math.round(d1.decodeTokensPerS)} tok/s, ` +
       `${(d1.decodeMsMedian / floorMs).toFixed(2)}× the ${floorMs.toFixed(3)} ms floor, graph ${d1.cudaGraph}), b8 ${decode[8]!.decodeMsMedian.toFixed(3)} ms (${Math.round(decode[8]!.decodeTokensPerS)} tok/s)`);
-    for (const l of row.linears) log(`  layer 0 ${l.name.padEnd(15)} M ${l.M}: ${l.us.toFixed(1).padStart(6)} µs, ${(l.bytes / 1e6).toFixed(2)} MB, ${l.gbPerS.toFixed(0)} GB/s`);
+    if (decodeTilesB1 !== undefined) {
+      log(`  decode b1 with qgemvRowMaxM = 0 (qgemv tiles): ${decodeTilesB1.decodeMsMedian.toFixed(3)} ms (${Math.round(decodeTilesB1.decodeTokensPerS)} tok/s); ` +
+        `row kernels ${d1.decodeMsMedian.toFixed(3)} ms: ${(decodeTilesB1.decodeMsMedian / d1.decodeMsMedian).toFixed(2)}× faster`);
+    }
+    for (const l of row.linears) {
+      const other = row.linears.find((o) => o.name === l.name && o.M === l.M && o.kernels === 'tiles' && l.kernels === 'row');
+      log(`  layer 0 ${l.name.padEnd(15)} M ${l.M} ${l.kernels.padEnd(5)}: ${l.us.toFixed(1).padStart(6)} µs, ${(l.bytes / 1e6).toFixed(2)} MB, ${l.gbPerS.toFixed(0)} GB/s` +
+        (other !== undefined ? ` (tiles ${other.us.toFixed(1)} µs: ${(other.us / l.us).toFixed(2)}×)` : ''));
+    }
     log(`  one decode step, batch 1, kv 576, eager, an event pair per op: ${row.breakdown.totalMs.toFixed(3)} ms`);
     for (const op of row.breakdown.ops.slice(0, 12)) log(`    ${op.ms.toFixed(4).padStart(8)} ms  ${String(op.count).padStart(3)}×  ${op.name}`);
     return row;
@@ -199,6 +228,12 @@ function table(rows: ModelRow[], dev: CudaDevice, bandwidth: number): { md: stri
   }
   lines.push('', `floor = weight bytes / ${(bandwidth / 1e12).toFixed(3)} TB/s (device-to-device copy, read + write); cap = BF16 weight bytes / the scheme's ` +
     '(the decode-time ratio if every step ran at the floor; the tied 128256×2048 lm_head stays BF16 under ignore: ["lm_head"]).');
+  for (const r of rows) {
+    if (r.decodeTilesB1 === undefined) continue;
+    const x = (t: LatencyResult) => (t.decodeTokensPerS / base.decode[1]!.decodeTokensPerS).toFixed(2);
+    lines.push(`${r.name} decode b1: row kernels ${r.decode[1]!.decodeMsMedian.toFixed(3)} ms (${x(r.decode[1]!)}× BF16), ` +
+      `qgemv tiles (qgemvRowMaxM = 0) ${r.decodeTilesB1.decodeMsMedian.toFixed(3)} ms (${x(r.decodeTilesB1)}× BF16)`);
+  }
   for (const t of targets) {
     lines.push(`target ${t.scheme} decode b1 ≥ ${t.target}× BF16: ${(t.decode_b1_speedup as number).toFixed(2)}× (cap ${(t.cap as number).toFixed(2)}×) — ${t.met ? 'met' : 'NOT met'}`);
   }
@@ -252,6 +287,10 @@ async function main(): Promise<void> {
         tokens_per_s: r.decode[b]!.decodeTokensPerS, floor_ratio: r.decode[b]!.decodeMsMedian / r.floorMs, cuda_graph: r.decode[b]!.cudaGraph,
         speedup_vs_bf16: r.decode[b]!.decodeTokensPerS / rows[0]!.decode[b]!.decodeTokensPerS, memory: r.decode[b]!.memory,
       }])),
+      decode_b1_tiles: r.decodeTilesB1 === undefined ? null : {
+        ms_per_step_median: r.decodeTilesB1.decodeMsMedian, tokens_per_s: r.decodeTilesB1.decodeTokensPerS,
+        speedup_vs_bf16: r.decodeTilesB1.decodeTokensPerS / rows[0]!.decode[1]!.decodeTokensPerS,
+      },
       layer0_linears: r.linears,
       decode_step_breakdown_b1: r.breakdown,
     })),

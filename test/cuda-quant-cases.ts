@@ -2,8 +2,9 @@
 // the cpu reference: the dequantized weight, fakeQuantRows on x when the scheme quantizes activations,
 // then matmul. Seeded random codes of every scheme (FP8 static / dynamic / weights only, W8A8 dynamic
 // and static, int8 and 8-bit packed weights only with and without zero points, W4A16 group 128 / 64 /
-// 32 / per-channel, asymmetric, act-order g_idx) × M 1…300 (the qgemv kernels, their 8-row slices and
-// the cuBLASLt / dequantize path) × awkward N and K (odd N, K not a multiple of the 64-byte chunk, odd
+// 32 / per-channel, asymmetric, act-order g_idx) × M 1…300 (M 1–4 the qgemv_row kernels, 5–8 the qgemv
+// tiles, their 8-row slices and the cuBLASLt / dequantize path; M 1–4 also with the row kernels off,
+// qgemvRowMaxM = 0, against them) × awkward N and K (odd N, K not a multiple of the 64-byte chunk, odd
 // K) × with and without bias; the fused q/k/v (matmulMany) and gate/up (matmulSiluMul) paths; CUDA
 // graph replays; and whole stories260K checkpoints quantized on the cpu, evaluated on the GPU.
 // Shared by test/cuda-quant.test.ts (vitest, skipped without a GPU) and scripts/gpu/run-cuda-tests.ts.
@@ -162,7 +163,7 @@ class UnderTest {
   }
 }
 
-const MS = [1, 2, 3, 5, 8, 17, 300];
+const MS = [1, 2, 3, 4, 5, 8, 17, 300];
 
 /** One scheme on one [N, K]: every M of MS (bias on odd M, and both ways at M 1 and 300). */
 function linearCase(s: QScheme, N: number, K: number): OpCase {
@@ -218,7 +219,7 @@ function manyCase(s: QScheme, K: number): OpCase {
       const bs = [inp.floats(100), undefined, inp.floats(37)];
       const cbs = bs.map((b) => (b ? cpu.upload(b, [b.length]) : undefined));
       const gbs = bs.map((b) => (b ? gpu.upload(b, [b.length]) : undefined));
-      for (const M of [1, 3, 8, 17, 300]) {
+      for (const M of [1, 2, 3, 4, 8, 17, 300]) {
         const x = randomX(inp, M, K, act !== undefined && act.scale === undefined);
         const gx = gpu.upload(x, [M, K]);
         const outs = Ns.map((n) => gpu.empty([M, n]));
@@ -251,7 +252,7 @@ function siluCase(s: QScheme, K: number): OpCase {
       const [gg, gu] = [ut.weight(wg!, act, name), ut.weight(wu!, act, name)];
       const [cg, cu] = [cpu.upload(dequantizeQuantizedLinear(wg!), [N, K]), cpu.upload(dequantizeQuantizedLinear(wu!), [N, K])];
       const inp = new Inputs(K + 9, dtype);
-      for (const M of [1, 5, 8, 17, 300]) {
+      for (const M of [1, 2, 3, 4, 5, 8, 17, 300]) {
         const x = randomX(inp, M, K, act !== undefined && act.scale === undefined);
         const g = reference(cpu, x, M, K, cg, N, act);
         const u = reference(cpu, x, M, K, cu, N, act);
@@ -263,6 +264,67 @@ function siluCase(s: QScheme, K: number): OpCase {
         freeAll(gpu, gx, out, gate, up);
       }
       freeAll(gpu, gg.t, gu.t);
+      return checks;
+    },
+  };
+}
+
+/**
+ * GPU only: M 1–4 through the row kernels (qgemv_row.cu) and, with qgemvRowMaxM = 0, through the qgemv
+ * tiles, for matmul (+ bias), matmulMany (q/k/v: N, 37, N + 1) and matmulSiluMul: the row kernels
+ * against the cpu, and both paths within the op tolerance of each other (different f32 summation orders).
+ */
+function rowVsTileCase(s: QScheme, N: number, K: number): OpCase {
+  const name = `quant row kernels vs tiles ${s.label} N${N} K${K}`;
+  return {
+    name,
+    run(cpu, gpu, dtype) {
+      if (!(gpu instanceof CudaDevice)) return [{ case: `${name}: GPU only (skipped)`, dtype, error: 0, tol: 0, ok: true }];
+      const checks: Check[] = [];
+      const act = activationSpec(s);
+      const ut = new UnderTest(gpu);
+      const Ns = [N, 37, N + 1];
+      const ws = [...Ns, N].map((n, i) => randomQuantizedWeight(s, n, K, 90 + 13 * i + K));
+      const gws = ws.map((w) => ut.weight(w, act, name).t);
+      const cws = ws.map((w) => cpu.upload(dequantizeQuantizedLinear(w), [w.outFeatures, K]));
+      const inp = new Inputs(K + 17, dtype);
+      const b = inp.floats(N);
+      const [cb, gb] = [cpu.upload(b, [N]), gpu.upload(b, [N])];
+      const saved = gpu.qgemvRowMaxM;
+      try {
+        for (const M of [1, 2, 3, 4]) {
+          const x = randomX(inp, M, K, act !== undefined && act.scale === undefined);
+          const gx = gpu.upload(x, [M, K]);
+          const run = (rowMaxM: number) => {
+            gpu.qgemvRowMaxM = rowMaxM;
+            const one = gpu.empty([M, N]);
+            gpu.matmul(one, gx, gws[0]!, gb);
+            const many = Ns.map((n) => gpu.empty([M, n]));
+            gpu.matmulMany(many, gx, gws.slice(0, 3), [gb, undefined, undefined]);
+            const silu = gpu.empty([M, N]), gate = gpu.empty([M, N]), up = gpu.empty([M, N]);
+            gpu.matmulSiluMul(silu, gx, gws[0]!, gws[3]!, gate, up);
+            const r = { one: gpu.download(one), many: many.map((t) => gpu.download(t)), silu: gpu.download(silu) };
+            freeAll(gpu, one, ...many, silu, gate, up);
+            return r;
+          };
+          const row = run(4), tile = run(0);
+          const tol = tolerance(dtype);
+          checks.push(compare(`${name} M${M} matmul +bias: row = cpu`, dtype, row.one, reference(cpu, x, M, K, cws[0]!, N, act, cb)));
+          checks.push(compare(`${name} M${M} matmul +bias: row = tiles`, dtype, row.one, tile.one, tol));
+          Ns.forEach((n, i) => {
+            checks.push(compare(`${name} M${M} matmulMany output ${i}: row = cpu`, dtype, row.many[i]!,
+              reference(cpu, x, M, K, cws[i]!, n, act, i === 0 ? cb : undefined)));
+            checks.push(compare(`${name} M${M} matmulMany output ${i}: row = tiles`, dtype, row.many[i]!, tile.many[i]!, tol));
+          });
+          const g = reference(cpu, x, M, K, cws[0]!, N, act), u = reference(cpu, x, M, K, cws[3]!, N, act);
+          checks.push(compare(`${name} M${M} matmulSiluMul: row = cpu`, dtype, row.silu, g.map((v, i) => (v / (1 + Math.exp(-v))) * u[i]!), 2 * tol));
+          checks.push(compare(`${name} M${M} matmulSiluMul: row = tiles`, dtype, row.silu, tile.silu, 2 * tol));
+          freeAll(gpu, gx);
+        }
+      } finally {
+        gpu.qgemvRowMaxM = saved;
+        freeAll(gpu, ...gws, gb);
+      }
       return checks;
     },
   };
@@ -292,6 +354,7 @@ export function quantCases(dtype: ComputeDType): OpCase[] {
     const s = QSCHEMES.find((q) => q.label === label)!;
     cases.push(manyCase(s, 2048), siluCase(s, s.groupSize ? 1152 : 1000));
   }
+  for (const s of QSCHEMES) cases.push(rowVsTileCase(s, 45, s.groupSize ? 1152 : 1000));
   return cases;
 }
 
@@ -496,9 +559,11 @@ async function modelStructureChecks(name: string, dir: string, dev: CudaDevice, 
       fp8Activations ? DECODE_LOGITS_TOL_FP8_ACTIVATIONS : DECODE_LOGITS_TOL));
     const kernels = new Set(ops.map((o) => o.name));
     const wantFused = m.kvCache === undefined;
-    const fusedQuant = [...kernels].some((k) => k.startsWith('qgemv_silu_'));
-    checks.push({ case: `${name} ${dtype}: decode step ran ${wantFused ? 'qgemv_silu (fused)' : 'unfused quantized matmuls'}`, dtype, error: 0, tol: 0,
-      ok: fusedQuant === wantFused && [...kernels].some((k) => k.startsWith('qgemv3_')), note: [...kernels].filter((k) => k.startsWith('q')).join(', ') });
+    // batch 1: the row kernels (qgemv_row.cu) unless qgemvRowMaxM is 0, then qgemv's tiles
+    const prefix = dev.qgemvRowMaxM >= 1 ? 'qgemvr' : 'qgemv';
+    const fusedQuant = [...kernels].some((k) => k.startsWith(`${prefix}_silu_`));
+    checks.push({ case: `${name} ${dtype}: decode step ran ${wantFused ? `${prefix}_silu (fused)` : 'unfused quantized matmuls'}`, dtype, error: 0, tol: 0,
+      ok: fusedQuant === wantFused && [...kernels].some((k) => k.startsWith(`${prefix}3_`)), note: [...kernels].filter((k) => k.startsWith('q')).join(', ') });
     cache.free();
     ws.free();
     dev.free(logits);

@@ -10,7 +10,7 @@ import { CudaError } from './errors.js';
 import { KernelLibrary, type ArgSignature, type Kernel, type KernelArg } from './kernels.js';
 import { Nvrtc, gpuArchitecture } from './nvrtc.js';
 import { DECODE_COUNTERS, launchFusedDecode } from './decode-attention.js';
-import { CudaQuantLinear, QuantLinearOps } from './quant-linear.js';
+import { CudaQuantLinear, QGEMV_ROW_MAX_M, QuantLinearOps } from './quant-linear.js';
 import { CudaQuantJob } from './quant-job-ops.js';
 import { CudaTensor, Storage, elementBytes, shapeSize } from './tensor.js';
 import { CudaTrainingOps } from './train-ops.js';
@@ -997,6 +997,9 @@ export class CudaDevice implements Device {
   }
 
   // --- quantized linears (kernels/qgemv.cu, quant-linear.ts) ---------------------------------
+
+  /** Largest M of quantized Linears that runs the warp-per-row-pair kernels (kernels/qgemv_row.cu) instead of qgemv's tiles (LLMOPT_CUDA_QGEMV_ROW_MAX_M, default 4 = all they serve; 0 = never; benchmarks and tests change it). */
+  qgemvRowMaxM = Math.min(QGEMV_ROW_MAX_M, Number(process.env.LLMOPT_CUDA_QGEMV_ROW_MAX_M ?? QGEMV_ROW_MAX_M));
 
   /** Keep quantized Linears quantized (LLMOPT_CUDA_NATIVE_QUANT=0: dequantize them, for A/B comparisons). */
   nativeQuantizedLinears = process.env.LLMOPT_CUDA_NATIVE_QUANT !== '0';

@@ -14,9 +14,11 @@
 //   4-bit pack-quantized weights (per-channel or groups of 32k columns, zero points, act-order), x as is.
 // The device dtype must be bf16 or f16 (the f32 device is the exact reference and dequantizes).
 //
-// Paths by M: M ≤ 8 one qgemv launch (rows of x in chunks that fit shared memory); 8 < M ≤ 64, or
-// while a CUDA graph is being captured, qgemv over 8-row slices (no scratch memory, so a replayed
-// graph never depends on a buffer that may move); otherwise W8A8 = quantize_act + cuBLASLt FP8/INT8
+// Paths by M: M ≤ CudaDevice.qgemvRowMaxM (default 4) one kernels/qgemv_row.cu launch (a warp per
+// row pair, CUDA cores); else M ≤ 8 one qgemv launch (tensor-core tiles; rows of x in chunks that fit
+// shared memory); 8 < M ≤ 64, or while a CUDA graph is being captured, 8-row slices of those (the
+// last slice may take the row kernels; no scratch memory, so a replayed graph never depends on a
+// buffer that may move); otherwise W8A8 = quantize_act + cuBLASLt FP8/INT8
 // GEMM into an f32/int32 scratch + rescale, weights only = dequant_weight into a scratch + the
 // ordinary GEMM. Scratch buffers grow on demand and are kept (counted in memoryStats).
 
@@ -38,6 +40,11 @@ const QGEMV_MAX_M = 8;
 const SLICED_MAX_M = 64;
 const QG_UNROLL = 4;
 const QG_MAX_WARPS = 16;
+/** Largest M the warp-per-row-pair kernels (kernels/qgemv_row.cu) are instantiated for. */
+export const QGEMV_ROW_MAX_M = 4;
+const QR_WARPS = 8;
+/** Shared memory the row kernels may use (staged act-order x or W8A8 codes); beyond it the tile kernels run. */
+const ROW_SMEM_BUDGET_BYTES = 200 * 1024;
 /** Shared memory qgemv may use for staged x (the rest of the 227 KiB holds the partial tiles). */
 const STAGE_BUDGET_BYTES = 160 * 1024;
 /** Largest accumulator scratch of the W8A8 path; larger M runs in row slices. */
@@ -104,6 +111,12 @@ function stageStride(format: QuantFormat, act: boolean, Kp: number): number {
 /** Dynamic shared memory of one qgemv launch (kernels/qgemv.cu qg_smem). */
 function qgemvSmemBytes(rows: number, stride: number, warps: number): number {
   return roundUp(rows * stride, 16) + warps * 512 + 512 + 32 + 512;
+}
+
+/** Dynamic shared memory of one qgemv_row launch (kernels/qgemv_row.cu qr_stage): 0 unless x is staged. */
+function qgemvRowSmemBytes(w: CudaQuantLinear, rows: number, elem: number): number {
+  if (w.act === 'quantize') return roundUp(rows * w.Kp, 16) + 32 + QR_WARPS * 32;
+  return w.perm !== 0n ? rows * w.Kp * elem : 0;
 }
 
 /**
@@ -371,6 +384,14 @@ export class QuantLinearOps {
       return;
     }
     const { o } = this.check('matmulSiluMul', out, x, g);
+    if (this.rowKernels(g, M)) {
+      const shape = this.rowLaunchShape(g, xc, M, g.N, 'qgemvr_silu', 'ppppppppp' + 'iiiiii' + 'q' + 'i' + 'f' + 'i');
+      this.dev.kernels.launch(shape.kernel, [shape.blocks], [QR_WARPS * 32], shape.smem, [
+        o.ptr, xc.ptr, g.weights, u.weights, g.scales, u.scales, g.zeros, u.zeros, g.perm,
+        g.N, g.K, g.Kp, g.rowBytes, g.groups, shape.vec, g.gmagic, shape.chunkGroups, g.staticScale, shape.pairsPerWarp,
+      ]);
+      return;
+    }
     this.sliced(M, (r0, rows) => {
       const xs = this.dev.rows(xc, r0, rows), os = this.dev.rows(o, r0, rows);
       const { kernel, threads, smem, vec } = this.launchShape(g, xs, rows, 'qgemv_silu', 'ppppppppp' + 'iiiiiii' + 'q' + 'f');
@@ -408,9 +429,46 @@ export class QuantLinearOps {
     return { kernel: this.dev.kernel('qgemv', name, signature), threads: warps * 32, smem, vec };
   }
 
+  /** Whether M rows of x go to the row kernels (M ≤ qgemvRowMaxM and their staged x fits shared memory). */
+  private rowKernels(w: CudaQuantLinear, M: number): boolean {
+    return M >= 1 && M <= Math.min(QGEMV_ROW_MAX_M, this.dev.qgemvRowMaxM) &&
+      qgemvRowSmemBytes(w, M, this.dev.dtype === 'f32' ? 4 : 2) <= ROW_SMEM_BUDGET_BYTES;
+  }
+
+  /**
+   * A qgemv_row launch over `pairs` warp tasks (row pairs). Blocks that stage x (W8A8 codes, act-order)
+   * take up to 4 pairs per warp while that leaves ≥ 2 blocks per SM, so fewer blocks repeat the staging.
+   */
+  private rowLaunchShape(w: CudaQuantLinear, x: CudaTensor, M: number, pairs: number, family: string, signature: string) {
+    const act = w.act === 'quantize';
+    const smem = qgemvRowSmemBytes(w, M, this.dev.dtype === 'f32' ? 4 : 2);
+    const blocks1 = Math.ceil(pairs / QR_WARPS);
+    const pairsPerWarp = smem > 0 ? Math.max(1, Math.min(4, Math.floor(blocks1 / (2 * this.dev.info.multiprocessors)))) : 1;
+    const vec = w.K % 8 === 0 && x.ptr % 16n === 0n ? 1 : 0;
+    const chunkGroups = w.groups > 1 && w.groupSize % (16 * WORD_COLUMNS[w.format]) === 0 ? 1 : 0;
+    const name = `${family}_${w.format}_${act ? 'a' : 'w'}_${this.dev.suffix}_m${M}`;
+    return { kernel: this.dev.kernel('qgemv_row', name, signature), blocks: Math.ceil(pairs / (QR_WARPS * pairsPerWarp)), smem, vec, chunkGroups, pairsPerWarp };
+  }
+
   /** outs[i] = x · ws[i]ᵀ (+ biases[i]) for x of at most 8 rows, in launches whose staged x fits shared memory. */
   private gemv(x: CudaTensor, outs: CudaTensor[], ws: CudaQuantLinear[], biases: (CudaTensor | undefined)[]): void {
     const w0 = ws[0]!;
+    if (this.rowKernels(w0, x.rowCount)) {
+      const M = x.rowCount;
+      const pairs = ws.reduce((a, w) => a + Math.ceil(w.N / 2), 0);
+      const shape = this.rowLaunchShape(w0, x, M, pairs, 'qgemvr3', 'ppppppppppppppppp' + 'iiiiiiii' + 'q' + 'i' + 'f' + 'i');
+      const at = <T>(arr: T[], i: number, pick: (v: T) => DevicePtr): DevicePtr => (arr[i] !== undefined ? pick(arr[i]!) : 0n);
+      const N = [0, 1, 2].map((i) => ws[i]?.N ?? 0);
+      this.dev.kernels.launch(shape.kernel, [shape.blocks], [QR_WARPS * 32], shape.smem, [
+        at(outs, 0, (t) => t.ptr), at(outs, 1, (t) => t.ptr), at(outs, 2, (t) => t.ptr), x.ptr,
+        at(ws, 0, (t) => t.weights), at(ws, 1, (t) => t.weights), at(ws, 2, (t) => t.weights),
+        at(ws, 0, (t) => t.scales), at(ws, 1, (t) => t.scales), at(ws, 2, (t) => t.scales),
+        at(ws, 0, (t) => t.zeros), at(ws, 1, (t) => t.zeros), at(ws, 2, (t) => t.zeros),
+        biases[0]?.ptr ?? 0n, biases[1]?.ptr ?? 0n, biases[2]?.ptr ?? 0n, w0.perm,
+        N[0]!, N[1]!, N[2]!, w0.K, w0.Kp, w0.rowBytes, w0.groups, shape.vec, w0.gmagic, shape.chunkGroups, w0.staticScale, shape.pairsPerWarp,
+      ]);
+      return;
+    }
     const rowsPerLaunch = Math.max(1, Math.min(x.rowCount, Math.floor(STAGE_BUDGET_BYTES / stageStride(w0.format, w0.act === 'quantize', w0.Kp))));
     for (let r0 = 0; r0 < x.rowCount; r0 += rowsPerLaunch) {
       const rows = Math.min(rowsPerLaunch, x.rowCount - r0);

@@ -1,0 +1,468 @@
+// Quantized Linears at M = 1…4 (decode): out[M,N] = x[M,K] · W[N,K]ᵀ (+ bias), W read as stored
+// (quant.cuh), one warp per pair of output rows (two consecutive rows, or gate row n and up row n),
+// CUDA cores, f32 accumulation. The tile kernels of qgemv.cu serve M = 5…8 (and everything when
+// qgemvRowMaxM is 0).
+//
+// A warp streams its two rows in 512-byte spans: lane L loads bytes [16L, 16L + 16) of a span, i.e.
+// chunk 8s + L/4 (64 bytes), quad lane t = L % 4, stored words 4t..4t+3 = original words t, t+4, t+8,
+// t+12 of the chunk (columns (t + 4u)·KW … + KW of the chunk for u = 0…3). QR_SPANS spans of both rows
+// (8 16-byte loads per lane) are issued before any math, as gemv.cu does; a Llama-1B row (2048
+// columns: 4 spans of FP8, 2 of 4-bit) is one such round.
+//
+// x: weights only → read from global memory as stored (T, L1-cached: a few KB every warp of the SM
+// reads) for exactly the lane's columns and converted to f32 once for both rows; staging it per block
+// instead would re-read x from L2 in every block (1 MB per q/k/v launch at M = 1, 4× that at M = 4,
+// against 4 MB of FP8 weights). Act-order (perm) gathers x into shared memory once per block (T, in the
+// weights' column order). W8A8 → x quantized per token in every block (dynamic absmax or static scale,
+// quant.cuh: the codes of qgemv.cu / fakeQuantRows bit for bit) into shared memory in the weights'
+// interleaved order, so a lane's 16 code bytes sit at the same offset as its 16 weight bytes (one
+// conflict-free 16-byte shared load per row of x).
+//
+// Math, per lane and 16 loaded bytes of one row (instruction counts from the source; x loads and
+// conversions are shared by the pair's two rows, so they count half; + 1 FFMA per word and row of x for
+// the word's (group) scale):
+//   fp8_w: 8 cvt.e4m3x2→f16x2 + 16 f16→f32 (HADD2.F32) + 20·M FFMA + x per row of it: 4 8-byte loads
+//          + 16 bf16→f32 (shift / and), /2 → M = 1: ~54, M = 4: ~145
+//   s8_w:  4 xor + 16 prmt into 0x4B0000xx (2^23 + q + 128 as f32) + 16 FADD (− 2^23 − 128 − zero,
+//          exact) + 20·M FFMA + x as fp8 → M = 1: ~66, M = 4: ~155
+//   u4_w:  per word 3 shifts + 4 lop3 into 0x6400-biased f16x2 + 4 HSUB2 (− 1032 − zero, exact) = 44,
+//          + 32 f16→f32 + 36·M FFMA + x: 4 16-byte loads + 32 conversions, /2 → M = 1: ~130, M = 4:
+//          ~290 (f16x2 HFMA2 would halve the FMAs but accumulates in f16, which overflows past 65504
+//          on real activations: |x| · 15 > 65504 for |x| > 4.4k)
+//   fp8_a: weights as fp8_w, codes the same way (/2), 16·M FFMA: products of two E4M3 values are exact
+//          in f32 → M = 1: ~52
+//   s8_a:  4·M dp4a (exact int32 sums) + M 16-byte shared loads (/2) → M = 1: ~6
+// plus, when G > 1, the group scale and zero loads (one per chunk when groups span whole chunks, else
+// per word). An H200 SM's share of ~4 TB/s is ~15 bytes per cycle: one 512-byte warp load per ~33
+// cycles, in which its 4 schedulers issue ~130 warp instructions, i.e. ~130 instructions per lane and
+// 16 loaded bytes. So M = 1 can stream near bandwidth (4-bit right at the issue limit), and M = 4 of
+// the weights-only formats is issue-bound.
+#include "quant.cuh"
+
+constexpr int QR_WARPS = 8;
+constexpr int QR_SPANS = 4;  // 512-byte spans of each of the 2 rows loaded per round
+// ≥ 2 blocks (16 warps, 32 rows × 8 16-byte loads per lane: 64 KB in flight) per SM: ≤ 128 registers
+constexpr int QR_MIN_BLOCKS = 2;
+
+__device__ __forceinline__ uint4 qr_ld_stream(const unsigned char* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ int qr_dp4a(unsigned a, unsigned b, int c) {
+  int r;
+  asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+}
+
+// f16x2 → two f32 (low half first).
+__device__ __forceinline__ void qr_h2f(unsigned h, float& lo, float& hi) {
+  lo = to_float(f16_t{(u16)(h & 0xffffu)});
+  hi = to_float(f16_t{(u16)(h >> 16)});
+}
+
+// Two storage values in a 32-bit word → f32.
+__device__ __forceinline__ void qr_pair_f32(unsigned w, float* f, const bf16_t*) {
+  f[0] = __uint_as_float(w << 16);
+  f[1] = __uint_as_float(w & 0xffff0000u);
+}
+__device__ __forceinline__ void qr_pair_f32(unsigned w, float* f, const f16_t*) { qr_h2f(w, f[0], f[1]); }
+
+// x[k … k + KW) of one row as f32 (zeros at and past lim). vec: whole 2·KW-byte vectors (lim % KW == 0,
+// aligned rows).
+template <typename T, int KW>
+__device__ __forceinline__ void qr_x(float* f, const T* xr, int k, int lim, int vec) {
+  if (vec) {
+    if (k >= lim) {
+#pragma unroll
+      for (int i = 0; i < KW; ++i) f[i] = 0.f;
+    } else if (KW == 4) {
+      const uint2 v = *reinterpret_cast<const uint2*>(xr + k);
+      qr_pair_f32(v.x, f, xr), qr_pair_f32(v.y, f + 2, xr);
+    } else {
+      const uint4 v = *reinterpret_cast<const uint4*>(xr + k);
+      qr_pair_f32(v.x, f, xr), qr_pair_f32(v.y, f + 2, xr), qr_pair_f32(v.z, f + 4, xr), qr_pair_f32(v.w, f + 6, xr);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < KW; ++i) f[i] = k + i < lim ? to_float(xr[k + i]) : 0.f;
+  }
+}
+
+// One stored word of weights → KW f32 values in column order. off: the f32 (8-bit) or f16x2 (4-bit)
+// amount the magic-number conversion subtracts (see qr_offset).
+template <int FMT>
+__device__ __forceinline__ void qr_dequant(unsigned w, unsigned off, float* f) {
+  if constexpr (FMT == QFMT_FP8) {
+    qr_h2f(e4m3x2_to_f16x2(w & 0xffffu), f[0], f[1]);
+    qr_h2f(e4m3x2_to_f16x2(w >> 16), f[2], f[3]);
+  } else if constexpr (FMT == QFMT_S8) {
+    const unsigned u = w ^ 0x80808080u;  // q + 128
+    const float o = __uint_as_float(off);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) f[i] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + i)) - o;
+  } else {
+    unsigned p[4];
+    u4x8_to_f16x2(w, off, p);  // p[i] = (column i, column i + 4)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) qr_h2f(p[i], f[i], f[i + 4]);
+  }
+}
+
+// What qr_dequant subtracts for zero point z: 8-bit 2^23 + 128 + z (f32 bits), 4-bit 1032 + z (f16x2).
+template <int FMT>
+__device__ __forceinline__ unsigned qr_offset(const int* zero, int at) {
+  const float z = zero != nullptr ? (float)zero[at] : 0.f;
+  if constexpr (FMT == QFMT_U4) return f16x2_of(1032.f + z, 1032.f + z);
+  else return __float_as_uint(8388736.f + z);
+}
+
+// Where a pair's x comes from: global memory (row stride K, limit K) or shared memory (stride Kp, zeros
+// staged up to Kp); ACT 1: codes in shared memory (stride Kp) and the per-token scales.
+template <typename T>
+struct QrIn {
+  const T* x;
+  int stride, lim, vec;
+  const unsigned char* codes;
+  const float* sx;
+};
+
+// The pair's dot products with the M rows of x: acc[r][m] for row r (0: wa's row, 1: wb's row), reduced
+// over the warp, times the weight scale (and the x scale for ACT 1). Rows are < Np: padding rows are
+// zero bytes with zero scales, so they are read like any other.
+template <typename T, int FMT, int ACT, int M>
+__device__ __forceinline__ void qr_pair(float (&acc)[2][M], const unsigned char* wa, const unsigned char* wb, const float* sa,
+                                        const float* sb, const int* za, const int* zb, const QrIn<T>& in, int rowBytes, int nChunks,
+                                        int G, unsigned long long gmagic, int chunkGroups) {
+  constexpr int KW = QFmt<FMT>::KW, CK = QFmt<FMT>::CK;
+  const int lane = threadIdx.x & 31, t = lane & 3;
+  const unsigned char* w[2] = {wa, wb};
+  const float* sc[2] = {sa, sb};
+  const int* zp[2] = {za, zb};
+  float facc[2][M];
+  int iacc[2][M];
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int m = 0; m < M; ++m) facc[r][m] = 0.f, iacc[r][m] = 0;
+  // One group per row: its offset now, its scale at the end.
+  unsigned off1[2] = {0u, 0u};
+  if (ACT == 0 && G == 1) off1[0] = qr_offset<FMT>(za, 0), off1[1] = qr_offset<FMT>(zb, 0);
+  const int nSpans = (nChunks + 7) >> 3;
+  for (int s0 = 0; s0 < nSpans; s0 += QR_SPANS) {
+    uint4 v[2][QR_SPANS];
+#pragma unroll
+    for (int j = 0; j < QR_SPANS; ++j) {
+      const int c = 8 * (s0 + j) + (lane >> 2);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) v[r][j] = c < nChunks ? qr_ld_stream(w[r] + (long long)c * 64 + 16 * t) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    // Long rows (down_proj: 4 rounds of FP8 at K = 8192): the next round heads for L2 during this one's math.
+    if (s0 + QR_SPANS < nSpans) {
+#pragma unroll
+      for (int j = 0; j < QR_SPANS; ++j) {
+        const int c = 8 * (s0 + QR_SPANS + j) + (lane >> 2);
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          if (c < nChunks) asm volatile("prefetch.global.L2 [%0];" ::"l"(w[r] + (long long)c * 64 + 16 * t));
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < QR_SPANS; ++j) {
+      const int c = 8 * (s0 + j) + (lane >> 2);
+      if (c >= nChunks) break;
+      if constexpr (ACT == 1) {
+        uint4 cv[M];  // the lane's 16 code bytes of each row of x, at its weight bytes' offset
+#pragma unroll
+        for (int m = 0; m < M; ++m) cv[m] = *reinterpret_cast<const uint4*>(in.codes + m * in.stride + c * 64 + 16 * t);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          unsigned ww[2];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) ww[r] = u == 0 ? v[r][j].x : u == 1 ? v[r][j].y : u == 2 ? v[r][j].z : v[r][j].w;
+          if constexpr (FMT == QFMT_S8) {
+#pragma unroll
+            for (int m = 0; m < M; ++m) {
+              const unsigned cw = u == 0 ? cv[m].x : u == 1 ? cv[m].y : u == 2 ? cv[m].z : cv[m].w;
+#pragma unroll
+              for (int r = 0; r < 2; ++r) iacc[r][m] = qr_dp4a(ww[r], cw, iacc[r][m]);
+            }
+          } else {
+            float wf[2][4];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) qr_dequant<QFMT_FP8>(ww[r], 0u, wf[r]);
+#pragma unroll
+            for (int m = 0; m < M; ++m) {
+              float xf[4];
+              qr_dequant<QFMT_FP8>(u == 0 ? cv[m].x : u == 1 ? cv[m].y : u == 2 ? cv[m].z : cv[m].w, 0u, xf);
+#pragma unroll
+              for (int r = 0; r < 2; ++r)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) facc[r][m] = fmaf(wf[r][i], xf[i], facc[r][m]);
+            }
+          }
+        }
+      } else {
+        // Per word u: scale and offset of its group (G > 1), the row's otherwise.
+        float sw[2][4];
+        unsigned off[2][4];
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+#pragma unroll
+          for (int u = 0; u < 4; ++u) sw[r][u] = 1.f, off[r][u] = off1[r];
+        if (G > 1) {
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            if (u > 0 && chunkGroups) {
+#pragma unroll
+              for (int r = 0; r < 2; ++r) sw[r][u] = sw[r][0], off[r][u] = off[r][0];
+              continue;
+            }
+            const int grp = (int)(((unsigned long long)(4 * c + u) * gmagic) >> 32);
+#pragma unroll
+            for (int r = 0; r < 2; ++r) sw[r][u] = sc[r][grp], off[r][u] = qr_offset<FMT>(zp[r], grp);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int k = c * CK + (t + 4 * u) * KW;
+          float wf[2][KW];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const unsigned ww[4] = {v[r][j].x, v[r][j].y, v[r][j].z, v[r][j].w};
+            qr_dequant<FMT>(ww[u], off[r][u], wf[r]);
+          }
+#pragma unroll
+          for (int m = 0; m < M; ++m) {
+            float xf[KW];
+            qr_x<T, KW>(xf, in.x + (long long)m * in.stride, k, in.lim, in.vec);
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              float p = 0.f;
+#pragma unroll
+              for (int i = 0; i < KW; ++i) p = fmaf(wf[r][i], xf[i], p);
+              facc[r][m] = fmaf(p, sw[r][u], facc[r][m]);
+            }
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float rowScale = G == 1 ? sc[r][0] : 1.f;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float a = ACT == 1 && FMT == QFMT_S8 ? (float)iacc[r][m] : facc[r][m];
+      if (ACT == 1 && FMT == QFMT_S8) {
+        int ia = iacc[r][m];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ia += __shfl_xor_sync(FULL_MASK, ia, o);
+        a = (float)ia;
+      } else {
+        a = warp_sum(a);
+      }
+      acc[r][m] = a * rowScale * (ACT == 1 ? in.sx[m] : 1.f);
+    }
+  }
+}
+
+// Asks L2 for the lane's bytes of a row's first round (QR_SPANS spans), before x is staged: those
+// blocks would otherwise issue their first weight loads only after the staging's round trips.
+__device__ __forceinline__ void qr_prefetch(const unsigned char* row, int nChunks) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < QR_SPANS; ++j) {
+    const int c = 8 * j + (lane >> 2);
+    if (c < nChunks) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + (long long)c * 64 + 16 * (lane & 3)));
+  }
+}
+
+// Shared memory: staged x (ACT 0 with perm: T [M][Kp]; ACT 1: codes [M][Kp]), then the x scales [8] and
+// the absmax partials [QR_WARPS][8] (quant-linear.ts qgemvRowSmemBytes).
+template <typename T, int FMT, int ACT>
+__device__ __forceinline__ QrIn<T> qr_stage(const T* x, int M, int K, int Kp, const int* perm, int vec, float staticScale) {
+  extern __shared__ uint4 qr_shared[];
+  unsigned char* base = reinterpret_cast<unsigned char*>(qr_shared);
+  QrIn<T> in;
+  in.codes = nullptr, in.sx = nullptr;
+  const int tid = threadIdx.x, nt = blockDim.x;
+  if (ACT == 0) {
+    if (perm == nullptr) {
+      in.x = x, in.stride = K, in.lim = K, in.vec = vec;
+      return in;
+    }
+    T* xs = reinterpret_cast<T*>(base);
+    for (int m = 0; m < M; ++m)
+      for (int j = tid; j < Kp; j += nt) xs[m * Kp + j] = j < K ? x[(long long)m * K + perm[j]] : from_float<T>(0.f);
+    __syncthreads();
+    in.x = xs, in.stride = Kp, in.lim = Kp, in.vec = 1;
+    return in;
+  }
+  unsigned char* codes = base;
+  float* sx = reinterpret_cast<float*>(base + ((M * Kp + 15) & ~15));
+  float* amaxw = sx + 8;
+  const int fp8 = FMT == QFMT_FP8;
+  if (staticScale > 0.f) {
+    if (tid < M) sx[tid] = staticScale;
+  } else {
+    const int lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
+    for (int m = 0; m < M; ++m) {
+      const T* xr = x + (long long)m * K;
+      float a = 0.f;
+      for (int k = tid; k < K; k += nt) a = fmaxf(a, fabsf(to_float(xr[k])));
+      a = warp_max(a);
+      if (lane == 0) amaxw[warp * 8 + m] = a;
+    }
+    __syncthreads();
+    if (tid < M) {
+      float a = 0.f;
+      for (int w = 0; w < nw; ++w) a = fmaxf(a, amaxw[w * 8 + tid]);
+      sx[tid] = qdyn_scale(a, fp8);
+    }
+  }
+  __syncthreads();
+  for (int m = 0; m < M; ++m) {
+    const T* xr = x + (long long)m * K;
+    const float s = sx[m];
+    unsigned char* row = codes + m * Kp;
+    if (vec) {
+      // 8 columns = original words 2j, 2j + 1, stored at their interleaved positions.
+      for (int j = tid; j < Kp / 8; j += nt) {
+        float v[8];
+        if (8 * j < K) {
+          const uint4 raw = reinterpret_cast<const uint4*>(xr)[j];
+          const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) v[i] = __fdiv_rn(to_float(e[i]), s);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) v[i] = 0.f;
+        }
+        const uint2 q = quant8(v, fp8);
+        const int w0 = 2 * j, w1 = 2 * j + 1;
+        reinterpret_cast<unsigned*>(row)[(w0 & ~15) | qword_stored(w0 & 15)] = q.x;
+        reinterpret_cast<unsigned*>(row)[(w1 & ~15) | qword_stored(w1 & 15)] = q.y;
+      }
+    } else {
+      for (int k = tid; k < Kp; k += nt) {
+        unsigned b = 0u;
+        if (k < K) {
+          const float v = __fdiv_rn(to_float(xr[k]), s);
+          b = fp8 ? (e4m3x2(v, 0.f) & 0xffu) : s8_byte(v);
+        }
+        row[(k & ~63) | (qword_stored((k & 63) >> 2) << 2) | (k & 3)] = (unsigned char)b;
+      }
+    }
+  }
+  __syncthreads();
+  in.x = x, in.stride = Kp, in.lim = Kp, in.vec = 0;
+  in.codes = codes, in.sx = sx;
+  return in;
+}
+
+// Up to three matrices sharing x (q/k/v): the grid's warps take row pairs of the concatenated matrices
+// (⌈Ni / 2⌉ pairs each), pairsPerWarp of them each (warp w of block b: pairs (b·pairsPerWarp + i)·8 + w).
+template <typename T, int FMT, int ACT, int M>
+__device__ __forceinline__ void qgemvr3(T* o0, T* o1, T* o2, const T* x, const unsigned char* w0, const unsigned char* w1,
+                                        const unsigned char* w2, const float* s0, const float* s1, const float* s2, const int* z0,
+                                        const int* z1, const int* z2, const T* b0, const T* b1, const T* b2, const int* perm, int N0,
+                                        int N1, int N2, int K, int Kp, int rowBytes, int G, int vec, long long gmagic, int chunkGroups,
+                                        float staticScale, int pairsPerWarp) {
+  const int P0 = (N0 + 1) >> 1, P1 = (N1 + 1) >> 1, P2 = (N2 + 1) >> 1;
+  const int lane = threadIdx.x & 31, nChunks = Kp / QFmt<FMT>::CK;
+  if (ACT == 1 || perm != nullptr) {
+    int p = blockIdx.x * pairsPerWarp * QR_WARPS + (threadIdx.x >> 5);
+    const int which = p < P0 ? 0 : p < P0 + P1 ? 1 : 2;
+    const unsigned char* w = which == 0 ? w0 : which == 1 ? w1 : w2;
+    p -= which == 0 ? 0 : which == 1 ? P0 : P0 + P1;
+    if (p < (which == 0 ? P0 : which == 1 ? P1 : P2)) {
+      qr_prefetch(w + (long long)2 * p * rowBytes, nChunks);
+      qr_prefetch(w + (long long)(2 * p + 1) * rowBytes, nChunks);
+    }
+  }
+  const QrIn<T> in = qr_stage<T, FMT, ACT>(x, M, K, Kp, perm, vec, staticScale);
+  for (int i = 0; i < pairsPerWarp; ++i) {
+    int p = (blockIdx.x * pairsPerWarp + i) * QR_WARPS + (threadIdx.x >> 5);
+    T* out = o0;
+    const unsigned char* w = w0;
+    const float* sc = s0;
+    const int* zp = z0;
+    const T* bias = b0;
+    int N = N0;
+    if (p >= P0 + P1 + P2) return;
+    if (p >= P0 + P1) {
+      p -= P0 + P1, out = o2, w = w2, sc = s2, zp = z2, bias = b2, N = N2;
+    } else if (p >= P0) {
+      p -= P0, out = o1, w = w1, sc = s1, zp = z1, bias = b1, N = N1;
+    }
+    const int n = 2 * p;
+    float acc[2][M];
+    qr_pair<T, FMT, ACT, M>(acc, w + (long long)n * rowBytes, w + (long long)(n + 1) * rowBytes, sc + (long long)n * G,
+                            sc + (long long)(n + 1) * G, zp != nullptr ? zp + (long long)n * G : nullptr,
+                            zp != nullptr ? zp + (long long)(n + 1) * G : nullptr, in, rowBytes, nChunks, G,
+                            (unsigned long long)gmagic, chunkGroups);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int nr = n + r;
+      const float b = bias != nullptr && nr < N ? to_float(bias[nr]) : 0.f;
+#pragma unroll
+      for (int m = 0; m < M; ++m)
+        if (lane == 16 * r + m && nr < N) out[(long long)m * N + nr] = from_float<T>(acc[r][m] + b);
+    }
+  }
+}
+
+// Gate/up + SwiGLU: a warp takes row n of wg and of wu (pairsPerWarp rows n each, as qgemvr3);
+// out[m, n] = silu(x·wg[n]) · (x·wu[n]), f32 until the store.
+template <typename T, int FMT, int ACT, int M>
+__device__ __forceinline__ void qgemvr_silu(T* out, const T* x, const unsigned char* wg, const unsigned char* wu, const float* sg,
+                                            const float* su, const int* zg, const int* zu, const int* perm, int N, int K, int Kp,
+                                            int rowBytes, int G, int vec, long long gmagic, int chunkGroups, float staticScale,
+                                            int pairsPerWarp) {
+  const int lane = threadIdx.x & 31, nChunks = Kp / QFmt<FMT>::CK;
+  if (ACT == 1 || perm != nullptr) {
+    const int n = blockIdx.x * pairsPerWarp * QR_WARPS + (threadIdx.x >> 5);
+    if (n < N) qr_prefetch(wg + (long long)n * rowBytes, nChunks), qr_prefetch(wu + (long long)n * rowBytes, nChunks);
+  }
+  const QrIn<T> in = qr_stage<T, FMT, ACT>(x, M, K, Kp, perm, vec, staticScale);
+  for (int i = 0; i < pairsPerWarp; ++i) {
+    const int n = (blockIdx.x * pairsPerWarp + i) * QR_WARPS + (threadIdx.x >> 5);
+    if (n >= N) return;
+    float acc[2][M];
+    qr_pair<T, FMT, ACT, M>(acc, wg + (long long)n * rowBytes, wu + (long long)n * rowBytes, sg + (long long)n * G, su + (long long)n * G,
+                            zg != nullptr ? zg + (long long)n * G : nullptr, zu != nullptr ? zu + (long long)n * G : nullptr, in, rowBytes,
+                            nChunks, G, (unsigned long long)gmagic, chunkGroups);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float g = acc[0][m];
+      if (lane == m) out[(long long)m * N + n] = from_float<T>(g / (1.f + expf(-g)) * acc[1][m]);
+    }
+  }
+}
+
+#define DEF_QGEMVR_M(T, S, FMT, F, ACT, A, M)                                                                                     \
+  extern "C" __global__ void __launch_bounds__(QR_WARPS * 32, QR_MIN_BLOCKS) qgemvr3_##F##_##A##_##S##_m##M(                                    \
+      T* o0, T* o1, T* o2, const T* x, const unsigned char* w0, const unsigned char* w1, const unsigned char* w2, const float* s0, \
+      const float* s1, const float* s2, const int* z0, const int* z1, const int* z2, const T* b0, const T* b1, const T* b2,        \
+      const int* perm, int N0, int N1, int N2, int K, int Kp, int rowBytes, int G, int vec, long long gmagic, int chunkGroups,    \
+      float staticScale, int pairsPerWarp) {                                                                                       \
+    qgemvr3<T, FMT, ACT, M>(o0, o1, o2, x, w0, w1, w2, s0, s1, s2, z0, z1, z2, b0, b1, b2, perm, N0, N1, N2, K, Kp, rowBytes, G,  \
+                            vec, gmagic, chunkGroups, staticScale, pairsPerWarp);                                                  \
+  }                                                                                                                                \
+  extern "C" __global__ void __launch_bounds__(QR_WARPS * 32, QR_MIN_BLOCKS) qgemvr_silu_##F##_##A##_##S##_m##M(                                \
+      T* out, const T* x, const unsigned char* wg, const unsigned char* wu, const float* sg, const float* su, const int* zg,       \
+      const int* zu, const int* perm, int N, int K, int Kp, int rowBytes, int G, int vec, long long gmagic, int chunkGroups,     \
+      float staticScale, int pairsPerWarp) {                                                                                       \
+    qgemvr_silu<T, FMT, ACT, M>(out, x, wg, wu, sg, su, zg, zu, perm, N, K, Kp, rowBytes, G, vec, gmagic, chunkGroups,           \
+                                staticScale, pairsPerWarp);                                                                        \
+  }
+#define DEF_QGEMVR(T, S, FMT, F, ACT, A)                                                                                          \
+  DEF_QGEMVR_M(T, S, FMT, F, ACT, A, 1) DEF_QGEMVR_M(T, S, FMT, F, ACT, A, 2) DEF_QGEMVR_M(T, S, FMT, F, ACT, A, 3)             \
+  DEF_QGEMVR_M(T, S, FMT, F, ACT, A, 4)
+#define DEF_QGEMVR_ALL(T, S)                                                                                                      \
+  DEF_QGEMVR(T, S, QFMT_FP8, fp8, 0, w) DEF_QGEMVR(T, S, QFMT_FP8, fp8, 1, a) DEF_QGEMVR(T, S, QFMT_S8, s8, 0, w)               \
+  DEF_QGEMVR(T, S, QFMT_S8, s8, 1, a) DEF_QGEMVR(T, S, QFMT_U4, u4, 0, w)
+DEF_QGEMVR_ALL(bf16_t, bf16)
+DEF_QGEMVR_ALL(f16_t, f16)
