@@ -290,7 +290,9 @@ function rowVsTileCase(s: QScheme, N: number, K: number): OpCase {
       const inp = new Inputs(K + 17, dtype);
       const b = inp.floats(N);
       const [cb, gb] = [cpu.upload(b, [N]), gpu.upload(b, [N])];
-      const saved = gpu.qgemvRowMaxM;
+      const saved = [gpu.qgemvRowMaxM, gpu.qgemvRowMaxK, gpu.qgemvRow4Bit] as const;
+      gpu.qgemvRowMaxK = Number.MAX_SAFE_INTEGER;
+      gpu.qgemvRow4Bit = true;
       try {
         for (const M of [1, 2, 3, 4]) {
           const x = randomX(inp, M, K, act !== undefined && act.scale === undefined);
@@ -322,7 +324,7 @@ function rowVsTileCase(s: QScheme, N: number, K: number): OpCase {
           freeAll(gpu, gx);
         }
       } finally {
-        gpu.qgemvRowMaxM = saved;
+        [gpu.qgemvRowMaxM, gpu.qgemvRowMaxK, gpu.qgemvRow4Bit] = saved;
         freeAll(gpu, ...gws, gb);
       }
       return checks;
@@ -560,7 +562,7 @@ async function modelStructureChecks(name: string, dir: string, dev: CudaDevice, 
     const kernels = new Set(ops.map((o) => o.name));
     const wantFused = m.kvCache === undefined;
     // batch 1: the row kernels (qgemv_row.cu) unless qgemvRowMaxM is 0, then qgemv's tiles
-    const prefix = dev.qgemvRowMaxM >= 1 ? 'qgemvr' : 'qgemv';
+    const prefix = dev.qgemvRowMaxM >= 1 && (m.scheme !== 'W4A16' || dev.qgemvRow4Bit) ? 'qgemvr' : 'qgemv';
     const fusedQuant = [...kernels].some((k) => k.startsWith(`${prefix}_silu_`));
     checks.push({ case: `${name} ${dtype}: decode step ran ${wantFused ? `${prefix}_silu (fused)` : 'unfused quantized matmuls'}`, dtype, error: 0, tol: 0,
       ok: fusedQuant === wantFused && [...kernels].some((k) => k.startsWith(`${prefix}3_`)), note: [...kernels].filter((k) => k.startsWith('q')).join(', ') });

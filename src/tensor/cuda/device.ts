@@ -1000,6 +1000,10 @@ export class CudaDevice implements Device {
 
   /** Largest M of quantized Linears that runs the warp-per-row-pair kernels (kernels/qgemv_row.cu) instead of qgemv's tiles (LLMOPT_CUDA_QGEMV_ROW_MAX_M, default 4 = all they serve; 0 = never; benchmarks and tests change it). */
   qgemvRowMaxM = Math.min(QGEMV_ROW_MAX_M, Number(process.env.LLMOPT_CUDA_QGEMV_ROW_MAX_M ?? QGEMV_ROW_MAX_M));
+  /** Longest weight rows (K) the row kernels take (LLMOPT_CUDA_QGEMV_ROW_MAX_K, default 4096): longer go to qgemv's tiles. */
+  qgemvRowMaxK = Number(process.env.LLMOPT_CUDA_QGEMV_ROW_MAX_K ?? 4096);
+  /** 4-bit weights through the row kernels too (LLMOPT_CUDA_QGEMV_ROW_4BIT=1; off: the tiles measured faster). */
+  qgemvRow4Bit = process.env.LLMOPT_CUDA_QGEMV_ROW_4BIT === '1';
 
   /** Keep quantized Linears quantized (LLMOPT_CUDA_NATIVE_QUANT=0: dequantize them, for A/B comparisons). */
   nativeQuantizedLinears = process.env.LLMOPT_CUDA_NATIVE_QUANT !== '0';

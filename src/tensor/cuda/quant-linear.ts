@@ -429,9 +429,15 @@ export class QuantLinearOps {
     return { kernel: this.dev.kernel('qgemv', name, signature), threads: warps * 32, smem, vec };
   }
 
-  /** Whether M rows of x go to the row kernels (M ≤ qgemvRowMaxM and their staged x fits shared memory). */
+  /**
+   * Whether M rows of x go to the row kernels: M ≤ qgemvRowMaxM, their staged x fits shared memory, and
+   * the weights are ones the row kernels measured faster on (H200, bench:quant 2026-12-01, batch-1 step):
+   * FP8 / int8 with K ≤ qgemvRowMaxK (q/k/v, o, gate/up: 1.03–1.39× the tile kernel per launch; down_proj at
+   * K 8192, 8 warps per SM, 0.86–0.98×), 4-bit only with qgemvRow4Bit (issue-bound: the whole step 1.103 ms
+   * vs 0.926 ms on the tiles). Both switches are CudaDevice fields for A/B runs and the tests.
+   */
   private rowKernels(w: CudaQuantLinear, M: number): boolean {
-    return M >= 1 && M <= Math.min(QGEMV_ROW_MAX_M, this.dev.qgemvRowMaxM) &&
+    return M >= 1 && M <= Math.min(QGEMV_ROW_MAX_M, this.dev.qgemvRowMaxM) && (w.format !== 'u4' || this.dev.qgemvRow4Bit) && w.K <= this.dev.qgemvRowMaxK &&
       qgemvRowSmemBytes(w, M, this.dev.dtype === 'f32' ? 4 : 2) <= ROW_SMEM_BUDGET_BYTES;
   }
 
