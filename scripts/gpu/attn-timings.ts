@@ -76,4 +76,27 @@ for (const batch of [1, 8, 32]) {
     for (const t of [q, k, v, outs.fused, outs.split]) dev.free(t);
   }
 }
+// Split-count sweep of the fused kernel (decodeSplitsMax caps the planner's choice): µs per call in a graph.
+const sweep: { batch: number; kvLen: number; splitsMax: number; splits: number; graphUs: number }[] = [];
+console.log('\nfused kernel, split cap sweep (graph µs): batch kvLen | cap → splits: µs');
+for (const [batch, kvLen] of [[1, 576], [1, 2048], [1, 8192], [8, 576], [8, 2048], [32, 576]] as const) {
+  const shape: AttentionShape = { batch, seqQ: 1, kvLen, kvStride: kvLen, nHead: NH, nKvHead: NKV, headDim: HD, scale: 1 / Math.sqrt(HD) };
+  const q = dev.upload(rand(batch * NH * HD, 7), [batch, NH * HD]);
+  const k = dev.upload(rand(batch * kvLen * NKV * HD, 11), [batch * kvLen, NKV * HD]);
+  const v = dev.upload(rand(batch * kvLen * NKV * HD, 13), [batch * kvLen, NKV * HD]);
+  const out = dev.empty([batch, NH * HD]);
+  const cells: string[] = [];
+  for (const cap of [1, 2, 3, 4, 6, 8, 12, 16, 24, 33, 64]) {
+    dev.decodeSplitsMax = cap;
+    const splits = planFusedDecode(shape, dev.info.multiprocessors, 32 << 20, cap).splits;
+    if (sweep.some((r) => r.batch === batch && r.kvLen === kvLen && r.splits === splits)) continue;
+    const { graphUs } = time(() => dev.attention(out, q, k, v, shape));
+    sweep.push({ batch, kvLen, splitsMax: cap, splits, graphUs });
+    cells.push(`${splits}: ${graphUs.toFixed(2)}`);
+  }
+  dev.decodeSplitsMax = 64;
+  console.log(`${String(batch).padStart(5)} ${String(kvLen).padStart(5)} | ${cells.join('  ')}`);
+  for (const t of [q, k, v, out]) dev.free(t);
+}
+if (process.env.OUT) fs.writeFileSync(path.join(process.env.OUT, 'attn-splits.json'), JSON.stringify({ device: dev.info.name, sweep }, null, 1));
 if (process.env.OUT) fs.writeFileSync(path.join(process.env.OUT, 'attn-timings.json'), JSON.stringify({ device: dev.info.name, reps: REPS, rows }, null, 1));

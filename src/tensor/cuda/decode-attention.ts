@@ -28,7 +28,7 @@ export interface FusedDecodePlan {
  * within two per SM (one wave), but no more than one 128-key round per split over the longest key range a row can have (the
  * window when set), at most FUSED_SPLIT_MAX, and 1 when the counters or the scratch cannot hold them.
  */
-export function planFusedDecode(shape: AttentionShape, multiprocessors: number, scratchBytes: number): FusedDecodePlan {
+export function planFusedDecode(shape: AttentionShape, multiprocessors: number, scratchBytes: number, maxSplits = FUSED_SPLIT_MAX): FusedDecodePlan {
   const { batch, seqQ, kvLen, nHead, nKvHead, headDim } = shape;
   const groupSize = nHead / nKvHead;
   const group = groupSize > 4 ? 8 : groupSize > 2 ? 4 : groupSize;
@@ -37,7 +37,7 @@ export function planFusedDecode(shape: AttentionShape, multiprocessors: number, 
   const blocks = rows * nKvHead * chunks;
   const keys = shape.window !== undefined ? Math.min(kvLen, shape.window + seqQ - 1) : kvLen;
   // floor: at ~200 registers a block, two blocks fit an SM, so more than 2·SMs blocks would start a second wave
-  let splits = Math.min(FUSED_SPLIT_MAX, Math.floor((2 * multiprocessors) / blocks), Math.ceil(keys / KEYS_PER_ROUND));
+  let splits = Math.min(FUSED_SPLIT_MAX, maxSplits, Math.floor((2 * multiprocessors) / blocks), Math.ceil(keys / KEYS_PER_ROUND));
   const bytesPerSplit = rows * nHead * (headDim + 2) * 4 + 512;
   splits = Math.min(splits, Math.floor(scratchBytes / bytesPerSplit));
   if (blocks > DECODE_COUNTERS) splits = 1;
@@ -46,9 +46,9 @@ export function planFusedDecode(shape: AttentionShape, multiprocessors: number, 
 
 /** Launches the fused decode kernel; `args` are the attention kernels' common arguments (out, q, k, v, …, kvLens). */
 export function launchFusedDecode(dev: CudaDevice, shape: AttentionShape, D: number, args: KernelArg[],
-  scratch: { partials: DevicePtr; bytes: number; counters: DevicePtr }): void {
+  scratch: { partials: DevicePtr; bytes: number; counters: DevicePtr }, maxSplits = FUSED_SPLIT_MAX): void {
   const { batch, seqQ, nHead, nKvHead, headDim } = shape;
-  const { group, chunks, splits } = planFusedDecode(shape, dev.info.multiprocessors, scratch.bytes);
+  const { group, chunks, splits } = planFusedDecode(shape, dev.info.multiprocessors, scratch.bytes, maxSplits);
   const rows = batch * seqQ;
   const partO = scratch.partials;
   const partML = partO + BigInt(Math.ceil((rows * nHead * splits * headDim * 4) / 256) * 256);

@@ -200,6 +200,8 @@ export class CudaDevice implements Device {
    * 'split' = the split kernel + attention_combine (LLMOPT_CUDA_DECODE_ATTENTION=split; kept for A/B timings).
    */
   decodeAttention: 'fused' | 'split' = process.env.LLMOPT_CUDA_DECODE_ATTENTION === 'split' ? 'split' : 'fused';
+  /** Upper bound on the fused decode attention's key splits (LLMOPT_CUDA_DECODE_SPLITS_MAX; timing sweeps). */
+  decodeSplitsMax = Number(process.env.LLMOPT_CUDA_DECODE_SPLITS_MAX ?? 64);
   /** Arrival counters of the fused decode attention (DECODE_COUNTERS int32, zeroed once; each launch leaves them 0). */
   private readonly attentionCounters: DevicePtr;
   /** Largest M that goes to the GEMV kernels instead of cuBLASLt (LLMOPT_CUDA_GEMV_MAX_M, default 4 — at 8 cuBLASLt wins on large weights; 0 = never; benchmarks change it). */
@@ -611,7 +613,7 @@ export class CudaDevice implements Device {
     const args: KernelArg[] = [o.ptr, qc.ptr, kc.ptr, vc.ptr, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window, kvLens];
     const sig = 'ppppiiiiiifip';
     if (seqQ < DECODE_MAX_SEQ_Q && !this.simpleAttention && this.decodeAttention === 'fused') {
-      launchFusedDecode(this, shape, D, args, { partials: this.attentionScratch, bytes: ATTENTION_SCRATCH_BYTES, counters: this.attentionCounters });
+      launchFusedDecode(this, shape, D, args, { partials: this.attentionScratch, bytes: ATTENTION_SCRATCH_BYTES, counters: this.attentionCounters }, this.decodeSplitsMax);
     } else if (seqQ < DECODE_MAX_SEQ_Q && !this.simpleAttention) {
       this.launchSplitDecode(shape, D, args);
     } else if (seqQ < DECODE_MAX_SEQ_Q) {
