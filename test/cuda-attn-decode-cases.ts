@@ -1,8 +1,8 @@
 // Decode attention (seqQ < 8) cases aimed at the fused split-KV kernel's merge (attention_decode_fused_*:
 // the last split of each (row, head group) merges, counted through a fixed counter buffer that every
 // launch leaves zeroed): many splits, key counts just past a split boundary, splits left empty by
-// ragged kvLens and windows, back-to-back launches of different layouts, captured-graph replays, and
-// the old split + combine kernels kept for A/B timings. References are the cpu device's attention,
+// ragged kvLens and windows, back-to-back launches of different layouts, and captured-graph replays.
+// References are the cpu device's attention,
 // per sequence for ragged batches. Shared by test/cuda-attn-decode.test.ts and scripts/gpu/run-cuda-tests.ts.
 
 import type { CudaDevice, CudaInts } from '../src/tensor/cuda/index.js';
@@ -148,10 +148,7 @@ export function runAttnDecodeCases(cpu: Device, gpu: Device, dtype: ComputeDType
   return { checks, failures: checks.filter((c) => !c.ok).map((c) => `${c.dtype} ${c.case}: ${c.note ?? `error ${c.error}`}`) };
 }
 
-/**
- * GPU only: a captured attentionAt replayed with three kvLens settings (each against the cpu), and the
- * old split + combine path (decodeAttention = 'split') on the many-splits and ragged problems.
- */
+/** GPU only: a captured attentionAt replayed with three kvLens settings (each against the cpu). */
 export function runAttnDecodeGpuCases(cpu: Device, gpu: CudaDevice, dtype: ComputeDType): CaseRun {
   const checks: Check[] = [];
   const guard = (name: string, fn: () => void) => {
@@ -182,16 +179,5 @@ export function runAttnDecodeGpuCases(cpu: Device, gpu: CudaDevice, dtype: Compu
     gpu.freeInts(lens);
     freeAll(gpu, t.q, t.k, t.v, t.out);
   });
-  const before = gpu.decodeAttention;
-  gpu.decodeAttention = 'split';
-  try {
-    for (const c of attnDecodeCases().filter((c) => /many splits|empty splits|seqQ 3/.test(c.name))) {
-      guard(c.name, () => {
-        for (const check of c.run(cpu, gpu, dtype)) checks.push({ ...check, case: `${check.case} [old split + combine]` });
-      });
-    }
-  } finally {
-    gpu.decodeAttention = before;
-  }
   return { checks, failures: checks.filter((c) => !c.ok).map((c) => `${c.dtype} ${c.case}: ${c.note ?? `error ${c.error}`}`) };
 }

@@ -46,7 +46,7 @@ describe.skipIf(unavailable !== null)('fused decode attention matches the cpu de
           for (const check of c.run(cpu, gpu!, dtype)) expect(check.error, check.case).toBeLessThanOrEqual(check.tol);
         });
       }
-      it('graph replays with changed kvLens, and the old split + combine path', () => {
+      it('graph replays with changed kvLens', () => {
         const run = runAttnDecodeGpuCases(cpu, gpu!, dtype);
         expect(run.failures).toEqual([]);
         expect(run.checks.length).toBeGreaterThan(4);

@@ -1,10 +1,10 @@
 // Decode attention µs at Llama-3.2-1B shape (32 q heads, 8 KV heads, head dim 64, bf16): the fused
-// split-KV kernel (default) against the old split kernel + attention_combine (decodeAttention =
-// 'split'), batch 1/8/32 × kvLen 64/576/2048/8192. Each configuration: one warm-up call, then 200
-// calls captured in one CUDA graph, replayed once to warm up and once timed with CUDA events (what a
-// replayed decode step sees, without JS launch gaps); also 200 eager calls timed the same way.
-// Every configuration first checks fused = split within 2e-2 relative (both are checked against the
-// cpu in the op cases). Usage: node .gpu/attn-timings.mjs   (writes $OUT/attn-timings.json when $OUT is set)
+// split-KV kernel, batch 1/8/32 × kvLen 64/576/2048/8192, each configuration one warm-up call, then
+// 200 calls captured in one CUDA graph, replayed once to warm up and once timed with CUDA events (what
+// a replayed decode step sees, without JS launch gaps), and 200 eager calls timed the same way; then a
+// sweep of the split count (decodeSplitsMax caps the planner). The split + combine pair it replaced
+// measured 1.9-3.5x slower (bench/results/2026-12-01-h200-s2-call5/attn.log).
+// Usage: node .gpu/attn-timings.mjs   (writes $OUT/attn-timings.json when $OUT is set)
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,7 +14,7 @@ import type { AttentionShape } from '../../src/tensor/device.js';
 
 const dev = new CudaDevice({ dtype: 'bf16' });
 const NH = 32, NKV = 8, HD = 64, REPS = 200;
-const rows: { batch: number; kvLen: number; path: string; splits: number; graphUs: number; eagerUs: number }[] = [];
+const rows: { batch: number; kvLen: number; splits: number; graphUs: number; eagerUs: number }[] = [];
 
 function rand(n: number, seed: number): Float32Array {
   const a = new Float32Array(n);
@@ -48,34 +48,22 @@ function time(fn: () => void): { graphUs: number; eagerUs: number } {
 }
 
 console.log(`${dev.info.name}: decode attention h${NH}/${NKV} d${HD} bf16, ${REPS} calls per timing`);
-console.log('batch  kvLen  splits   fused graph µs  split+combine graph µs  speedup   fused eager µs  split eager µs  max rel diff');
+console.log('batch  kvLen  splits   graph µs   eager µs');
 for (const batch of [1, 8, 32]) {
   for (const kvLen of [64, 576, 2048, 8192]) {
     const shape: AttentionShape = { batch, seqQ: 1, kvLen, kvStride: kvLen, nHead: NH, nKvHead: NKV, headDim: HD, scale: 1 / Math.sqrt(HD) };
     const q = dev.upload(rand(batch * NH * HD, 7), [batch, NH * HD]);
     const k = dev.upload(rand(batch * kvLen * NKV * HD, 11), [batch * kvLen, NKV * HD]);
     const v = dev.upload(rand(batch * kvLen * NKV * HD, 13), [batch * kvLen, NKV * HD]);
-    const outs = { fused: dev.empty([batch, NH * HD]), split: dev.empty([batch, NH * HD]) };
-    const result: Record<string, { graphUs: number; eagerUs: number }> = {};
-    for (const p of ['fused', 'split'] as const) {
-      dev.decodeAttention = p;
-      result[p] = time(() => dev.attention(outs[p], q, k, v, shape));
-    }
-    dev.decodeAttention = 'fused';
-    const a = dev.download(outs.fused), b = dev.download(outs.split);
-    let maxDiff = 0, maxRef = 0;
-    for (let i = 0; i < a.length; i++) {
-      maxDiff = Math.max(maxDiff, Math.abs(a[i]! - b[i]!));
-      maxRef = Math.max(maxRef, Math.abs(b[i]!));
-    }
-    const rel = maxDiff / maxRef;
+    const out = dev.empty([batch, NH * HD]);
+    const r = time(() => dev.attention(out, q, k, v, shape));
     const splits = planFusedDecode(shape, dev.info.multiprocessors, 32 << 20).splits;
-    const f = result.fused!, s = result.split!;
-    console.log(`${String(batch).padStart(5)}  ${String(kvLen).padStart(5)}  ${String(splits).padStart(6)}  ${f.graphUs.toFixed(2).padStart(15)}  ${s.graphUs.toFixed(2).padStart(22)}  ${(s.graphUs / f.graphUs).toFixed(2).padStart(6)}x  ${f.eagerUs.toFixed(2).padStart(15)}  ${s.eagerUs.toFixed(2).padStart(14)}  ${rel.toExponential(2)}${rel > 2e-2 ? '  MISMATCH' : ''}`);
-    rows.push({ batch, kvLen, path: 'fused', splits, ...f }, { batch, kvLen, path: 'split+combine', splits: 0, ...s });
-    for (const t of [q, k, v, outs.fused, outs.split]) dev.free(t);
+    console.log(`${String(batch).padStart(5)}  ${String(kvLen).padStart(5)}  ${String(splits).padStart(6)}  ${r.graphUs.toFixed(2).padStart(9)}  ${r.eagerUs.toFixed(2).padStart(9)}`);
+    rows.push({ batch, kvLen, splits, ...r });
+    for (const t of [q, k, v, out]) dev.free(t);
   }
 }
+
 // Split-count sweep of the fused kernel (decodeSplitsMax caps the planner's choice): µs per call in a graph.
 const sweep: { batch: number; kvLen: number; splitsMax: number; splits: number; graphUs: number }[] = [];
 console.log('\nfused kernel, split cap sweep (graph µs): batch kvLen | cap → splits: µs');

@@ -111,9 +111,6 @@ const READBACK_SLOTS = 8;
 const READBACK_SLOT_BYTES = 64 * 1024;
 /** Split-KV decode attention partials (per split: normalized output + max + sum per row and head). */
 const ATTENTION_SCRATCH_BYTES = 32 * 1024 * 1024;
-const SPLIT_MIN_KEYS = 64;
-const SPLIT_MAX = 64;
-const SPLIT_GROUP_MAX = 8;
 const GEMV_WARPS = 8;
 /** Threads per row of the norm kernels: many rows (prefill) → 256, each thread a few values; a few rows (decode) → up to 1024, for latency. */
 function normThreads(rows: number): number {
@@ -195,11 +192,6 @@ export class CudaDevice implements Device {
   private readonly readback: { address: bigint; view: Int32Array; events: Handle[]; next: number };
   /** LLMOPT_CUDA_SIMPLE_ATTENTION=1: the CUDA-core attention kernels only (A/B comparisons). */
   private readonly simpleAttention = process.env.LLMOPT_CUDA_SIMPLE_ATTENTION === '1';
-  /**
-   * Decode attention (seqQ < 8): 'fused' = one split-KV launch whose last split merges (default);
-   * 'split' = the split kernel + attention_combine (LLMOPT_CUDA_DECODE_ATTENTION=split; kept for A/B timings).
-   */
-  decodeAttention: 'fused' | 'split' = process.env.LLMOPT_CUDA_DECODE_ATTENTION === 'split' ? 'split' : 'fused';
   /** Upper bound on the fused decode attention's key splits (LLMOPT_CUDA_DECODE_SPLITS_MAX; timing sweeps). */
   decodeSplitsMax = Number(process.env.LLMOPT_CUDA_DECODE_SPLITS_MAX ?? 64);
   /** Arrival counters of the fused decode attention (DECODE_COUNTERS int32, zeroed once; each launch leaves them 0). */
@@ -612,10 +604,8 @@ export class CudaDevice implements Device {
     const D = headDim <= 32 ? 32 : headDim <= 64 ? 64 : headDim <= 128 ? 128 : 256;
     const args: KernelArg[] = [o.ptr, qc.ptr, kc.ptr, vc.ptr, seqQ, kvLen, kvStride, nHead, nKvHead, headDim, scale, window, kvLens];
     const sig = 'ppppiiiiiifip';
-    if (seqQ < DECODE_MAX_SEQ_Q && !this.simpleAttention && this.decodeAttention === 'fused') {
+    if (seqQ < DECODE_MAX_SEQ_Q && !this.simpleAttention) {
       launchFusedDecode(this, shape, D, args, { partials: this.attentionScratch, bytes: ATTENTION_SCRATCH_BYTES, counters: this.attentionCounters }, this.decodeSplitsMax);
-    } else if (seqQ < DECODE_MAX_SEQ_Q && !this.simpleAttention) {
-      this.launchSplitDecode(shape, D, args);
     } else if (seqQ < DECODE_MAX_SEQ_Q) {
       const kern = this.kernel('attention', `attention_decode_${this.suffix}_d${D}`, sig);
       this.kernels.launch(kern, [batch * seqQ, nHead], [256], 0, args);
@@ -628,31 +618,6 @@ export class CudaDevice implements Device {
       const kern = this.kernel('attention', `attention_prefill_${this.suffix}_d${D}`, sig);
       const shared = (PREFILL_KEY_TILE * (D + 1) + PREFILL_KEY_TILE * D + PREFILL_QUERY_TILE * D) * 4;
       this.kernels.launch(kern, [Math.ceil(seqQ / PREFILL_QUERY_TILE), nHead, batch], [128], shared, args);
-    }
-  }
-
-  /**
-   * Decode attention (seqQ < 8) split over the keys: enough blocks to fill the GPU even at batch 1;
-   * partial results go to the fixed scratch buffer (graph-safe: it never moves) and are combined.
-   */
-  private launchSplitDecode(shape: AttentionShape, D: number, args: KernelArg[]): void {
-    const { batch, seqQ, kvLen, nHead, nKvHead, headDim } = shape;
-    const rows = batch * seqQ;
-    const chunks = Math.ceil(nHead / nKvHead / SPLIT_GROUP_MAX);
-    const blocks = rows * nKvHead * chunks;
-    let splits = Math.max(1, Math.min(SPLIT_MAX, Math.ceil((2 * this.info.multiprocessors) / blocks), Math.ceil(kvLen / SPLIT_MIN_KEYS)));
-    const bytesPerSplit = rows * nHead * (headDim + 2) * 4;
-    splits = Math.max(1, Math.min(splits, Math.floor(ATTENTION_SCRATCH_BYTES / bytesPerSplit)));
-    const partO = this.attentionScratch;
-    const partML = partO + BigInt(roundUp(rows * nHead * splits * headDim * 4, 256));
-    const vec = this.dtype === 'f32' ? 4 : 8;
-    const [, , kPtr, vPtr] = args as bigint[];
-    const vecK = headDim % vec === 0 && (nKvHead * headDim) % vec === 0 && kPtr! % 16n === 0n && vPtr! % 16n === 0n ? 1 : 0;
-    const k = this.kernel('attention', `attention_decode_split_${this.suffix}_d${D}`, 'ppppppiiiiiifipii');
-    this.kernels.launch(k, [splits, nKvHead * chunks, rows], [128], 0, [partO, partML, ...args, splits, vecK]);
-    if (splits > 1) {
-      const c = this.kernel('attention', `attention_combine_${this.suffix}`, 'pppiii');
-      this.kernels.launch(c, [nHead, rows], [rowThreads(headDim, 256)], 0, [args[0]!, partO, partML, nHead, headDim, splits]);
     }
   }
 

@@ -191,19 +191,7 @@ __device__ __forceinline__ void attention_decode(T* out, const T* q, const T* k,
   }
 }
 
-// split-KV decode (flash-decoding) for small seqQ: block = (KV split, KV head [x group chunk], query row).
-// The query heads of one KV head (GQA group, up to GMAX at a time) share every K/V row the block reads,
-// and a row's keys are cut into `splits` contiguous ranges so that even batch 1 fills the GPU. Each
-// warp takes tiles of 32 keys: lane j scores key j against every head of the group (its K row read
-// with 16-byte loads, q from shared memory), one max/sum reduction per head and tile, then P.V with
-// lane l owning dims [l*DL, l*DL + DL). With one split the block writes the output; otherwise each
-// split writes its normalized partial output and (max, sum) to partO/partML, merged by
-// attention_combine. vecK: K rows may be read as 16-byte vectors (headDim, row stride, pointer).
-namespace splitkv {
-constexpr int NW = 4;
-constexpr int GMAX = 8;
-}  // namespace splitkv
-
+// 16-byte K/V loads of the decode kernel: elements per vector and their conversion to f32.
 template <typename T> struct VecOf;
 template <> struct VecOf<float> { static constexpr int N = 4; };
 template <> struct VecOf<bf16_t> { static constexpr int N = 8; };
@@ -229,194 +217,11 @@ __device__ __forceinline__ void unpack16(const uint4& u, float* f, const f16_t*)
   }
 }
 
-template <typename T, int D>
-__device__ __forceinline__ void attention_decode_split(float* partO, float* partML, T* out, const T* q, const T* k,
-                                                       const T* v, int seqQ, int kvLen, int kvStride, int nHead,
-                                                       int nKvHead, int headDim, float scale, int window,
-                                                       const int* kvLens, int splits, int vecK) {
-  using namespace splitkv;
-  constexpr int DL = D / 32;
-  constexpr int VEC = VecOf<T>::N;
-  // V rows of each warp's current tile are staged here (rows of up to 128 bytes: 16 KB per block) so
-  // the P.V loop reads shared memory instead of waiting on 32 dependent global loads; longer rows would
-  // overflow the 48 KB of static shared memory with smAcc, and are read directly.
-  constexpr bool STAGE_V = D * sizeof(T) <= 128;
-  __shared__ float qs[GMAX][D];
-  __shared__ float smM[NW][GMAX], smL[NW][GMAX];
-  __shared__ float smAcc[NW][GMAX][D];
-  __shared__ __align__(16) T vs[STAGE_V ? NW : 1][STAGE_V ? 32 : 1][STAGE_V ? D : 1];
-  const int G = nHead / nKvHead, chunks = (G + GMAX - 1) / GMAX;
-  const int kvh = blockIdx.y / chunks, h0 = kvh * G + (blockIdx.y % chunks) * GMAX;
-  const int ng = imin(GMAX, kvh * G + G - h0);
-  const int split = blockIdx.x, bt = blockIdx.z, b = bt / seqQ, t = bt % seqQ;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const long long qStride = (long long)nHead * headDim, kStride = (long long)nKvHead * headDim;
-  const int p = (kvLens != nullptr ? kvLens[b] : kvLen) - seqQ + t;
-  const int kBegin = window > 0 ? imax(0, p - window + 1) : 0;
-  const int per = (p - kBegin + 1 + splits - 1) / splits;
-  const int ks = kBegin + split * per, ke = imin(p + 1, ks + per);
-
-  for (int i = threadIdx.x; i < GMAX * D; i += blockDim.x) {
-    const int g = i / D, d = i % D;
-    qs[g][d] = (g < ng && d < headDim) ? to_float(q[(long long)bt * qStride + (long long)(h0 + g) * headDim + d]) * scale : 0.f;
-  }
-  __syncthreads();
-
-  float acc[GMAX][DL], m[GMAX], l[GMAX];
-#pragma unroll
-  for (int g = 0; g < GMAX; ++g) {
-    m[g] = -INF_F;
-    l[g] = 0.f;
-#pragma unroll
-    for (int i = 0; i < DL; ++i) acc[g][i] = 0.f;
-  }
-  const T* kBase = k + (long long)b * kvStride * kStride + (long long)kvh * headDim;
-  const T* vBase = v + (long long)b * kvStride * kStride + (long long)kvh * headDim;
-
-  for (int t0 = ks + warp * 32; t0 < ke; t0 += NW * 32) {
-    const int kp = t0 + lane;
-    const bool valid = kp < ke;
-    float sc[GMAX];
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g) sc[g] = 0.f;
-    if (STAGE_V) {
-      // lane j copies V row kp (zeros past the chunk) into the warp's staging rows
-      const T* vr = vBase + (long long)kp * kStride;
-      T* dst = &vs[STAGE_V ? warp : 0][STAGE_V ? lane : 0][0];
-      if (vecK) {
-#pragma unroll
-        for (int d0 = 0; d0 < D; d0 += VEC) {
-          uint4 val = make_uint4(0u, 0u, 0u, 0u);
-          if (valid && d0 < headDim) val = *reinterpret_cast<const uint4*>(vr + d0);
-          *reinterpret_cast<uint4*>(dst + d0) = val;
-        }
-      } else {
-        for (int d = 0; d < D; ++d) dst[d] = (valid && d < headDim) ? vr[d] : from_float<T>(0.f);
-      }
-    }
-    if (valid) {
-      const T* kr = kBase + (long long)kp * kStride;
-      if (vecK) {
-#pragma unroll 4
-        for (int d0 = 0; d0 < D; d0 += VEC) {
-          if (d0 >= headDim) break;
-          float kf[VEC];
-          unpack16(*reinterpret_cast<const uint4*>(kr + d0), kf, kr);
-#pragma unroll
-          for (int g = 0; g < GMAX; ++g) {
-            if (g >= ng) break;
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) sc[g] += qs[g][d0 + i] * kf[i];
-          }
-        }
-      } else {
-        for (int d = 0; d < headDim; ++d) {
-          const float kf = to_float(kr[d]);
-#pragma unroll
-          for (int g = 0; g < GMAX; ++g) sc[g] += qs[g][d] * kf;
-        }
-      }
-    }
-    float pg[GMAX];
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g) {
-      if (g >= ng) break;
-      const float s = valid ? sc[g] : -INF_F;
-      const float mNew = fmaxf(m[g], warp_max(s));  // at least lane 0's key is valid
-      const float alpha = expf(m[g] - mNew);
-      pg[g] = valid ? expf(s - mNew) : 0.f;
-      l[g] = l[g] * alpha + warp_sum(pg[g]);
-      m[g] = mNew;
-#pragma unroll
-      for (int i = 0; i < DL; ++i) acc[g][i] *= alpha;
-    }
-    const int n = imin(32, ke - t0);
-    if (STAGE_V) __syncwarp();
-#pragma unroll 4
-    for (int j = 0; j < n; ++j) {
-      const T* vr = STAGE_V ? &vs[STAGE_V ? warp : 0][STAGE_V ? j : 0][0] : vBase + (long long)(t0 + j) * kStride;
-      float vf[DL];
-#pragma unroll
-      for (int i = 0; i < DL; ++i) {
-        const int d = lane * DL + i;
-        vf[i] = d < headDim ? to_float(vr[d]) : 0.f;
-      }
-#pragma unroll
-      for (int g = 0; g < GMAX; ++g) {
-        if (g >= ng) break;
-        const float pj = __shfl_sync(FULL_MASK, pg[g], j);
-#pragma unroll
-        for (int i = 0; i < DL; ++i) acc[g][i] += pj * vf[i];
-      }
-    }
-    if (STAGE_V) __syncwarp();
-  }
-#pragma unroll
-  for (int g = 0; g < GMAX; ++g) {
-    if (lane == 0) {
-      smM[warp][g] = m[g];
-      smL[warp][g] = l[g];
-    }
-#pragma unroll
-    for (int i = 0; i < DL; ++i) smAcc[warp][g][lane * DL + i] = acc[g][i];
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < ng * headDim; idx += blockDim.x) {
-    const int g = idx / headDim, d = idx % headDim, h = h0 + g;
-    float M = -INF_F;
-#pragma unroll
-    for (int w = 0; w < NW; ++w) M = fmaxf(M, smM[w][g]);
-    float L = 0.f, O = 0.f;
-    if (M != -INF_F) {
-#pragma unroll
-      for (int w = 0; w < NW; ++w) {
-        if (smM[w][g] == -INF_F) continue;
-        const float f = expf(smM[w][g] - M);
-        L += smL[w][g] * f;
-        O += smAcc[w][g][d] * f;
-      }
-    }
-    const float o = L > 0.f ? O / L : 0.f;
-    if (splits == 1) {
-      out[(long long)bt * qStride + (long long)h * headDim + d] = from_float<T>(o);
-    } else {
-      const long long slot = ((long long)bt * nHead + h) * splits + split;
-      partO[slot * headDim + d] = o;
-      if (d == 0) {
-        partML[2 * slot] = M;
-        partML[2 * slot + 1] = L;
-      }
-    }
-  }
-}
-
-// Merges the splits of attention_decode_split: block = (head, query row).
-template <typename T>
-__device__ __forceinline__ void attention_combine(T* out, const float* partO, const float* partML, int nHead, int headDim,
-                                                  int splits) {
-  const int h = blockIdx.x, bt = blockIdx.y;
-  const long long base = ((long long)bt * nHead + h) * splits;
-  float M = -INF_F;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, partML[2 * (base + s)]);
-  T* o = out + ((long long)bt * nHead + h) * headDim;
-  for (int d = threadIdx.x; d < headDim; d += blockDim.x) {
-    float L = 0.f, O = 0.f;
-    if (M != -INF_F) {
-      for (int s = 0; s < splits; ++s) {
-        const float ms = partML[2 * (base + s)];
-        if (ms == -INF_F) continue;
-        const float w = partML[2 * (base + s) + 1] * expf(ms - M);
-        L += w;
-        O += w * partO[(base + s) * headDim + d];
-      }
-    }
-    o[d] = from_float<T>(L > 0.f ? O / L : 0.f);
-  }
-}
-
-// Fused split-KV decode (the default for seqQ < 8): attention_decode_split's blocks, but the split
-// that finishes last for its (query row, head group) merges all splits and writes `out`, so there is
-// no attention_combine launch. Block = (KV split, KV head x group chunk of GC heads, query row),
+// Split-KV decode (flash-decoding) for seqQ < 8, merged in the same launch: the query heads of one KV
+// head (its GQA group, GC at a time) share every K/V row a block reads, a row's keys are cut into
+// `splits` ranges so that even batch 1 fills the GPU, and the split that finishes last for its (query
+// row, head group) merges all splits and writes `out` (a separate merge launch measured 2x slower on
+// the H200, 2026-12-01). Block = (KV split, KV head x group chunk of GC heads, query row),
 // NW warps; a split holds a multiple of 32 keys (one 32-key tile per warp per round), so every warp
 // of a block has keys. Per tile, lane j owns key j: its K row is loaded with 16-byte loads and V
 // with lane l owning dims [l*DL, l*DL + DL) of each of the 32 rows, all issued before the math; the
@@ -763,10 +568,6 @@ __device__ __forceinline__ void attention_decode_fused(float* partO, float* part
   }                                                                                                          \
   extern "C" __global__ void __launch_bounds__(decode::NW * 32) attention_decode_##S##_d##D(ATTENTION_ARGS(T)) { pdl_start();   \
     attention_decode<T, D>(ATTENTION_PASS);                                                                  \
-  }                                                                                                          \
-  extern "C" __global__ void __launch_bounds__(splitkv::NW * 32)                                             \
-      attention_decode_split_##S##_d##D(float* partO, float* partML, ATTENTION_ARGS(T), int splits, int vecK) { pdl_start(); \
-    attention_decode_split<T, D>(partO, partML, ATTENTION_PASS, splits, vecK);                               \
   }
 #define DEF_DECODE_FUSED_G(T, S, D, GC)                                                                      \
   extern "C" __global__ void __launch_bounds__(fused::NW * 32, 1) attention_decode_fused_##S##_d##D##_g##GC(          \
@@ -778,12 +579,6 @@ __device__ __forceinline__ void attention_decode_fused(float* partO, float* part
 #define DEF_DECODE_FUSED(T, S) \
   DEF_DECODE_FUSED_D(T, S, 32) DEF_DECODE_FUSED_D(T, S, 64) DEF_DECODE_FUSED_D(T, S, 128) DEF_DECODE_FUSED_D(T, S, 256)
 FOR_EACH_DTYPE(DEF_DECODE_FUSED)
-#define DEF_COMBINE(T, S)                                                                                  \
-  extern "C" __global__ void attention_combine_##S(T* out, const float* partO, const float* partML, int nHead,    \
-                                                   int headDim, int splits) { pdl_start();                                    \
-    attention_combine<T>(out, partO, partML, nHead, headDim, splits);                                          \
-  }
-FOR_EACH_DTYPE(DEF_COMBINE)
 #define DEF_ATTENTION(T, S) \
   DEF_ATTENTION_D(T, S, 32) DEF_ATTENTION_D(T, S, 64) DEF_ATTENTION_D(T, S, 128) DEF_ATTENTION_D(T, S, 256)
 FOR_EACH_DTYPE(DEF_ATTENTION)

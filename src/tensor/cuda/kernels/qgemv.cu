@@ -95,25 +95,7 @@ __device__ __forceinline__ void qg_stage_x(unsigned char* xs, float* sx, float* 
     return;
   }
   const int fp8 = FMT == QFMT_FP8;
-  if (staticScale > 0.f) {
-    if (tid < M) sx[tid] = staticScale;
-  } else {
-    const int lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
-    for (int m = 0; m < M; ++m) {
-      const T* xr = x + (long long)m * K;
-      float a = 0.f;
-      for (int k = tid; k < K; k += nt) a = fmaxf(a, fabsf(to_float(xr[k])));
-      a = warp_max(a);
-      if (lane == 0) amaxw[warp * 8 + m] = a;
-    }
-    __syncthreads();
-    if (tid < M) {
-      float a = 0.f;
-      for (int w = 0; w < nw; ++w) a = fmaxf(a, amaxw[w * 8 + tid]);
-      sx[tid] = qdyn_scale(a, fp8);
-    }
-  }
-  __syncthreads();
+  qx_token_scales<T>(sx, amaxw, x, M, K, staticScale, fp8);
   for (int m = 0; m < M; ++m) {
     const T* xr = x + (long long)m * K;
     const float s = sx[m];

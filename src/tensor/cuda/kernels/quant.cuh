@@ -40,6 +40,32 @@ __device__ __forceinline__ float qdyn_scale(float absmax, int fp8) {
   return s == 0.f ? QEPS : s;
 }
 
+// Per-token scales of x [M ≤ 8, K] into sx[0..M), computed by the whole block: the static scale, or
+// qdyn_scale of each row's absmax (amaxw: 8 floats of scratch per warp). Ends with __syncthreads().
+template <typename T>
+__device__ __forceinline__ void qx_token_scales(float* sx, float* amaxw, const T* x, int M, int K, float staticScale, int fp8) {
+  const int tid = threadIdx.x, nt = blockDim.x;
+  if (staticScale > 0.f) {
+    if (tid < M) sx[tid] = staticScale;
+  } else {
+    const int lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
+    for (int m = 0; m < M; ++m) {
+      const T* xr = x + (long long)m * K;
+      float a = 0.f;
+      for (int k = tid; k < K; k += nt) a = fmaxf(a, fabsf(to_float(xr[k])));
+      a = warp_max(a);
+      if (lane == 0) amaxw[warp * 8 + m] = a;
+    }
+    __syncthreads();
+    if (tid < M) {
+      float a = 0.f;
+      for (int w = 0; w < nw; ++w) a = fmaxf(a, amaxw[w * 8 + tid]);
+      sx[tid] = qdyn_scale(a, fp8);
+    }
+  }
+  __syncthreads();
+}
+
 // Two f32 → two E4M3 bytes (lo in bits 0-7, hi in bits 8-15), RNE, saturated to ±448.
 __device__ __forceinline__ unsigned e4m3x2(float lo, float hi) {
 #if __CUDA_ARCH__ >= 890
