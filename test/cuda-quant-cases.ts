@@ -332,6 +332,62 @@ function rowVsTileCase(s: QScheme, N: number, K: number): OpCase {
   };
 }
 
+/**
+ * GPU only: qkvRopeKvAt with quantized q/k/v (qgemvr_qkv_rope: the row GEMV with rope + KV append in its
+ * epilogue) against matmulMany + ropeWriteKvAt on the same weights, M 1–4 (4-bit through the row kernels
+ * too, by qgemvRow4Bit): the same per-row sums and roundings, held to the op tolerance.
+ */
+function qkvRopeCase(s: QScheme, K: number): OpCase {
+  const name = `quant qkvRopeKvAt ${s.label} K${K}`;
+  return {
+    name,
+    run(_cpu, gpu, dtype) {
+      if (!(gpu instanceof CudaDevice)) return [{ case: `${name}: GPU only (skipped)`, dtype, error: 0, tol: 0, ok: true }];
+      const checks: Check[] = [];
+      const act = activationSpec(s);
+      const ut = new UnderTest(gpu);
+      const nH = 6, nKv = 2, hd = 32, stride = 23, D = nKv * hd, half = hd / 2;
+      const [wq, wk, wv] = [nH * hd, D, D].map((n, i) => ut.weight(randomQuantizedWeight(s, n, K, 300 + 7 * i + K), act, name).t);
+      const inp = new Inputs(K + 29, dtype);
+      const bq = gpu.upload(inp.floats(nH * hd), [nH * hd]), bv = gpu.upload(inp.floats(D), [D]);
+      const cos = gpu.upload(inp.floats(32 * half), [32, half]), sin = gpu.upload(inp.floats(32 * half), [32, half]);
+      const saved = gpu.qgemvRow4Bit;
+      gpu.qgemvRow4Bit = true;
+      try {
+        for (const M of [1, 2, 3, 4]) {
+          const pos = Int32Array.from({ length: M }, (_, b) => [5, 0, 22, 11][b]!);
+          const posDev = gpu.allocInts(M);
+          gpu.setInts(posDev, pos);
+          const x = gpu.upload(randomX(inp, M, K, act !== undefined && act.scale === undefined), [M, K]);
+          const c0 = inp.floats(M * stride * D);
+          const mk = () => ({ q: gpu.empty([M, nH * hd]), k: gpu.empty([M, D]), v: gpu.empty([M, D]), ck: gpu.upload(c0, [M * stride, D]), cv: gpu.upload(c0, [M * stride, D]) });
+          const a = mk(), b = mk();
+          const did = gpu.qkvRopeKvAt({ q: a.q, cacheK: a.ck, cacheV: a.cv, x, wq: wq!, wk: wk!, wv: wv!, bq, bv, positions: posDev, cos, sin,
+            nHeads: nH, nKvHeads: nKv, headDim: hd, rotaryDim: hd, kvStride: stride });
+          gpu.matmulMany([b.q, b.k, b.v], x, [wq!, wk!, wv!], [bq, undefined, bv]);
+          gpu.ropeWriteKvAt(b.q, b.k, b.v, b.ck, b.cv, posDev, M, 1, cos, sin, nH, nKv, hd, hd, stride);
+          const label = `${name} M${M}`;
+          if (s.gIdx) {
+            // act-order weights each carry their own column permutation: one shared x cannot serve them, so the op declines
+            checks.push({ case: `${label}: declines (act-order)`, dtype, error: did ? 1 : 0, tol: 0, ok: !did });
+          } else {
+            checks.push({ case: `${label}: applies`, dtype, error: did ? 0 : 1, tol: 0, ok: did });
+            checks.push(compare(`${label} q`, dtype, gpu.download(a.q), gpu.download(b.q), tolerance(dtype)));
+            checks.push(compare(`${label} cacheK`, dtype, gpu.download(a.ck), gpu.download(b.ck), tolerance(dtype)));
+            checks.push(compare(`${label} cacheV`, dtype, gpu.download(a.cv), gpu.download(b.cv), tolerance(dtype)));
+          }
+          freeAll(gpu, x, ...Object.values(a), ...Object.values(b));
+          gpu.freeInts(posDev);
+        }
+      } finally {
+        gpu.qgemvRow4Bit = saved;
+        freeAll(gpu, wq!, wk!, wv!, bq, bv, cos, sin);
+      }
+      return checks;
+    },
+  };
+}
+
 /** The f32 device keeps the exact dequantize path: it declines every layout. */
 function f32DeclinesCase(): OpCase {
   return {
@@ -356,7 +412,7 @@ export function quantCases(dtype: ComputeDType): OpCase[] {
     const s = QSCHEMES.find((q) => q.label === label)!;
     cases.push(manyCase(s, 2048), siluCase(s, s.groupSize ? 1152 : 1000));
   }
-  for (const s of QSCHEMES) cases.push(rowVsTileCase(s, 45, s.groupSize ? 1152 : 1000));
+  for (const s of QSCHEMES) cases.push(rowVsTileCase(s, 45, s.groupSize ? 1152 : 1000), qkvRopeCase(s, s.groupSize ? 1152 : 1000));
   return cases;
 }
 
@@ -563,7 +619,8 @@ async function modelStructureChecks(name: string, dir: string, dev: CudaDevice, 
     const wantFused = m.kvCache === undefined;
     // batch 1: the row kernels (qgemv_row.cu) unless qgemvRowMaxM is 0, then qgemv's tiles
     const prefix = dev.qgemvRowMaxM >= 1 && (m.scheme !== 'W4A16' || dev.qgemvRow4Bit) ? 'qgemvr' : 'qgemv';
-    const fusedQuant = [...kernels].some((k) => k.startsWith(`${prefix}_silu_`));
+    const fusedQuant = [...kernels].some((k) => k.startsWith(`${prefix}_silu_`)) &&
+      (prefix !== 'qgemvr' || [...kernels].some((k) => k.startsWith('qgemvr_qkv_rope_')));
     checks.push({ case: `${name} ${dtype}: decode step ran ${wantFused ? `${prefix}_silu (fused)` : 'unfused quantized matmuls'}`, dtype, error: 0, tol: 0,
       ok: fusedQuant === wantFused && [...kernels].some((k) => k.startsWith(`${prefix}3_`)), note: [...kernels].filter((k) => k.startsWith('q')).join(', ') });
     cache.free();

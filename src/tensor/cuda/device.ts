@@ -504,6 +504,7 @@ export class CudaDevice implements Device {
     q: Tensor; cacheK: Tensor; cacheV: Tensor; x: Tensor; wq: Tensor; wk: Tensor; wv: Tensor; bq?: Tensor; bk?: Tensor; bv?: Tensor;
     positions: CudaInts; cos: Tensor; sin: Tensor; nHeads: number; nKvHeads: number; headDim: number; rotaryDim: number; kvStride: number;
   }): boolean {
+    if ([a.wq, a.wk, a.wv].some((w) => w instanceof CudaQuantLinear)) return this.quant.qkvRopeKvAt(a);
     const all = [a.q, a.cacheK, a.cacheV, a.x, a.wq, a.wk, a.wv, a.bq, a.bk, a.bv, a.cos, a.sin];
     if (!all.every((t) => t === undefined || (t instanceof CudaTensor && t.device === this && t.dtype === this.dtype && !t.storage.freed))) return false;
     const [q, ck, cv, x, wq, wk, wv] = all as CudaTensor[];

@@ -424,6 +424,78 @@ __device__ __forceinline__ void qgemvr_silu(T* out, const T* x, const unsigned c
   }
 }
 
+// q/k/v + rope + KV append of one decode step (seq 1, M sequences) in one launch, as gemv.cu's
+// gemv_qkv_rope_kv does for 16-bit weights: warp tasks [0, Pq) are the q pairs (rows i and i + half of
+// a head), [Pq, Pq + Pk) the k pairs, the rest consecutive v row pairs; q and k are rotated
+// (rotate-half, rotaryDim = headDim) at position pos[m] after rounding to T (as matmul then rope
+// would), q goes to qOut, k and v to the caches at row m * kvStride + pos[m].
+template <typename T, int FMT, int ACT, int M>
+__device__ __forceinline__ void qgemvr_qkv_rope(T* qOut, T* cacheK, T* cacheV, const T* x, const unsigned char* wq,
+                                                const unsigned char* wk, const unsigned char* wv, const float* sq, const float* sk,
+                                                const float* sv, const int* zq, const int* zk, const int* zv, const T* bq, const T* bk,
+                                                const T* bv, const int* pos, const T* cosT, const T* sinT, int nHeads, int nKvHeads,
+                                                int headDim, int kvStride, int K, int Kp, int rowBytes, int G, int vec, long long gmagic,
+                                                int chunkGroups, float staticScale, int pairsPerWarp) {
+  const int half = headDim / 2, Nv = nKvHeads * headDim;
+  const int Pq = nHeads * half, Pk = nKvHeads * half, Pv = (Nv + 1) >> 1;
+  const int lane = threadIdx.x & 31, nChunks = Kp / QFmt<FMT>::CK;
+  const QrIn<T> in = qr_stage<T, FMT, ACT>(x, M, K, Kp, nullptr, vec, staticScale);
+  for (int i = 0; i < pairsPerWarp; ++i) {
+    int p = (blockIdx.x * pairsPerWarp + i) * QR_WARPS + (threadIdx.x >> 5);
+    if (p >= Pq + Pk + Pv) return;
+    int kind = 0, ra;
+    const unsigned char* w = wq;
+    const float* sc = sq;
+    const int* zp = zq;
+    const T* bias = bq;
+    if (p < Pq) {
+      ra = (p / half) * headDim + p % half;
+    } else if (p < Pq + Pk) {
+      p -= Pq;
+      kind = 1, ra = (p / half) * headDim + p % half, w = wk, sc = sk, zp = zk, bias = bk;
+    } else {
+      p -= Pq + Pk;
+      kind = 2, ra = 2 * p, w = wv, sc = sv, zp = zv, bias = bv;
+    }
+    const int rb = kind == 2 ? ra + 1 : ra + half;  // rows past Nv are the layout's zero padding
+    float acc[2][M];
+    qr_pair<T, FMT, ACT, M>(acc, w + (long long)ra * rowBytes, w + (long long)rb * rowBytes, sc + (long long)ra * G,
+                            sc + (long long)rb * G, zp != nullptr ? zp + (long long)ra * G : nullptr,
+                            zp != nullptr ? zp + (long long)rb * G : nullptr, in, rowBytes, nChunks, G, (unsigned long long)gmagic,
+                            chunkGroups);
+    if (kind == 2) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int nr = ra + r;
+        const float b = bias != nullptr && nr < Nv ? to_float(bias[nr]) : 0.f;
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+          if (lane == 16 * r + m && nr < Nv) cacheV[((long long)m * kvStride + pos[m]) * Nv + nr] = from_float<T>(acc[r][m] + b);
+      }
+      continue;
+    }
+    const float ba = bias != nullptr ? to_float(bias[ra]) : 0.f, bb = bias != nullptr ? to_float(bias[rb]) : 0.f;
+    const int d = ra % headDim;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      if (lane != m) continue;
+      const long long at = pos[m];
+      const float c = to_float(cosT[at * half + d]), s = to_float(sinT[at * half + d]);
+      const float x1 = to_float(from_float<T>(acc[0][m] + ba)), x2 = to_float(from_float<T>(acc[1][m] + bb));
+      const T o1 = from_float<T>(x1 * c - x2 * s), o2 = from_float<T>(x2 * c + x1 * s);
+      if (kind == 0) {
+        T* row = qOut + (long long)m * nHeads * headDim;
+        row[ra] = o1;
+        row[rb] = o2;
+      } else {
+        T* row = cacheK + ((long long)m * kvStride + at) * Nv;
+        row[ra] = o1;
+        row[rb] = o2;
+      }
+    }
+  }
+}
+
 #define DEF_QGEMVR_M(T, S, FMT, F, ACT, A, M)                                                                                     \
   extern "C" __global__ void __launch_bounds__(QR_WARPS * 32, QR_MIN_BLOCKS) qgemvr3_##F##_##A##_##S##_m##M(                                    \
       T* o0, T* o1, T* o2, const T* x, const unsigned char* w0, const unsigned char* w1, const unsigned char* w2, const float* s0, \
@@ -439,6 +511,15 @@ __device__ __forceinline__ void qgemvr_silu(T* out, const T* x, const unsigned c
       float staticScale, int pairsPerWarp) {                                                                                       \
     qgemvr_silu<T, FMT, ACT, M>(out, x, wg, wu, sg, su, zg, zu, perm, N, K, Kp, rowBytes, G, vec, gmagic, chunkGroups,           \
                                 staticScale, pairsPerWarp);                                                                        \
+  }                                                                                                                                \
+  extern "C" __global__ void __launch_bounds__(QR_WARPS * 32, QR_MIN_BLOCKS) qgemvr_qkv_rope_##F##_##A##_##S##_m##M(            \
+      T* qOut, T* cacheK, T* cacheV, const T* x, const unsigned char* wq, const unsigned char* wk, const unsigned char* wv,         \
+      const float* sq, const float* sk, const float* sv, const int* zq, const int* zk, const int* zv, const T* bq, const T* bk,   \
+      const T* bv, const int* pos, const T* cosT, const T* sinT, int nHeads, int nKvHeads, int headDim, int kvStride, int K,      \
+      int Kp, int rowBytes, int G, int vec, long long gmagic, int chunkGroups, float staticScale, int pairsPerWarp) {             \
+    qgemvr_qkv_rope<T, FMT, ACT, M>(qOut, cacheK, cacheV, x, wq, wk, wv, sq, sk, sv, zq, zk, zv, bq, bk, bv, pos, cosT, sinT,     \
+                                    nHeads, nKvHeads, headDim, kvStride, K, Kp, rowBytes, G, vec, gmagic, chunkGroups,            \
+                                    staticScale, pairsPerWarp);                                                                    \
   }
 #define DEF_QGEMVR(T, S, FMT, F, ACT, A)                                                                                          \
   DEF_QGEMVR_M(T, S, FMT, F, ACT, A, 1) DEF_QGEMVR_M(T, S, FMT, F, ACT, A, 2) DEF_QGEMVR_M(T, S, FMT, F, ACT, A, 3)             \
