@@ -7,7 +7,7 @@
 
 import type { CudaDevice, CudaInts } from '../src/tensor/cuda/index.js';
 import type { AttentionShape, ComputeDType, Device, Tensor } from '../src/tensor/device.js';
-import { attentionCase, compare, freeAll, Inputs, type CaseRun, type Check, type OpCase } from './cuda-cases.js';
+import { attentionCase, compare, freeAll, Inputs, type CaseRun, type Check, runCaseList, type OpCase } from './cuda-cases.js';
 
 type Dims = Omit<AttentionShape, 'scale' | 'batch' | 'kvLen'>;
 
@@ -136,16 +136,7 @@ export function attnDecodeCases(): OpCase[] {
 
 /** Runs attnDecodeCases on one device against the cpu. */
 export function runAttnDecodeCases(cpu: Device, gpu: Device, dtype: ComputeDType, filter?: (name: string) => boolean): CaseRun {
-  const checks: Check[] = [];
-  for (const c of attnDecodeCases()) {
-    if (filter && !filter(c.name)) continue;
-    try {
-      checks.push(...c.run(cpu, gpu, dtype));
-    } catch (e) {
-      checks.push({ case: c.name, dtype, error: Infinity, tol: 0, ok: false, note: `threw: ${(e as Error).message}` });
-    }
-  }
-  return { checks, failures: checks.filter((c) => !c.ok).map((c) => `${c.dtype} ${c.case}: ${c.note ?? `error ${c.error}`}`) };
+  return runCaseList(attnDecodeCases(), cpu, gpu, dtype, filter);
 }
 
 /** GPU only: a captured attentionAt replayed with three kvLens settings (each against the cpu). */

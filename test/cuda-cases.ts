@@ -442,10 +442,10 @@ export interface CaseRun {
   failures: string[];
 }
 
-/** Runs every case on one GPU device against the cpu device; exceptions become failed checks. */
-export function runCases(cpu: Device, gpu: Device, dtype: ComputeDType, filter?: (name: string) => boolean): CaseRun {
+/** Runs the cases `filter` keeps on one GPU device against the cpu device; an exception becomes a failed check. */
+export function runCaseList(cases: readonly OpCase[], cpu: Device, gpu: Device, dtype: ComputeDType, filter?: (name: string) => boolean): CaseRun {
   const checks: Check[] = [];
-  for (const c of opCases()) {
+  for (const c of cases) {
     if (filter && !filter(c.name)) continue;
     try {
       checks.push(...c.run(cpu, gpu, dtype));
@@ -454,6 +454,11 @@ export function runCases(cpu: Device, gpu: Device, dtype: ComputeDType, filter?:
     }
   }
   return { checks, failures: checks.filter((c) => !c.ok).map((c) => `${c.dtype} ${c.case}: ${c.note ?? `error ${c.error}`}`) };
+}
+
+/** Runs every case on one GPU device against the cpu device; exceptions become failed checks. */
+export function runCases(cpu: Device, gpu: Device, dtype: ComputeDType, filter?: (name: string) => boolean): CaseRun {
+  return runCaseList(opCases(), cpu, gpu, dtype, filter);
 }
 
 // --- GPU-only extras: the *At ops (per-step values read on the device) against the plain ops -----

@@ -28,7 +28,7 @@ import { simulatesQuantization } from '../src/model/weights.js';
 import { CudaDevice, type CudaInts } from '../src/tensor/cuda/index.js';
 import { CudaQuantLinear } from '../src/tensor/cuda/quant-linear.js';
 import type { ComputeDType, Device, FakeQuantSpec, QuantizedLinearData, Tensor } from '../src/tensor/device.js';
-import { Inputs, compare, freeAll, tolerance, type CaseRun, type Check, type OpCase } from './cuda-cases.js';
+import { Inputs, compare, freeAll, tolerance, type CaseRun, type Check, runCaseList, type OpCase } from './cuda-cases.js';
 
 // --- random quantized weights ----------------------------------------------------------------
 
@@ -417,16 +417,7 @@ export function quantCases(dtype: ComputeDType): OpCase[] {
 }
 
 export function runQuantCases(cpu: Device, gpu: Device, dtype: ComputeDType, filter?: (name: string) => boolean): CaseRun {
-  const checks: Check[] = [];
-  for (const c of quantCases(dtype)) {
-    if (filter && !filter(c.name)) continue;
-    try {
-      checks.push(...c.run(cpu, gpu, dtype));
-    } catch (e) {
-      checks.push({ case: c.name, dtype, error: Infinity, tol: 0, ok: false, note: `threw: ${(e as Error).message}` });
-    }
-  }
-  return { checks, failures: checks.filter((c) => !c.ok).map((c) => `${c.dtype} ${c.case}: ${c.note ?? `error ${c.error}`}`) };
+  return runCaseList(quantCases(dtype), cpu, gpu, dtype, filter);
 }
 
 // --- GPU only: graph replays of the quantized ops ------------------------------------------------

@@ -17,7 +17,7 @@ import type { ModelSpec } from '../src/model/spec.js';
 import { seededRandom } from '../src/random.js';
 import type { AttentionShape, ComputeDType, Device, DistillLossKind, Tensor, TeacherTopK, TrainingOps } from '../src/tensor/device.js';
 import { CudaTrainingOps } from '../src/tensor/cuda/train-ops.js';
-import { Inputs, both, compare, freeAll, ropeTestTables, roundTo, tolerance, type CaseRun, type Check, type OpCase } from './cuda-cases.js';
+import { Inputs, both, compare, freeAll, ropeTestTables, roundTo, tolerance, type CaseRun, type Check, runCaseList, type OpCase } from './cuda-cases.js';
 import { baseSpec, randomTensors, sourceOf } from './helpers/tiny-models.js';
 
 function ops(d: Device): TrainingOps {
@@ -632,14 +632,5 @@ export function trainCases(): OpCase[] {
 
 /** Runs every training case on one GPU device against the cpu device; exceptions become failed checks. */
 export function runTrainCases(cpu: Device, gpu: Device, dtype: ComputeDType, filter?: (name: string) => boolean): CaseRun {
-  const checks: Check[] = [];
-  for (const c of trainCases()) {
-    if (filter && !filter(c.name)) continue;
-    try {
-      checks.push(...c.run(cpu, gpu, dtype));
-    } catch (e) {
-      checks.push({ case: c.name, dtype, error: Infinity, tol: 0, ok: false, note: `threw: ${(e as Error).message}` });
-    }
-  }
-  return { checks, failures: checks.filter((c) => !c.ok).map((c) => `${c.dtype} ${c.case}: ${c.note ?? `error ${c.error}`}`) };
+  return runCaseList(trainCases(), cpu, gpu, dtype, filter);
 }

@@ -14,7 +14,7 @@ import type { ComputeDType, Device, Tensor } from '../src/tensor/device.js';
 import { seededRandom } from '../src/random.js';
 import { weightGrid, type QuantJobOps, type QuantValueArgs, type WeightQParams } from '../src/tensor/quant-job.js';
 import { dequantizeValue, quantRange } from '../src/tensor/quant-math.js';
-import { roundTo, type CaseRun, type Check } from './cuda-cases.js';
+import { roundTo, runCaseList, type CaseRun, type Check } from './cuda-cases.js';
 
 export interface QuantJobCase {
   name: string;
@@ -395,14 +395,5 @@ export function quantJobCases(): QuantJobCase[] {
 
 /** The cases for one device dtype (dtype-independent ones only in the f32 pass). */
 export function runQuantJobCases(cpu: Device, gpu: Device, dtype: ComputeDType, filter?: (name: string) => boolean): CaseRun {
-  const checks: Check[] = [];
-  for (const c of quantJobCases()) {
-    if ((c.f32Only && dtype !== 'f32') || (filter && !filter(c.name))) continue;
-    try {
-      checks.push(...c.run(cpu, gpu, dtype));
-    } catch (e) {
-      checks.push({ case: c.name, dtype, error: Infinity, tol: 0, ok: false, note: `threw: ${(e as Error).stack ?? (e as Error).message}` });
-    }
-  }
-  return { checks, failures: checks.filter((c) => !c.ok).map((c) => `${c.dtype} ${c.case}: ${c.note ?? `error ${c.error}`}`) };
+  return runCaseList(quantJobCases().filter((c) => !c.f32Only || dtype === 'f32'), cpu, gpu, dtype, filter);
 }

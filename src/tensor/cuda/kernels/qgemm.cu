@@ -35,12 +35,7 @@ __device__ __forceinline__ void quantize_act(unsigned char* q, float* sx, const 
   for (int j = threadIdx.x; j < Kp / 4; j += blockDim.x) {
     unsigned word = 0u;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int k = 4 * j + i;
-      if (k >= K) break;
-      const float v = __fdiv_rn(to_float(row[k]), s);
-      word |= (fp8 ? (e4m3x2(v, 0.f) & 0xffu) : s8_byte(v)) << (8 * i);
-    }
+    for (int i = 0; i < 4; ++i) word |= qx_code(row, 4 * j + i, K, s, fp8) << (8 * i);
     *reinterpret_cast<unsigned*>(out + qcol8_pos(4 * j)) = word;
   }
 }

@@ -102,25 +102,11 @@ __device__ __forceinline__ void qg_stage_x(unsigned char* xs, float* sx, float* 
     unsigned char* row = xs + m * stride;
     if (vec) {
       for (int j = tid; j < Kp / 8; j += nt) {
-        float v[8];
-        if (8 * j < K) {
-          const uint4 raw = reinterpret_cast<const uint4*>(xr)[j];
-          const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) v[i] = __fdiv_rn(to_float(e[i]), s);
-        } else {
-#pragma unroll
-          for (int i = 0; i < 8; ++i) v[i] = 0.f;
-        }
-        reinterpret_cast<uint2*>(row)[j] = quant8(v, fp8);
+        reinterpret_cast<uint2*>(row)[j] = qx_codes8(xr, j, K, s, fp8);
       }
     } else {
       for (int k = tid; k < Kp; k += nt) {
-        unsigned b = 0u;
-        if (k < K) {
-          const float v = __fdiv_rn(to_float(xr[k]), s);
-          b = fp8 ? (e4m3x2(v, 0.f) & 0xffu) : s8_byte(v);
-        }
+        const unsigned b = qx_code(xr, k, K, s, fp8);
         row[k] = (unsigned char)b;
       }
     }

@@ -312,28 +312,14 @@ __device__ __forceinline__ QrIn<T> qr_stage(const T* x, int M, int K, int Kp, co
     if (vec) {
       // 8 columns = original words 2j, 2j + 1, stored at their interleaved positions.
       for (int j = tid; j < Kp / 8; j += nt) {
-        float v[8];
-        if (8 * j < K) {
-          const uint4 raw = reinterpret_cast<const uint4*>(xr)[j];
-          const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) v[i] = __fdiv_rn(to_float(e[i]), s);
-        } else {
-#pragma unroll
-          for (int i = 0; i < 8; ++i) v[i] = 0.f;
-        }
-        const uint2 q = quant8(v, fp8);
+        const uint2 q = qx_codes8(xr, j, K, s, fp8);
         const int w0 = 2 * j, w1 = 2 * j + 1;
         reinterpret_cast<unsigned*>(row)[(w0 & ~15) | qword_stored(w0 & 15)] = q.x;
         reinterpret_cast<unsigned*>(row)[(w1 & ~15) | qword_stored(w1 & 15)] = q.y;
       }
     } else {
       for (int k = tid; k < Kp; k += nt) {
-        unsigned b = 0u;
-        if (k < K) {
-          const float v = __fdiv_rn(to_float(xr[k]), s);
-          b = fp8 ? (e4m3x2(v, 0.f) & 0xffu) : s8_byte(v);
-        }
+        const unsigned b = qx_code(xr, k, K, s, fp8);
         row[(k & ~63) | (qword_stored((k & 63) >> 2) << 2) | (k & 3)] = (unsigned char)b;
       }
     }

@@ -94,6 +94,30 @@ __device__ __forceinline__ uint2 quant8(const float* v, int fp8) {
   return r;
 }
 
+// Codes of columns [8j, 8j + 8) of the x row xr (one 16-byte load; zeros past K), byte i = column 8j + i.
+template <typename T>
+__device__ __forceinline__ uint2 qx_codes8(const T* xr, int j, int K, float s, int fp8) {
+  float v[8];
+  if (8 * j < K) {
+    const uint4 raw = reinterpret_cast<const uint4*>(xr)[j];
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = __fdiv_rn(to_float(e[i]), s);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = 0.f;
+  }
+  return quant8(v, fp8);
+}
+
+// Code of column k of the x row xr (0 past K).
+template <typename T>
+__device__ __forceinline__ unsigned qx_code(const T* xr, int k, int K, float s, int fp8) {
+  if (k >= K) return 0u;
+  const float v = __fdiv_rn(to_float(xr[k]), s);
+  return fp8 ? (e4m3x2(v, 0.f) & 0xffu) : s8_byte(v);
+}
+
 // --- weights to f16 pairs (exact) ------------------------------------------------------------------
 
 // Two E4M3 bytes (lo, hi of a 16-bit value) → f16x2.
