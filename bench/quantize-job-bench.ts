@@ -18,7 +18,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { quantizeModel, type QuantizeReport, type QuantizeSettings } from '../src/compress/quant/index.js';
-import type { DeviceMemoryProbe } from '../src/compress/quant/pipeline.js';
 import { createCpuDevice } from '../src/tensor/cpu/index.js';
 import { CudaDevice } from '../src/tensor/cuda/index.js';
 import { LLAMA_3_2_1B, writeRandomCheckpoint } from './random-checkpoint.js';
@@ -46,16 +45,6 @@ const JOBS: Job[] = [
   { name: 'w8a8-sq', label: 'W8A8 + SmoothQuant 0.5', opts: { scheme: 'W8A8', smoothquant: 0.5 }, reference: { what: 'RTN, weights and activations: ~20 min', seconds: 1200 } },
   { name: 'w4a16-gptq', label: 'W4A16 GPTQ, group 128', opts: { scheme: 'W4A16', groupSize: 128, method: 'gptq' }, reference: { what: 'GPTQ, weights only: ~30 min', seconds: 1800 } },
 ];
-
-function probe(d: CudaDevice): DeviceMemoryProbe {
-  return {
-    stats: () => {
-      const m = d.memoryStats();
-      return { tensorBytes: m.tensorBytes, peakTensorBytes: m.peakTensorBytes, freeBytes: m.deviceFreeBytes };
-    },
-    resetPeak: () => d.resetPeakMemory(),
-  };
-}
 
 function parameterCount(c: typeof LLAMA_3_2_1B): number {
   const H = c.hidden_size, I = c.intermediate_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
@@ -114,7 +103,7 @@ async function main(): Promise<void> {
       device: dev,
       deviceName: dev instanceof CudaDevice ? `cuda (${dev.info.name})` : 'cpu',
       deviceDtype: dev instanceof CudaDevice ? dtypeFlag : 'fp32',
-      memory: dev instanceof CudaDevice ? probe(dev) : undefined,
+      memory: dev instanceof CudaDevice ? dev : undefined,
       toolVersion: 'bench',
       calibration: { source: 'moby-dick', samples, seqLen, seed: 0 },
       onLayer: (r, layers) => {

@@ -9,7 +9,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { CudaDevice } from '../../src/tensor/cuda/index.js';
-import { planFusedDecode } from '../../src/tensor/cuda/decode-attention.js';
 import type { AttentionShape } from '../../src/tensor/device.js';
 
 const dev = new CudaDevice({ dtype: 'bf16' });
@@ -47,17 +46,25 @@ function time(fn: () => void): { graphUs: number; eagerUs: number } {
   return { graphUs, eagerUs };
 }
 
+/** One decode step's attention inputs: batch × 1 query rows over kvLen cached keys (random, seeded). */
+function problem(batch: number, kvLen: number) {
+  const shape: AttentionShape = { batch, seqQ: 1, kvLen, kvStride: kvLen, nHead: NH, nKvHead: NKV, headDim: HD, scale: 1 / Math.sqrt(HD) };
+  return {
+    shape,
+    q: dev.upload(rand(batch * NH * HD, 7), [batch, NH * HD]),
+    k: dev.upload(rand(batch * kvLen * NKV * HD, 11), [batch * kvLen, NKV * HD]),
+    v: dev.upload(rand(batch * kvLen * NKV * HD, 13), [batch * kvLen, NKV * HD]),
+    out: dev.empty([batch, NH * HD]),
+  };
+}
+
 console.log(`${dev.info.name}: decode attention h${NH}/${NKV} d${HD} bf16, ${REPS} calls per timing`);
 console.log('batch  kvLen  splits   graph µs   eager µs');
 for (const batch of [1, 8, 32]) {
   for (const kvLen of [64, 576, 2048, 8192]) {
-    const shape: AttentionShape = { batch, seqQ: 1, kvLen, kvStride: kvLen, nHead: NH, nKvHead: NKV, headDim: HD, scale: 1 / Math.sqrt(HD) };
-    const q = dev.upload(rand(batch * NH * HD, 7), [batch, NH * HD]);
-    const k = dev.upload(rand(batch * kvLen * NKV * HD, 11), [batch * kvLen, NKV * HD]);
-    const v = dev.upload(rand(batch * kvLen * NKV * HD, 13), [batch * kvLen, NKV * HD]);
-    const out = dev.empty([batch, NH * HD]);
+    const { shape, q, k, v, out } = problem(batch, kvLen);
     const r = time(() => dev.attention(out, q, k, v, shape));
-    const splits = planFusedDecode(shape, dev.info.multiprocessors, 32 << 20).splits;
+    const splits = dev.decodeAttentionPlan(shape).splits;
     console.log(`${String(batch).padStart(5)}  ${String(kvLen).padStart(5)}  ${String(splits).padStart(6)}  ${r.graphUs.toFixed(2).padStart(9)}  ${r.eagerUs.toFixed(2).padStart(9)}`);
     rows.push({ batch, kvLen, splits, ...r });
     for (const t of [q, k, v, out]) dev.free(t);
@@ -66,23 +73,20 @@ for (const batch of [1, 8, 32]) {
 
 // Split-count sweep of the fused kernel (decodeSplitsMax caps the planner's choice): µs per call in a graph.
 const sweep: { batch: number; kvLen: number; splitsMax: number; splits: number; graphUs: number }[] = [];
+const defaultSplitsMax = dev.decodeSplitsMax;
 console.log('\nfused kernel, split cap sweep (graph µs): batch kvLen | cap → splits: µs');
 for (const [batch, kvLen] of [[1, 576], [1, 2048], [1, 8192], [8, 576], [8, 2048], [32, 576]] as const) {
-  const shape: AttentionShape = { batch, seqQ: 1, kvLen, kvStride: kvLen, nHead: NH, nKvHead: NKV, headDim: HD, scale: 1 / Math.sqrt(HD) };
-  const q = dev.upload(rand(batch * NH * HD, 7), [batch, NH * HD]);
-  const k = dev.upload(rand(batch * kvLen * NKV * HD, 11), [batch * kvLen, NKV * HD]);
-  const v = dev.upload(rand(batch * kvLen * NKV * HD, 13), [batch * kvLen, NKV * HD]);
-  const out = dev.empty([batch, NH * HD]);
+  const { shape, q, k, v, out } = problem(batch, kvLen);
   const cells: string[] = [];
   for (const cap of [1, 2, 3, 4, 6, 8, 12, 16, 24, 33, 64]) {
     dev.decodeSplitsMax = cap;
-    const splits = planFusedDecode(shape, dev.info.multiprocessors, 32 << 20, cap).splits;
+    const splits = dev.decodeAttentionPlan(shape).splits;
     if (sweep.some((r) => r.batch === batch && r.kvLen === kvLen && r.splits === splits)) continue;
     const { graphUs } = time(() => dev.attention(out, q, k, v, shape));
     sweep.push({ batch, kvLen, splitsMax: cap, splits, graphUs });
     cells.push(`${splits}: ${graphUs.toFixed(2)}`);
   }
-  dev.decodeSplitsMax = 64;
+  dev.decodeSplitsMax = defaultSplitsMax;
   console.log(`${String(batch).padStart(5)} ${String(kvLen).padStart(5)} | ${cells.join('  ')}`);
   for (const t of [q, k, v, out]) dev.free(t);
 }

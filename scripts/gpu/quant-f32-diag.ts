@@ -10,7 +10,7 @@ import path from 'node:path';
 import { quantizeModel } from '../../src/compress/quant/index.js';
 import { loadModel } from '../../src/model/load.js';
 import { TextTokenizer } from '../../src/model/tokenizer.js';
-import { hookNames } from '../../src/model/decoder.js';
+import { hookNames, type ActivationHooks } from '../../src/model/decoder.js';
 import { createCpuDevice } from '../../src/tensor/cpu/index.js';
 import { CudaDevice } from '../../src/tensor/cuda/index.js';
 import type { Device, FakeQuantSpec } from '../../src/tensor/device.js';
@@ -26,7 +26,7 @@ for (const scheme of ['FP8', 'W8A8'] as const) {
   const capture = async (dev: Device) => {
     const m = await loadModel(out, dev);
     const got = new Map<string, Float32Array>();
-    const hooks: Record<string, (t: never) => void> = {};
+    const hooks: ActivationHooks = {};
     const names: string[] = [];
     for (let i = 0; i < m.spec.numLayers; i++) {
       names.push(hookNames.layerInput(i), hookNames.qProjInput(i), hookNames.keyStates(i), hookNames.oProjInput(i), hookNames.gateProjInput(i), hookNames.downProjInput(i), hookNames.layerOutput(i));

@@ -27,7 +27,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { quantizeModel, type QuantizeReport, type QuantizeSettings } from '../../src/compress/quant/index.js';
-import type { DeviceMemoryProbe } from '../../src/compress/quant/pipeline.js';
 import { runEval } from '../../src/eval/run.js';
 import { CheckpointTensors, resolveModelPath } from '../../src/io/checkpoint.js';
 import { decodeToFloat32 } from '../../src/io/dtypes.js';
@@ -66,16 +65,6 @@ const SCHEMES: SchemeCheck[] = [
   { name: 'w8a8-sq', opts: { scheme: 'W8A8', smoothquant: 0.5 }, codeShare: 0.01, codeSteps: 1, scaleRel: 1e-3, strictLayers: 1 },
   { name: 'fp8-static', opts: { scheme: 'FP8' }, codeShare: 0, codeSteps: 0, scaleRel: 1e-3, strictLayers: 1 },
 ];
-
-function probe(d: CudaDevice): DeviceMemoryProbe {
-  return {
-    stats: () => {
-      const m = d.memoryStats();
-      return { tensorBytes: m.tensorBytes, peakTensorBytes: m.peakTensorBytes, freeBytes: m.deviceFreeBytes };
-    },
-    resetPeak: () => d.resetPeakMemory(),
-  };
-}
 
 /** Position on the quantization grid: the integer code, or the E4M3 value's rank. */
 function steps(codes: ArrayLike<number>, fp8: boolean): Int32Array {
@@ -175,7 +164,7 @@ async function main(): Promise<void> {
       const t0 = performance.now();
       reports[where] = await quantizeModel({
         model, output, force: true, device, deviceName: where, toolVersion: 'check', calibration,
-        memory: device instanceof CudaDevice ? probe(device) : undefined, ...s.opts,
+        memory: device instanceof CudaDevice ? device : undefined, ...s.opts,
       });
       log(`${s.name} on ${where}: ${((performance.now() - t0) / 1000).toFixed(2)} s, layer errors ${reports[where]!.layers.map((l) => l.output_rel_error.toFixed(5)).join(' ')}`);
     }

@@ -9,7 +9,6 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { describeCalibrationSource } from '../compress/calibration.js';
 import { DEFAULT_GROUP_SIZE, DEFAULTS, SCHEME_NAMES, describeScheme, prepareQuantize, runQuantize, type LayerReport, type QuantizeReport, type QuantizeSettings } from '../compress/quant/index.js';
-import type { DeviceMemoryProbe } from '../compress/quant/pipeline.js';
 import { loadRecipe, mergeOverRecipe, type QuantizeRecipe } from '../pipeline/recipe.js';
 import { CudaDevice } from '../tensor/cuda/index.js';
 import { openDevice, type OpenedDevice } from './device.js';
@@ -77,19 +76,6 @@ function flagsAsRecipe(f: QuantizeFlags): QuantizeRecipe {
 
 function packageVersion(): string {
   return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-}
-
-/** The cuda device's tensor accounting, for the report's peak device memory per phase. */
-function memoryProbe(opened: OpenedDevice): DeviceMemoryProbe | undefined {
-  const d = opened.device;
-  if (!(d instanceof CudaDevice)) return undefined;
-  return {
-    stats: () => {
-      const m = d.memoryStats();
-      return { tensorBytes: m.tensorBytes, peakTensorBytes: m.peakTensorBytes, freeBytes: m.deviceFreeBytes };
-    },
-    resetPeak: () => d.resetPeakMemory(),
-  };
 }
 
 /** "cuda (NVIDIA H200)" or "cpu". */
@@ -210,7 +196,8 @@ async function quantizeCommand(model: string, flags: QuantizeFlags): Promise<voi
       device: opened.device,
       deviceName: deviceLabel(opened),
       deviceDtype: opened.dtypeName,
-      memory: memoryProbe(opened),
+      // the cuda device's tensor accounting gives the report's peak device memory per phase
+      memory: opened.device instanceof CudaDevice ? opened.device : undefined,
       activations: flags.activations === 'auto' ? undefined : (flags.activations as 'device' | 'host'),
       onStart: ({ layers, scheme, calibration }) => {
         schemeLine = describeScheme(scheme);

@@ -37,11 +37,11 @@ export interface PipelineSource {
   readFloat32(name: string): Float32Array;
 }
 
-/** Device memory accounting (the cuda device's memoryStats); absent on the cpu. */
+/** Device memory accounting: what CudaDevice provides (memoryStats, resetPeakMemory); absent on the cpu. */
 export interface DeviceMemoryProbe {
-  /** Bytes held by live tensors, their high-water mark since the last resetPeak, and the device's free bytes. */
-  stats(): { tensorBytes: number; peakTensorBytes: number; freeBytes: number };
-  resetPeak(): void;
+  /** The high-water mark of live tensors' bytes since the last resetPeakMemory, and the device's free bytes. */
+  memoryStats(): { peakTensorBytes: number; deviceFreeBytes: number };
+  resetPeakMemory(): void;
 }
 
 /** Where the calibration activations live between layers. */
@@ -189,12 +189,12 @@ class PhaseMemory {
   constructor(private readonly probe: DeviceMemoryProbe | undefined) {}
 
   start(): void {
-    this.probe?.resetPeak();
+    this.probe?.resetPeakMemory();
   }
 
   end(phase: 'embed' | 'calibrate' | 'quantize' | 'propagate'): void {
     if (this.probe === undefined) return;
-    const peak = this.probe.stats().peakTensorBytes;
+    const peak = this.probe.memoryStats().peakTensorBytes;
     this.peaks[phase] = Math.max(this.peaks[phase], peak);
     this.peaks.overall = Math.max(this.peaks.overall, peak);
   }
@@ -248,7 +248,7 @@ export async function runQuantizationPipeline(opts: PipelineOptions): Promise<Pi
   const rows = shapes.reduce((n, b) => n + b.batch * b.seq, 0);
   const activationBytes = rows * H * elementBytes(device);
   const where: ActivationResidency =
-    opts.activations ?? (opts.memory === undefined || activationBytes <= ACTIVATIONS_DEVICE_SHARE * opts.memory.stats().freeBytes ? 'device' : 'host');
+    opts.activations ?? (opts.memory === undefined || activationBytes <= ACTIVATIONS_DEVICE_SHARE * opts.memory.memoryStats().deviceFreeBytes ? 'device' : 'host');
   const acts = new Activations(device, qj, H, where);
   const batches: Batch[] = [];
   const result: PipelineResult = {

@@ -9,7 +9,7 @@ import { CudaDriver, type DevicePtr, type GpuInfo, type Handle } from './driver.
 import { CudaError } from './errors.js';
 import { KernelLibrary, type ArgSignature, type Kernel, type KernelArg } from './kernels.js';
 import { Nvrtc, gpuArchitecture } from './nvrtc.js';
-import { DECODE_COUNTERS, launchFusedDecode } from './decode-attention.js';
+import { DECODE_COUNTERS, FUSED_SPLIT_MAX, launchFusedDecode, planFusedDecode, type FusedDecodePlan } from './decode-attention.js';
 import { CudaQuantLinear, QGEMV_ROW_MAX_M, QuantLinearOps } from './quant-linear.js';
 import { CudaQuantJob } from './quant-job-ops.js';
 import { CudaTensor, Storage, elementBytes, shapeSize } from './tensor.js';
@@ -193,7 +193,7 @@ export class CudaDevice implements Device {
   /** LLMOPT_CUDA_SIMPLE_ATTENTION=1: the CUDA-core attention kernels only (A/B comparisons). */
   private readonly simpleAttention = process.env.LLMOPT_CUDA_SIMPLE_ATTENTION === '1';
   /** Upper bound on the fused decode attention's key splits (LLMOPT_CUDA_DECODE_SPLITS_MAX; timing sweeps). */
-  decodeSplitsMax = Number(process.env.LLMOPT_CUDA_DECODE_SPLITS_MAX ?? 64);
+  decodeSplitsMax = Number(process.env.LLMOPT_CUDA_DECODE_SPLITS_MAX ?? FUSED_SPLIT_MAX);
   /** Arrival counters of the fused decode attention (DECODE_COUNTERS int32, zeroed once; each launch leaves them 0). */
   private readonly attentionCounters: DevicePtr;
   /** Largest M that goes to the GEMV kernels instead of cuBLASLt (LLMOPT_CUDA_GEMV_MAX_M, default 4 — at 8 cuBLASLt wins on large weights; 0 = never; benchmarks change it). */
@@ -504,19 +504,26 @@ export class CudaDevice implements Device {
     q: Tensor; cacheK: Tensor; cacheV: Tensor; x: Tensor; wq: Tensor; wk: Tensor; wv: Tensor; bq?: Tensor; bk?: Tensor; bv?: Tensor;
     positions: CudaInts; cos: Tensor; sin: Tensor; nHeads: number; nKvHeads: number; headDim: number; rotaryDim: number; kvStride: number;
   }): boolean {
-    if ([a.wq, a.wk, a.wv].some((w) => w instanceof CudaQuantLinear)) return this.quant.qkvRopeKvAt(a);
-    const all = [a.q, a.cacheK, a.cacheV, a.x, a.wq, a.wk, a.wv, a.bq, a.bk, a.bv, a.cos, a.sin];
-    if (!all.every((t) => t === undefined || (t instanceof CudaTensor && t.device === this && t.dtype === this.dtype && !t.storage.freed))) return false;
-    const [q, ck, cv, x, wq, wk, wv] = all as CudaTensor[];
+    const live = (t: Tensor | undefined) =>
+      t === undefined || (t instanceof CudaTensor && t.device === this && t.dtype === this.dtype && !t.storage.freed);
+    const ws = [a.wq, a.wk, a.wv];
+    const quantized = ws.filter((w) => w instanceof CudaQuantLinear && !w.freed).length === 3;
+    if (!(quantized || ws.every(live)) || ![a.q, a.cacheK, a.cacheV, a.x, a.bq, a.bk, a.bv, a.cos, a.sin].every(live)) return false;
+    const [q, ck, cv, x, cos, sin] = [a.q, a.cacheK, a.cacheV, a.x, a.cos, a.sin] as CudaTensor[];
+    // [rows, cols] of each weight, stored as a tensor or quantized
+    const [dq, dk, dv] = ws.map((w) => (w instanceof CudaQuantLinear ? [w.N, w.K] : [(w as CudaTensor).rowCount, (w as CudaTensor).cols]));
     const M = x!.rowCount, K = x!.cols, hd = a.headDim, half = hd / 2;
     const qDim = a.nHeads * hd, D = a.nKvHeads * hd;
     const size = (t: Tensor | undefined) => (t === undefined ? -1 : (t as CudaTensor).size);
-    const ok = M >= 1 && M <= Math.min(4, this.gemvMaxM) && a.rotaryDim === hd && hd % 2 === 0 && K > 0 &&
-      wq!.rowCount === qDim && wk!.rowCount === D && wv!.rowCount === D && wq!.cols === K && wk!.cols === K && wv!.cols === K &&
+    const ok = M >= 1 && M <= 4 && a.rotaryDim === hd && hd % 2 === 0 && K > 0 &&
+      dq![0] === qDim && dk![0] === D && dv![0] === D && dq![1] === K && dk![1] === K && dv![1] === K &&
       q!.size === M * qDim && ck!.cols === D && cv!.cols === D && ck!.rowCount >= M * a.kvStride && cv!.rowCount >= M * a.kvStride &&
-      a.positions.length >= M && (a.cos as CudaTensor).cols === half && (a.sin as CudaTensor).cols === half &&
+      a.positions.length >= M && cos!.cols === half && sin!.cols === half &&
       (a.bq === undefined || size(a.bq) === qDim) && (a.bk === undefined || size(a.bk) === D) && (a.bv === undefined || size(a.bv) === D);
     if (!ok) return false;
+    if (quantized) return this.quant.qkvRopeKvAt(a, ws as CudaQuantLinear[]);
+    if (M > this.gemvMaxM) return false;
+    const [wq, wk, wv] = ws as CudaTensor[];
     this.ints(a.positions, 'qkvRopeKvAt', 'positions');
     const vec = this.dtype === 'f32' ? 4 : 8;
     const vectorized = K % vec === 0 && [x!, wq!, wk!, wv!].every((t) => t.ptr % 16n === 0n) ? 1 : 0;
@@ -620,6 +627,11 @@ export class CudaDevice implements Device {
       const shared = (PREFILL_KEY_TILE * (D + 1) + PREFILL_KEY_TILE * D + PREFILL_QUERY_TILE * D) * 4;
       this.kernels.launch(kern, [Math.ceil(seqQ / PREFILL_QUERY_TILE), nHead, batch], [128], shared, args);
     }
+  }
+
+  /** @internal The fused decode attention's plan (splits, head groups) for a shape, as attention() launches it. */
+  decodeAttentionPlan(shape: AttentionShape): FusedDecodePlan {
+    return planFusedDecode(shape, this.info.multiprocessors, ATTENTION_SCRATCH_BYTES, this.decodeSplitsMax);
   }
 
   writeKv(cache: Tensor, src: Tensor, batch: number, seq: number, start: number, kvStride: number): void {

@@ -403,33 +403,28 @@ export class QuantLinearOps {
   }
 
   /**
-   * CudaDevice.qkvRopeKvAt with quantized q/k/v weights: one qgemvr_qkv_rope launch (row kernels,
-   * M ≤ 4, rotaryDim = headDim); false, queueing nothing, where that does not apply.
+   * CudaDevice.qkvRopeKvAt with quantized q/k/v weights (shapes already checked there): one
+   * qgemvr_qkv_rope launch where the row kernels serve them (M ≤ 4, same layout, no act-order); false,
+   * queueing nothing, otherwise.
    */
   qkvRopeKvAt(a: {
-    q: Tensor; cacheK: Tensor; cacheV: Tensor; x: Tensor; wq: Tensor; wk: Tensor; wv: Tensor; bq?: Tensor; bk?: Tensor; bv?: Tensor;
-    positions: CudaInts; cos: Tensor; sin: Tensor; nHeads: number; nKvHeads: number; headDim: number; rotaryDim: number; kvStride: number;
-  }): boolean {
-    const ws = [a.wq, a.wk, a.wv];
-    if (!ws.every((w) => w instanceof CudaQuantLinear && !w.freed)) return false;
-    const [wq, wk, wv] = ws as CudaQuantLinear[];
+    q: Tensor; cacheK: Tensor; cacheV: Tensor; x: Tensor; bq?: Tensor; bk?: Tensor; bv?: Tensor;
+    positions: CudaInts; cos: Tensor; sin: Tensor; nHeads: number; nKvHeads: number; headDim: number; kvStride: number;
+  }, ws: CudaQuantLinear[]): boolean {
     const dev = this.dev;
-    const names = ['q', 'cacheK', 'cacheV', 'x', 'bq', 'bk', 'bv', 'cos', 'sin'] as const;
-    const [q, ck, cv, x, bq, bk, bv, cos, sin] = names.map((n) => (a[n] === undefined ? undefined : dev.tensor(a[n]!, 'qkvRopeKvAt', n)));
-    const M = x!.rowCount, K = x!.cols, hd = a.headDim, half = hd / 2, qDim = a.nHeads * hd, D = a.nKvHeads * hd;
-    const ok = M >= 1 && M <= 4 && this.compatible(ws as CudaQuantLinear[]) && this.rowKernels(wq!, M) && a.rotaryDim === hd && hd % 2 === 0 &&
-      wq!.K === K && wq!.N === qDim && wk!.N === D && wv!.N === D && q!.size === M * qDim && ck!.cols === D && cv!.cols === D &&
-      ck!.rowCount >= M * a.kvStride && cv!.rowCount >= M * a.kvStride && a.positions.length >= M && cos!.cols === half && sin!.cols === half &&
-      (bq === undefined || bq.size === qDim) && (bk === undefined || bk.size === D) && (bv === undefined || bv.size === D);
-    if (!ok) return false;
+    const [wq, wk, wv] = ws as [CudaQuantLinear, CudaQuantLinear, CudaQuantLinear];
+    const x = dev.tensor(a.x, 'qkvRopeKvAt', 'x');
+    const M = x.rowCount, hd = a.headDim;
+    if (!this.compatible(ws) || !this.rowKernels(wq, M)) return false;
     dev.ints(a.positions, 'qkvRopeKvAt', 'positions');
-    const pairs = a.nHeads * half + a.nKvHeads * half + Math.ceil(D / 2);
-    const shape = this.rowLaunchShape(wq!, x!, M, pairs, 'qgemvr_qkv_rope', 'ppppppppppppppppppp' + 'iiiiiiiii' + 'q' + 'i' + 'f' + 'i');
-    const p = (t: CudaTensor | undefined) => t?.ptr ?? 0n;
+    const pairs = a.nHeads * (hd / 2) + a.nKvHeads * (hd / 2) + Math.ceil((a.nKvHeads * hd) / 2);
+    const shape = this.rowLaunchShape(wq, x, M, pairs, 'qgemvr_qkv_rope', 'ppppppppppppppppppp' + 'iiiiiiiii' + 'q' + 'i' + 'f' + 'i');
+    const p = (t: Tensor | undefined) => (t === undefined ? 0n : dev.tensor(t, 'qkvRopeKvAt', 'bias').ptr);
+    const t = (v: Tensor, name: string) => dev.tensor(v, 'qkvRopeKvAt', name).ptr;
     dev.kernels.launch(shape.kernel, [shape.blocks], [QR_WARPS * 32], shape.smem, [
-      q!.ptr, ck!.ptr, cv!.ptr, x!.ptr, wq!.weights, wk!.weights, wv!.weights, wq!.scales, wk!.scales, wv!.scales,
-      wq!.zeros, wk!.zeros, wv!.zeros, p(bq), p(bk), p(bv), a.positions.ptr, cos!.ptr, sin!.ptr,
-      a.nHeads, a.nKvHeads, hd, a.kvStride, K, wq!.Kp, wq!.rowBytes, wq!.groups, shape.vec, wq!.gmagic, shape.chunkGroups, wq!.staticScale,
+      t(a.q, 'q'), t(a.cacheK, 'cacheK'), t(a.cacheV, 'cacheV'), x.ptr, wq.weights, wk.weights, wv.weights, wq.scales, wk.scales, wv.scales,
+      wq.zeros, wk.zeros, wv.zeros, p(a.bq), p(a.bk), p(a.bv), a.positions.ptr, t(a.cos, 'cos'), t(a.sin, 'sin'),
+      a.nHeads, a.nKvHeads, hd, a.kvStride, wq.K, wq.Kp, wq.rowBytes, wq.groups, shape.vec, wq.gmagic, shape.chunkGroups, wq.staticScale,
       shape.pairsPerWarp,
     ]);
     return true;

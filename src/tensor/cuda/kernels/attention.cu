@@ -191,48 +191,6 @@ __device__ __forceinline__ void attention_decode(T* out, const T* q, const T* k,
   }
 }
 
-// 16-byte K/V loads of the decode kernel: elements per vector and their conversion to f32.
-template <typename T> struct VecOf;
-template <> struct VecOf<float> { static constexpr int N = 4; };
-template <> struct VecOf<bf16_t> { static constexpr int N = 8; };
-template <> struct VecOf<f16_t> { static constexpr int N = 8; };
-
-__device__ __forceinline__ void unpack16(const uint4& u, float* f, const float*) {
-  f[0] = __uint_as_float(u.x); f[1] = __uint_as_float(u.y); f[2] = __uint_as_float(u.z); f[3] = __uint_as_float(u.w);
-}
-__device__ __forceinline__ void unpack16(const uint4& u, float* f, const bf16_t*) {
-  const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[2 * i] = __uint_as_float(w[i] << 16);
-    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-  }
-}
-__device__ __forceinline__ void unpack16(const uint4& u, float* f, const f16_t*) {
-  const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[2 * i] = to_float(f16_t{(u16)(w[i] & 0xffffu)});
-    f[2 * i + 1] = to_float(f16_t{(u16)(w[i] >> 16)});
-  }
-}
-
-// Split-KV decode (flash-decoding) for seqQ < 8, merged in the same launch: the query heads of one KV
-// head (its GQA group, GC at a time) share every K/V row a block reads, a row's keys are cut into
-// `splits` ranges so that even batch 1 fills the GPU, and the split that finishes last for its (query
-// row, head group) merges all splits and writes `out` (a separate merge launch measured 2x slower on
-// the H200, 2026-12-01). Block = (KV split, KV head x group chunk of GC heads, query row),
-// NW warps; a split holds a multiple of 32 keys (one 32-key tile per warp per round), so every warp
-// of a block has keys. Per tile, lane j owns key j: its K row is loaded with 16-byte loads and V
-// with lane l owning dims [l*DL, l*DL + DL) of each of the 32 rows, all issued before the math; the
-// next tile's K loads go out right after the scores, its V loads right after P.V. The per-tile
-// softmax needs one warp max per head (sums stay per lane until the end); GC is a template
-// parameter so the heads' shuffle chains have no branches between them and interleave. Scores are
-// in log2 units (q is pre-scaled by scale*log2(e), exp2f). Splits publish (normalized O, max, sum)
-// to partO/partML, then __threadfence + atomicAdd on counters[row, blockIdx.y]; the block that sees
-// splits-1 merges (reading the partials through L2: ld.global.cg) and resets its counter to 0 for
-// the next call or graph replay. vec: 0 scalar loads (any headDim), 1 K rows as 16-byte vectors,
-// 2 K row and V slices in registers (headDim == D, 16-byte aligned; only when a K row is <= 128 bytes).
 namespace fused {
 constexpr int NW = 4;
 constexpr int SPLIT_MAX = 64;
@@ -282,7 +240,7 @@ __device__ __forceinline__ void attention_decode_fused(float* partO, float* part
                                                        const int* kvLens, int splits, int vec) {
   using namespace fused;
   constexpr int DL = D / 32;
-  constexpr int VEC = VecOf<T>::N;
+  constexpr int VEC = Vec<T>::N;
   constexpr bool REGS = D * sizeof(T) <= 128;
   constexpr int KW = REGS ? D * (int)sizeof(T) / 4 : 4;         // words of a lane's K row
   constexpr int VB = DL * (int)sizeof(T);                        // bytes of a lane's slice of one V row

@@ -6,16 +6,6 @@
 #include "common.cuh"
 // llmopt:pdl
 
-// Float atomics through the integer orderings: non-negative floats order as ints, negative ones
-// reversed as unsigned. v must not be NaN or −0 (the callers normalize −0 to +0).
-__device__ __forceinline__ void atomic_min_f32(float* a, float v) {
-  if (v >= 0.f) atomicMin((int*)a, __float_as_int(v));
-  else atomicMax((unsigned*)a, __float_as_uint(v));
-}
-__device__ __forceinline__ void atomic_max_f32(float* a, float v) {
-  if (v >= 0.f) atomicMax((int*)a, __float_as_int(v));
-  else atomicMin((unsigned*)a, __float_as_uint(v));
-}
 
 // Column c = blockIdx.x·blockDim.x + threadIdx.x over rows [blockIdx.y·rowsPerBlock, +rowsPerBlock).
 template <typename T>

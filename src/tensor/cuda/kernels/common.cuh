@@ -76,6 +76,21 @@ __device__ __forceinline__ float block_sum(float v) {
   return warp_sum(lane < warps ? partial[lane] : 0.f);
 }
 
+// LayerNorm's row statistics over the block (two passes: mean, then the centered variance): returns
+// r = 1/sqrt(var + eps) and sets mean. Shared by the forward (norm.cu) and the backward (norm_backward.cu).
+template <typename T>
+__device__ __forceinline__ float row_mean_rstd(const T* xr, int cols, float eps, float& mean) {
+  float s = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) s += to_float(xr[c]);
+  mean = block_sum(s) / cols;
+  float sq = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float d = to_float(xr[c]) - mean;
+    sq += d * d;
+  }
+  return 1.f / sqrtf(block_sum(sq) / cols + eps);
+}
+
 __device__ __forceinline__ double warp_sum_f64(double v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
@@ -123,6 +138,43 @@ __device__ __forceinline__ void pdl_wait() {
 __device__ __forceinline__ void pdl_start() {
   pdl_launch();
   pdl_wait();
+}
+
+// 16-byte vectors of a storage type: elements per vector, and their conversion to f32.
+template <typename T> struct Vec;
+template <> struct Vec<float> { static constexpr int N = 4; };
+template <> struct Vec<bf16_t> { static constexpr int N = 8; };
+template <> struct Vec<f16_t> { static constexpr int N = 8; };
+
+__device__ __forceinline__ void unpack16(const uint4& u, float* f, const float*) {
+  f[0] = __uint_as_float(u.x); f[1] = __uint_as_float(u.y); f[2] = __uint_as_float(u.z); f[3] = __uint_as_float(u.w);
+}
+__device__ __forceinline__ void unpack16(const uint4& u, float* f, const bf16_t*) {
+  const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void unpack16(const uint4& u, float* f, const f16_t*) {
+  const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = to_float(f16_t{(u16)(w[i] & 0xffffu)});
+    f[2 * i + 1] = to_float(f16_t{(u16)(w[i] >> 16)});
+  }
+}
+
+// Float min/max atomics through the integer orderings: non-negative floats order as ints, negative
+// ones reversed as unsigned. v must not be NaN or −0 (the callers normalize −0 to +0).
+__device__ __forceinline__ void atomic_min_f32(float* a, float v) {
+  if (v >= 0.f) atomicMin((int*)a, __float_as_int(v));
+  else atomicMax((unsigned*)a, __float_as_uint(v));
+}
+__device__ __forceinline__ void atomic_max_f32(float* a, float v) {
+  if (v >= 0.f) atomicMax((int*)a, __float_as_int(v));
+  else atomicMin((unsigned*)a, __float_as_uint(v));
 }
 
 // Instantiates `MACRO(T, suffix)` for every storage type.

@@ -8,31 +8,6 @@
 
 constexpr int GEMV_WARPS = 8;
 
-template <typename T> struct Vec;
-template <> struct Vec<float> { static constexpr int N = 4; };
-template <> struct Vec<bf16_t> { static constexpr int N = 8; };
-template <> struct Vec<f16_t> { static constexpr int N = 8; };
-
-__device__ __forceinline__ void unpack(const uint4& u, float* f, const float*) {
-  f[0] = __uint_as_float(u.x); f[1] = __uint_as_float(u.y); f[2] = __uint_as_float(u.z); f[3] = __uint_as_float(u.w);
-}
-__device__ __forceinline__ void unpack(const uint4& u, float* f, const bf16_t*) {
-  const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[2 * i] = __uint_as_float(w[i] << 16);
-    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-  }
-}
-__device__ __forceinline__ void unpack(const uint4& u, float* f, const f16_t*) {
-  const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[2 * i] = to_float(f16_t{(u16)(w[i] & 0xffffu)});
-    f[2 * i + 1] = to_float(f16_t{(u16)(w[i] >> 16)});
-  }
-}
-
 // Programmatic dependent launch: weights never depend on the previous kernel, so a warp asks L2 for
 // the start of its row(s) (the first 8 16-byte vectors per lane, what the M = 1 loop loads first:
 // a whole row at K = 2048) before waiting for the previous kernel, overlapping that kernel's tail.
@@ -73,8 +48,8 @@ __device__ __forceinline__ void gemv_row(float* acc, const T* x, const T* wr, in
       for (int u = 0; u < U; ++u) {
         if (base + u * 32 * VEC >= K) break;
         float wf[VEC], xf[VEC];
-        unpack(wv[u], wf, wr);
-        unpack(xv[u], xf, x);
+        unpack16(wv[u], wf, wr);
+        unpack16(xv[u], xf, x);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) acc[0] += wf[i] * xf[i];
       }
@@ -83,11 +58,11 @@ __device__ __forceinline__ void gemv_row(float* acc, const T* x, const T* wr, in
 #pragma unroll 4
     for (int k0 = lane * VEC; k0 < K; k0 += 32 * VEC) {
       float wf[VEC];
-      unpack(*reinterpret_cast<const uint4*>(wr + k0), wf, wr);
+      unpack16(*reinterpret_cast<const uint4*>(wr + k0), wf, wr);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xf[VEC];
-        unpack(*reinterpret_cast<const uint4*>(x + (long long)m * K + k0), xf, x);
+        unpack16(*reinterpret_cast<const uint4*>(x + (long long)m * K + k0), xf, x);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) acc[m] += wf[i] * xf[i];
       }
@@ -161,9 +136,9 @@ __device__ __forceinline__ void gemv_row2(float* a, float* b, const T* x, const 
       for (int u = 0; u < U; ++u) {
         if (base + u * 32 * VEC >= K) break;
         float fa[VEC], fb[VEC], xf[VEC];
-        unpack(av[u], fa, wa);
-        unpack(bv[u], fb, wb);
-        unpack(xv[u], xf, x);
+        unpack16(av[u], fa, wa);
+        unpack16(bv[u], fb, wb);
+        unpack16(xv[u], xf, x);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           a[0] += fa[i] * xf[i];
@@ -175,12 +150,12 @@ __device__ __forceinline__ void gemv_row2(float* a, float* b, const T* x, const 
 #pragma unroll 4
     for (int k0 = lane * VEC; k0 < K; k0 += 32 * VEC) {
       float fa[VEC], fb[VEC];
-      unpack(*reinterpret_cast<const uint4*>(wa + k0), fa, wa);
-      unpack(*reinterpret_cast<const uint4*>(wb + k0), fb, wb);
+      unpack16(*reinterpret_cast<const uint4*>(wa + k0), fa, wa);
+      unpack16(*reinterpret_cast<const uint4*>(wb + k0), fb, wb);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xf[VEC];
-        unpack(*reinterpret_cast<const uint4*>(x + (long long)m * K + k0), xf, x);
+        unpack16(*reinterpret_cast<const uint4*>(x + (long long)m * K + k0), xf, x);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           a[m] += fa[i] * xf[i];

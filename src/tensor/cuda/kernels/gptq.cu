@@ -96,15 +96,6 @@ __device__ __forceinline__ int param_index(int strategy, int r, int c, int group
   return strategy == 0 ? 0 : strategy == 1 ? r : r * groupsPerRow + c / groupSize;
 }
 
-__device__ __forceinline__ void atomic_min_f32(float* a, float v) {
-  if (v >= 0.f) atomicMin((int*)a, __float_as_int(v));
-  else atomicMax((unsigned*)a, __float_as_uint(v));
-}
-__device__ __forceinline__ void atomic_max_f32(float* a, float v) {
-  if (v >= 0.f) atomicMax((int*)a, __float_as_int(v));
-  else atomicMin((unsigned*)a, __float_as_uint(v));
-}
-
 // ---- observers ---------------------------------------------------------------------------------
 // Group k is the contiguous run w[k·len, (k+1)·len). Blocks: (k = blockIdx.x, chunk blockIdx.y).
 

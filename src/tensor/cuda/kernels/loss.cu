@@ -46,9 +46,7 @@ __device__ __forceinline__ void lse_merge(Lse& a, const Lse& b) {
   a.m = M;
 }
 
-// log-sum-exp over the block (returned to every thread); -inf when every value was -inf.
-__device__ __forceinline__ double block_lse(Lse a) {
-  __shared__ Lse partialLse[32];
+__device__ __forceinline__ Lse warp_lse(Lse a) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     Lse b;
@@ -56,18 +54,19 @@ __device__ __forceinline__ double block_lse(Lse a) {
     b.s = __shfl_xor_sync(FULL_MASK, a.s, o);
     lse_merge(a, b);
   }
+  return a;
+}
+
+// log-sum-exp over the block (returned to every thread); -inf when every value was -inf.
+__device__ __forceinline__ double block_lse(Lse a) {
+  __shared__ Lse partialLse[32];
+  a = warp_lse(a);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   __syncthreads();
   if (lane == 0) partialLse[warp] = a;
   __syncthreads();
   a = lane < warps ? partialLse[lane] : lse_init();
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    Lse b;
-    b.m = __shfl_xor_sync(FULL_MASK, a.m, o);
-    b.s = __shfl_xor_sync(FULL_MASK, a.s, o);
-    lse_merge(a, b);
-  }
+  a = warp_lse(a);
   return a.m == -INF_F ? -(double)INF_F : (double)a.m + log(a.s);
 }
 

@@ -20,15 +20,8 @@ __device__ __forceinline__ void rms_norm(T* out, const T* x, const T* w, int col
 template <typename T>
 __device__ __forceinline__ void layer_norm(T* out, const T* x, const T* w, const T* b, int cols, float eps) {
   const long long base = (long long)blockIdx.x * cols;
-  float s = 0.f;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) s += to_float(x[base + c]);
-  const float mean = block_sum(s) / cols;
-  float sq = 0.f;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    const float d = to_float(x[base + c]) - mean;
-    sq += d * d;
-  }
-  const float inv = 1.f / sqrtf(block_sum(sq) / cols + eps);
+  float mean;
+  const float inv = row_mean_rstd(x + base, cols, eps, mean);
   for (int c = threadIdx.x; c < cols; c += blockDim.x)
     out[base + c] = from_float<T>((to_float(x[base + c]) - mean) * inv * to_float(w[c]) + to_float(b[c]));
 }

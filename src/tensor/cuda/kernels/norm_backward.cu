@@ -58,15 +58,8 @@ __device__ __forceinline__ void layer_norm_backward(T* dx, float* part, const T*
   for (int c = threadIdx.x; c < cols; c += blockDim.x) dwAcc[c] = dbAcc[c] = 0.f;
   for (int row = blockIdx.x; row < rows; row += gridDim.x) {
     const long long base = (long long)row * cols;
-    float s = 0.f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) s += to_float(x[base + c]);
-    const float mean = block_sum(s) / cols;
-    float sq = 0.f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-      const float d = to_float(x[base + c]) - mean;
-      sq += d * d;
-    }
-    const float r = 1.f / sqrtf(block_sum(sq) / cols + eps);
+    float mean;
+    const float r = row_mean_rstd(x + base, cols, eps, mean);
     float gs = 0.f, gxs = 0.f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
       const float xh = (to_float(x[base + c]) - mean) * r;

@@ -44,12 +44,6 @@ constexpr int QR_SPANS = 4;  // 512-byte spans of each of the 2 rows loaded per 
 // ≥ 2 blocks (16 warps, 32 rows × 8 16-byte loads per lane: 64 KB in flight) per SM: ≤ 128 registers
 constexpr int QR_MIN_BLOCKS = 2;
 
-__device__ __forceinline__ uint4 qr_ld_stream(const unsigned char* p) {
-  uint4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-  return r;
-}
-
 __device__ __forceinline__ int qr_dp4a(unsigned a, unsigned b, int c) {
   int r;
   asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
@@ -156,7 +150,7 @@ __device__ __forceinline__ void qr_pair(float (&acc)[2][M], const unsigned char*
     for (int j = 0; j < QR_SPANS; ++j) {
       const int c = 8 * (s0 + j) + (lane >> 2);
 #pragma unroll
-      for (int r = 0; r < 2; ++r) v[r][j] = c < nChunks ? qr_ld_stream(w[r] + (long long)c * 64 + 16 * t) : make_uint4(0u, 0u, 0u, 0u);
+      for (int r = 0; r < 2; ++r) v[r][j] = c < nChunks ? ld_stream(w[r] + (long long)c * 64 + 16 * t) : make_uint4(0u, 0u, 0u, 0u);
     }
     // Long rows (down_proj: 4 rounds of FP8 at K = 8192): the next round heads for L2 during this one's math.
     if (s0 + QR_SPANS < nSpans) {

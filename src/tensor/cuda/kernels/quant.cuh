@@ -29,6 +29,13 @@ template <int FMT> struct QFmt {
 __device__ __forceinline__ int qword_stored(int w) { return 4 * (w & 3) + (w >> 2); }
 __device__ __forceinline__ int qword_original(int p) { return (p >> 2) + 4 * (p & 3); }
 
+// A 16-byte load of streamed weight bytes: read-only, not kept in L1.
+__device__ __forceinline__ uint4 ld_stream(const unsigned char* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
 // --- activation quantization, as compressed-tensors computes it ----------------------------------
 // v = f32(x / s) (IEEE division), then fp8: RNE to E4M3 saturated to ±448; int8: round half to even
 // of clamp(v, -128, 127). Dynamic scale s = f32(absmax / half), half = 448 or 127.5; 0 → 2^-23.
