@@ -1,4 +1,5 @@
-// npm run bench:quant — quantized checkpoints on the GPU against their BF16 original, Llama-3.2-1B shape.
+// npm run bench:quant — quantized checkpoints on the GPU against their BF16 original, Llama-3.2-1B shape
+// (--shape 8b: Llama-3.1-8B's).
 //
 // Runs on the GPU machine (bundled into .gpu/quant-bench.mjs by scripts/gpu/bundle.sh). Steps:
 //  1. a random-weight bf16 checkpoint with Llama-3.2-1B's config (bench/gpu-common.ts, as bench:gpu);
@@ -15,10 +16,10 @@
 //     quantized models also with the small-M row kernels off (qgemvRowMaxM = 0: qgemv.cu's tiles at
 //     M ≤ 8) for layer 0's Linears and decode at batch 1, so one run A/Bs qgemv_row.cu against them;
 //  4. a table with the issue's targets (decode at batch 1: FP8 ≥ 1.5×, W4A16 ≥ 2× BF16) and each
-//     scheme's cap, BF16 weight bytes / scheme weight bytes (the tied 128256×2048 lm_head stays BF16);
+//     scheme's cap, BF16 weight bytes / scheme weight bytes (the lm_head stays BF16);
 //  5. writes <results>/<date>-<gpu>-quant.json and .md.
 // Usage: node .gpu/quant-bench.mjs [--scratch DIR] [--results DIR] [--schemes FP8,FP8_DYNAMIC,W8A8,W4A16]
-//        [--gen-len 128] [--requantize] [--jobs N] [--quantize-device cuda|cpu]
+//        [--gen-len 128] [--requantize] [--jobs N] [--quantize-device cuda|cpu] [--shape 1b|8b]
 // (internal: --quantize-child SCHEME --model DIR --output DIR --threads N)
 
 import { spawn } from 'node:child_process';
@@ -33,7 +34,7 @@ import { createCpuDevice } from '../src/tensor/cpu/index.js';
 import { CudaDevice } from '../src/tensor/cuda/index.js';
 import { CudaQuantLinear } from '../src/tensor/cuda/quant-linear.js';
 import type { Tensor } from '../src/tensor/device.js';
-import { SHAPES, copyBandwidth, decodeBreakdown, flag, gpuSlug, log, timeUs, writeRandomCheckpoint } from './gpu-common.js';
+import { SHAPES, copyBandwidth, decodeBreakdown, flag, gpuSlug, log, timeUs, writeRandomCheckpoint, type ShapeName } from './gpu-common.js';
 
 const SCHEMES: SchemeName[] = ['FP8', 'FP8_DYNAMIC', 'W8A8', 'W4A16'];
 const TARGETS: Partial<Record<SchemeName, number>> = { FP8: 1.5, FP8_DYNAMIC: 1.5, W4A16: 2 };
@@ -41,6 +42,8 @@ const CALIBRATION = { windows: 1, tokens: 32, seed: 7 };
 const DECODE_BATCHES = [1, 8];
 /** M of the layer-0 Linear timings: 1 and 4 run qgemv_row.cu (unless off), 8 qgemv.cu's tiles. */
 const LINEAR_MS = [1, 4, 8];
+/** The kernel families of the small-M quantized Linears (the PDL A/B run). */
+const QUANT_GEMV_FAMILIES = ['qgemv', 'qgemv_row'];
 
 /**
  * --quantize-child: one quantize job (random-id calibration windows, as documented above) on the GPU
@@ -150,6 +153,8 @@ interface ModelRow {
   decode: Record<number, LatencyResult>;
   /** Quantized models: decode at batch 1 with qgemvRowMaxM = 0 (qgemv.cu's tiles). */
   decodeTilesB1?: LatencyResult;
+  /** Quantized models: decode at batch 1 with the quantized GEMVs launched without PDL. */
+  decodeNoPdlB1?: LatencyResult;
   floorMs: number;
   linears: LinearTiming[];
   breakdown: ReturnType<typeof decodeBreakdown>;
@@ -182,8 +187,17 @@ async function measureModel(name: string, dir: string, dev: CudaDevice, bandwidt
         dev.qgemvRowMaxM = rowMaxM;
       }
     }
+    let decodeNoPdlB1: LatencyResult | undefined;
+    if (quantized && dev.kernels.pdl) {
+      for (const f of QUANT_GEMV_FAMILIES) dev.kernels.pdlOff.add(f);
+      try {
+        decodeNoPdlB1 = measureLatency({ decoder: model.decoder, promptLen: 512, genLen, batch: 1 });
+      } finally {
+        for (const f of QUANT_GEMV_FAMILIES) dev.kernels.pdlOff.delete(f);
+      }
+    }
     const row: ModelRow = {
-      name, dir, quantizeSeconds, loadSeconds, weightBytes: wBytes, deviceTensorBytes, nativeLinears, prefill, decode, decodeTilesB1, floorMs,
+      name, dir, quantizeSeconds, loadSeconds, weightBytes: wBytes, deviceTensorBytes, nativeLinears, prefill, decode, decodeTilesB1, decodeNoPdlB1, floorMs,
       linears: timings, breakdown: decodeBreakdown(model, dev, 1, 576),
     };
     const d1 = decode[1]!;
@@ -193,6 +207,10 @@ async function measureModel(name: string, dir: string, dev: CudaDevice, bandwidt
     if (decodeTilesB1 !== undefined) {
       log(`  decode b1 with qgemvRowMaxM = 0 (qgemv tiles): ${decodeTilesB1.decodeMsMedian.toFixed(3)} ms (${Math.round(decodeTilesB1.decodeTokensPerS)} tok/s); ` +
         `row kernels ${d1.decodeMsMedian.toFixed(3)} ms: ${(decodeTilesB1.decodeMsMedian / d1.decodeMsMedian).toFixed(2)}× faster`);
+    }
+    if (decodeNoPdlB1 !== undefined) {
+      log(`  decode b1 with the quantized GEMVs launched without PDL: ${decodeNoPdlB1.decodeMsMedian.toFixed(3)} ms; ` +
+        `with PDL ${d1.decodeMsMedian.toFixed(3)} ms: ${(decodeNoPdlB1.decodeMsMedian / d1.decodeMsMedian).toFixed(2)}× faster`);
     }
     for (const l of row.linears) {
       const other = row.linears.find((o) => o.name === l.name && o.M === l.M && o.kernels === 'tiles' && l.kernels === 'row');
@@ -208,11 +226,11 @@ async function measureModel(name: string, dir: string, dev: CudaDevice, bandwidt
   }
 }
 
-function table(rows: ModelRow[], dev: CudaDevice, bandwidth: number): { md: string; targets: Record<string, unknown>[] } {
+function table(rows: ModelRow[], dev: CudaDevice, bandwidth: number, label: string): { md: string; targets: Record<string, unknown>[] } {
   const base = rows[0]!;
   const fmt = (x: number) => Math.round(x).toLocaleString('en-US');
   const lines = [
-    `| ${dev.info.name}, Llama-3.2-1B shape | weights on GPU | decode b1 tok/s | × BF16 | cap | decode b8 tok/s | × BF16 | prefill tok/s (b1, 2048) | b1 ms/step vs floor |`,
+    `| ${dev.info.name}, ${label} shape | weights on GPU | decode b1 tok/s | × BF16 | cap | decode b8 tok/s | × BF16 | prefill tok/s (b1, 2048) | b1 ms/step vs floor |`,
     '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   const targets: Record<string, unknown>[] = [];
@@ -227,7 +245,7 @@ function table(rows: ModelRow[], dev: CudaDevice, bandwidth: number): { md: stri
     if (target !== undefined) targets.push({ scheme: r.name, decode_b1_speedup: x1, target, met: x1 >= target, cap });
   }
   lines.push('', `floor = weight bytes / ${(bandwidth / 1e12).toFixed(3)} TB/s (device-to-device copy, read + write); cap = BF16 weight bytes / the scheme's ` +
-    '(the decode-time ratio if every step ran at the floor; the tied 128256×2048 lm_head stays BF16 under ignore: ["lm_head"]).');
+    '(the decode-time ratio if every step ran at the floor; the lm_head (1B: tied, 128256×2048) stays BF16 under ignore: ["lm_head"]).');
   for (const r of rows) {
     if (r.decodeTilesB1 === undefined) continue;
     const x = (t: LatencyResult) => (t.decodeTokensPerS / base.decode[1]!.decodeTokensPerS).toFixed(2);
@@ -246,7 +264,9 @@ async function main(): Promise<void> {
   const schemes = (flag('schemes', SCHEMES.join(','))!).split(',') as SchemeName[];
   const genLen = Number(flag('gen-len', '128'));
   const jobs = Number(flag('jobs', String(schemes.length)));
-  const shape = SHAPES['1b'];
+  const shapeName = flag('shape', '1b') as ShapeName;
+  const shape = SHAPES[shapeName];
+  if (shape === undefined) throw new Error(`--shape: expected one of ${Object.keys(SHAPES).join(', ')}`);
   const srcDir = path.join(scratch, `${shape.label.toLowerCase()}-shape-random`);
   const started = performance.now();
 
@@ -268,7 +288,7 @@ async function main(): Promise<void> {
   const rows: ModelRow[] = [await measureModel('BF16', srcDir, dev, bandwidth, genLen, null)];
   for (const [scheme, dir] of dirs) rows.push(await measureModel(scheme, dir, dev, bandwidth, genLen, quantizeTimes[scheme] ?? null));
 
-  const { md, targets } = table(rows, dev, bandwidth);
+  const { md, targets } = table(rows, dev, bandwidth, shape.label);
   log('\n' + md);
   const date = new Date().toISOString().slice(0, 10);
   const result = {
@@ -287,6 +307,10 @@ async function main(): Promise<void> {
         tokens_per_s: r.decode[b]!.decodeTokensPerS, floor_ratio: r.decode[b]!.decodeMsMedian / r.floorMs, cuda_graph: r.decode[b]!.cudaGraph,
         speedup_vs_bf16: r.decode[b]!.decodeTokensPerS / rows[0]!.decode[b]!.decodeTokensPerS, memory: r.decode[b]!.memory,
       }])),
+      decode_b1_no_pdl: r.decodeNoPdlB1 === undefined ? null : {
+        ms_per_step_median: r.decodeNoPdlB1.decodeMsMedian, tokens_per_s: r.decodeNoPdlB1.decodeTokensPerS,
+        speedup_vs_bf16: r.decodeNoPdlB1.decodeTokensPerS / rows[0]!.decode[1]!.decodeTokensPerS,
+      },
       decode_b1_tiles: r.decodeTilesB1 === undefined ? null : {
         ms_per_step_median: r.decodeTilesB1.decodeMsMedian, tokens_per_s: r.decodeTilesB1.decodeTokensPerS,
         speedup_vs_bf16: r.decodeTilesB1.decodeTokensPerS / rows[0]!.decode[1]!.decodeTokensPerS,
@@ -298,7 +322,7 @@ async function main(): Promise<void> {
     table: md,
   };
   fs.mkdirSync(resultsDir, { recursive: true });
-  const stem = `${date}-${gpuSlug(dev)}-quant`;
+  const stem = `${date}-${gpuSlug(dev)}${shapeName === '1b' ? '' : `-${shapeName}`}-quant`;
   fs.writeFileSync(path.join(resultsDir, `${stem}.json`), JSON.stringify(result, null, 1));
   fs.writeFileSync(path.join(resultsDir, `${stem}.md`), md + '\n');
   log(`wrote ${path.join(resultsDir, `${stem}.json`)} (${((performance.now() - started) / 1000).toFixed(0)} s in all)`);

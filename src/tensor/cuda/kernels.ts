@@ -11,7 +11,8 @@
 // made resident while the kernel before it still runs, and waits (griddepcontrol.wait) for that
 // kernel's results only at pdl_wait: the launch gap between dependent kernels (the bulk of a batch-1
 // decode step's ~130 launches) overlaps work. Families without the line launch as before.
-// LLMOPT_CUDA_PDL=0 turns it off.
+// LLMOPT_CUDA_PDL=0 turns it off; LLMOPT_CUDA_PDL_OFF=family,family (or KernelLibrary.pdlOff) turns it
+// off for those families only (A/B runs: the kernels' griddepcontrol instructions are then no-ops).
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -57,6 +58,7 @@ export class Kernel {
     readonly signature: ArgSignature,
     /** Its family's kernels begin with pdl_start/pdl_wait (the `// llmopt:pdl` marker). */
     readonly pdlSafe: boolean,
+    readonly family: string,
   ) {}
 }
 
@@ -72,6 +74,8 @@ export class KernelLibrary {
   readonly arch: string;
   /** Launch pdl-safe kernels with programmatic dependent launch (sm_90+, unless LLMOPT_CUDA_PDL=0); benchmarks may toggle it. */
   pdl: boolean;
+  /** Families launched without programmatic dependent launch even when pdl is on. */
+  readonly pdlOff: Set<string>;
   private readonly headers: Record<string, string> = {};
   private readonly modules = new Map<string, { handle: Handle; pdlSafe: boolean }>();
   private readonly launchConfig: bigint;
@@ -88,6 +92,7 @@ export class KernelLibrary {
   ) {
     this.arch = arch;
     this.pdl = driver.info.computeCapability[0] >= 9 && process.env.LLMOPT_CUDA_PDL !== '0';
+    this.pdlOff = new Set((process.env.LLMOPT_CUDA_PDL_OFF ?? '').split(',').map((f) => f.trim()).filter((f) => f !== ''));
     this.dir = kernelSourceDir();
     for (const file of fs.readdirSync(this.dir)) {
       if (file.endsWith('.cuh')) this.headers[file] = fs.readFileSync(path.join(this.dir, file), 'utf8');
@@ -114,7 +119,7 @@ export class KernelLibrary {
     if (cached) return cached;
     if (signature.length > MAX_ARGS) throw new Error(`kernel ${name}: too many arguments`);
     const module = this.module(family);
-    const kernel = new Kernel(name, this.driver.getFunction(module.handle, name), signature, module.pdlSafe);
+    const kernel = new Kernel(name, this.driver.getFunction(module.handle, name), signature, module.pdlSafe, family);
     this.kernels.set(name, kernel);
     return kernel;
   }
@@ -174,7 +179,8 @@ export class KernelLibrary {
     if (gx === 0 || gy === 0 || gz === 0) return; // nothing to do
     this.profiler?.begin(kernel.name);
     let status: number;
-    if (this.pdl && kernel.pdlSafe) {
+    const pdl = this.pdl && kernel.pdlSafe && !this.pdlOff.has(kernel.family);
+    if (pdl) {
       const c = this.configView;
       c.setUint32(0, gx, true);
       c.setUint32(4, gy, true);
@@ -192,7 +198,7 @@ export class KernelLibrary {
     }
     this.profiler?.end();
     if (status !== 0) {
-      this.driver.check(status, `${this.pdl && kernel.pdlSafe ? 'cuLaunchKernelEx' : 'cuLaunchKernel'}(${kernel.name}, grid [${gx},${gy},${gz}], block [${bx},${by},${bz}], shared ${sharedBytes})`);
+      this.driver.check(status, `${pdl ? 'cuLaunchKernelEx' : 'cuLaunchKernel'}(${kernel.name}, grid [${gx},${gy},${gz}], block [${bx},${by},${bz}], shared ${sharedBytes})`);
     }
   }
 }

@@ -461,8 +461,9 @@ export class QuantLinearOps {
    * Whether M rows of x go to the row kernels: M ≤ qgemvRowMaxM, their staged x fits shared memory, and
    * the weights are ones the row kernels measured faster on (H200, bench:quant 2026-12-01, batch-1 step):
    * FP8 / int8 with K ≤ qgemvRowMaxK (q/k/v, o, gate/up: 1.03–1.39× the tile kernel per launch; down_proj at
-   * K 8192, 8 warps per SM, 0.86–0.98×), 4-bit only with qgemvRow4Bit (issue-bound: the whole step 1.103 ms
-   * vs 0.926 ms on the tiles). Both switches are CudaDevice fields for A/B runs and the tests.
+   * K 8192, 8 warps per SM, 0.86–0.98×; with its rows split between 2–4 warps to fill the GPU, the step was
+   * slower still: FP8 0.925 against 0.896 ms at 1B, 3.896 against 3.528 at 8B, so that was removed),
+   * 4-bit only with qgemvRow4Bit (issue-bound: the whole step 1.103 ms vs 0.926 ms on the tiles). Both switches are CudaDevice fields for A/B runs and the tests.
    */
   private rowKernels(w: CudaQuantLinear, M: number): boolean {
     return M >= 1 && M <= Math.min(QGEMV_ROW_MAX_M, this.dev.qgemvRowMaxM) && (w.format !== 'u4' || this.dev.qgemvRow4Bit) && w.K <= this.dev.qgemvRowMaxK &&

@@ -18,7 +18,11 @@
 //                           result is × x scale × per-row weight scale.
 // Kernels: qgemv3 (up to three matrices sharing x, e.g. q/k/v; blocks index their concatenated
 // tiles) and qgemv_silu (gate and up: out = silu(x·Wgᵀ) · (x·Wuᵀ), f32 until the store).
+// PDL: a block's first weight loads (registers) go out before griddepcontrol.wait — the weights are
+// no kernel's output — so they overlap the tail of the kernel before; x is read only after it. The
+// dependents' launch is triggered after the math, as in qgemv_row.cu (see there why).
 #include "quant.cuh"
+// llmopt:pdl
 
 constexpr int QG_UNROLL = 4;      // chunks per lane loaded before any math
 constexpr int QG_MAX_THREADS = 512;
@@ -304,12 +308,14 @@ __device__ __forceinline__ void qgemv3(T* o0, T* o1, T* o2, const T* x, const un
   const int nw = blockDim.x >> 5;
   const QgSmem s = qg_smem(FMT, ACT, M, Kp);
   QTile<FMT, ACT> q(w, rowBytes, sc, zp, G, (unsigned long long)gmagic, tile * 16, Kp / QFmt<FMT>::CK);
-  q.load(threadIdx.x >> 5, nw);  // in flight while x is staged
+  q.load(threadIdx.x >> 5, nw);  // in flight while the previous kernel ends and x is staged
+  pdl_wait();
   qg_stage_x<T, FMT, ACT>(s.xs, s.sx, s.amaxw, x, M, K, Kp, s.stride, perm, vec, staticScale);
   if (ACT == 0 && threadIdx.x < 8) s.sx[threadIdx.x] = 1.f;
   __syncthreads();
   float acc[4];
   q.run(acc, s.xs + imin((threadIdx.x & 31) >> 2, M - 1) * s.stride, nw);
+  pdl_launch();  // the math is done: the next kernel may launch
   float v;
   int r, m;
   if (!qg_reduce(s, acc, &v, &r, &m)) return;
@@ -325,8 +331,9 @@ __device__ __forceinline__ void qgemv_silu(T* out, const T* x, const unsigned ch
   const QgSmem s = qg_smem(FMT, ACT, M, Kp);
   QTile<FMT, ACT> qg(wg, rowBytes, sg, zg, G, (unsigned long long)gmagic, tile * 16, nChunks);
   QTile<FMT, ACT> qu(wu, rowBytes, su, zu, G, (unsigned long long)gmagic, tile * 16, nChunks);
-  qg.load(threadIdx.x >> 5, nw);  // both first batches in flight while x is staged
+  qg.load(threadIdx.x >> 5, nw);  // both first batches in flight while the previous kernel ends and x is staged
   qu.load(threadIdx.x >> 5, nw);
+  pdl_wait();
   qg_stage_x<T, FMT, ACT>(s.xs, s.sx, s.amaxw, x, M, K, Kp, s.stride, perm, vec, staticScale);
   if (ACT == 0 && threadIdx.x < 8) s.sx[threadIdx.x] = 1.f;
   __syncthreads();
@@ -338,6 +345,7 @@ __device__ __forceinline__ void qgemv_silu(T* out, const T* x, const unsigned ch
   if (qg_reduce(s, acc, &gv, &r, &m)) s.tile[threadIdx.x] = gv;
   __syncthreads();  // red is reused below
   qu.run(acc, xr, nw);
+  pdl_launch();
   if (!qg_reduce(s, acc, &uv, &r, &m)) return;
   gv = s.tile[threadIdx.x];
   const int n = tile * 16 + r;
