@@ -172,8 +172,9 @@ async function measureModel(name: string, dir: string, dev: CudaDevice, bandwidt
     const nativeLinears = `${linears.filter((t) => t instanceof CudaQuantLinear).length}/${linears.length}`;
     const floorMs = (wBytes / bandwidth) * 1000;
     const prefill = measureLatency({ decoder: model.decoder, promptLen: 2048, genLen: 2, batch: 1 });
+    const decodeAt = (batch: number) => measureLatency({ decoder: model.decoder, promptLen: 512, genLen, batch });
     const decode: Record<number, LatencyResult> = {};
-    for (const b of DECODE_BATCHES) decode[b] = measureLatency({ decoder: model.decoder, promptLen: 512, genLen, batch: b });
+    for (const b of DECODE_BATCHES) decode[b] = decodeAt(b);
     const quantized = linears.some((t) => t instanceof CudaQuantLinear);
     const rowMaxM = dev.qgemvRowMaxM;
     const timings = linearTimings(model, dev, quantized ? (rowMaxM >= 1 ? 'row' : 'tiles') : 'bf16');
@@ -182,7 +183,7 @@ async function measureModel(name: string, dir: string, dev: CudaDevice, bandwidt
       dev.qgemvRowMaxM = 0;
       try {
         timings.push(...linearTimings(model, dev, 'tiles'));
-        decodeTilesB1 = measureLatency({ decoder: model.decoder, promptLen: 512, genLen, batch: 1 });
+        decodeTilesB1 = decodeAt(1);
       } finally {
         dev.qgemvRowMaxM = rowMaxM;
       }
@@ -191,7 +192,7 @@ async function measureModel(name: string, dir: string, dev: CudaDevice, bandwidt
     if (quantized && dev.kernels.pdl) {
       for (const f of QUANT_GEMV_FAMILIES) dev.kernels.pdlOff.add(f);
       try {
-        decodeNoPdlB1 = measureLatency({ decoder: model.decoder, promptLen: 512, genLen, batch: 1 });
+        decodeNoPdlB1 = decodeAt(1);
       } finally {
         for (const f of QUANT_GEMV_FAMILIES) dev.kernels.pdlOff.delete(f);
       }
@@ -291,6 +292,11 @@ async function main(): Promise<void> {
   const { md, targets } = table(rows, dev, bandwidth, shape.label);
   log('\n' + md);
   const date = new Date().toISOString().slice(0, 10);
+  /** A batch-1 A/B run (tiles only, no PDL) against BF16's batch 1. */
+  const b1Variant = (v: LatencyResult | undefined) => v === undefined ? null : {
+    ms_per_step_median: v.decodeMsMedian, tokens_per_s: v.decodeTokensPerS,
+    speedup_vs_bf16: v.decodeTokensPerS / rows[0]!.decode[1]!.decodeTokensPerS,
+  };
   const result = {
     date,
     gpu: dev.info,
@@ -307,14 +313,8 @@ async function main(): Promise<void> {
         tokens_per_s: r.decode[b]!.decodeTokensPerS, floor_ratio: r.decode[b]!.decodeMsMedian / r.floorMs, cuda_graph: r.decode[b]!.cudaGraph,
         speedup_vs_bf16: r.decode[b]!.decodeTokensPerS / rows[0]!.decode[b]!.decodeTokensPerS, memory: r.decode[b]!.memory,
       }])),
-      decode_b1_no_pdl: r.decodeNoPdlB1 === undefined ? null : {
-        ms_per_step_median: r.decodeNoPdlB1.decodeMsMedian, tokens_per_s: r.decodeNoPdlB1.decodeTokensPerS,
-        speedup_vs_bf16: r.decodeNoPdlB1.decodeTokensPerS / rows[0]!.decode[1]!.decodeTokensPerS,
-      },
-      decode_b1_tiles: r.decodeTilesB1 === undefined ? null : {
-        ms_per_step_median: r.decodeTilesB1.decodeMsMedian, tokens_per_s: r.decodeTilesB1.decodeTokensPerS,
-        speedup_vs_bf16: r.decodeTilesB1.decodeTokensPerS / rows[0]!.decode[1]!.decodeTokensPerS,
-      },
+      decode_b1_no_pdl: b1Variant(r.decodeNoPdlB1),
+      decode_b1_tiles: b1Variant(r.decodeTilesB1),
       layer0_linears: r.linears,
       decode_step_breakdown_b1: r.breakdown,
     })),

@@ -270,6 +270,15 @@ __device__ __forceinline__ void qr_pair(float (&acc)[2][M], const unsigned char*
   }
 }
 
+// qr_pair on rows ra and rb of one matrix (weights w, scales sc, zero points zp or nullptr).
+template <typename T, int FMT, int ACT, int M>
+__device__ __forceinline__ void qr_rows(float (&acc)[2][M], const unsigned char* w, const float* sc, const int* zp, int ra, int rb,
+                                        const QrIn<T>& in, int rowBytes, int nChunks, int G, unsigned long long gmagic, int chunkGroups) {
+  qr_pair<T, FMT, ACT, M>(acc, w + (long long)ra * rowBytes, w + (long long)rb * rowBytes, sc + (long long)ra * G, sc + (long long)rb * G,
+                          zp != nullptr ? zp + (long long)ra * G : nullptr, zp != nullptr ? zp + (long long)rb * G : nullptr, in, rowBytes,
+                          nChunks, G, gmagic, chunkGroups);
+}
+
 // Asks L2 for the lane's bytes of a row's first round (QR_SPANS spans), before griddepcontrol.wait and
 // before x is staged (which would otherwise delay the first weight loads by its round trips).
 __device__ __forceinline__ void qr_prefetch(const unsigned char* row, int nChunks) {
@@ -370,10 +379,7 @@ __device__ __forceinline__ void qgemvr3(T* o0, T* o1, T* o2, const T* x, const u
     }
     const int n = 2 * p;
     float acc[2][M];
-    qr_pair<T, FMT, ACT, M>(acc, w + (long long)n * rowBytes, w + (long long)(n + 1) * rowBytes, sc + (long long)n * G,
-                            sc + (long long)(n + 1) * G, zp != nullptr ? zp + (long long)n * G : nullptr,
-                            zp != nullptr ? zp + (long long)(n + 1) * G : nullptr, in, rowBytes, nChunks, G,
-                            (unsigned long long)gmagic, chunkGroups);
+    qr_rows<T, FMT, ACT, M>(acc, w, sc, zp, n, n + 1, in, rowBytes, nChunks, G, (unsigned long long)gmagic, chunkGroups);
     pdl_launch();  // the math is done (see the header)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -465,10 +471,7 @@ __device__ __forceinline__ void qgemvr_qkv_rope(T* qOut, T* cacheK, T* cacheV, c
     const int* zp = kind == 0 ? zq : kind == 1 ? zk : zv;
     const T* bias = kind == 0 ? bq : kind == 1 ? bk : bv;
     float acc[2][M];
-    qr_pair<T, FMT, ACT, M>(acc, w + (long long)ra * rowBytes, w + (long long)rb * rowBytes, sc + (long long)ra * G,
-                            sc + (long long)rb * G, zp != nullptr ? zp + (long long)ra * G : nullptr,
-                            zp != nullptr ? zp + (long long)rb * G : nullptr, in, rowBytes, nChunks, G, (unsigned long long)gmagic,
-                            chunkGroups);
+    qr_rows<T, FMT, ACT, M>(acc, w, sc, zp, ra, rb, in, rowBytes, nChunks, G, (unsigned long long)gmagic, chunkGroups);
     pdl_launch();  // the math is done (see the header)
     if (kind == 2) {
 #pragma unroll
