@@ -93,7 +93,7 @@ __device__ __forceinline__ void qg_stage_x(unsigned char* xs, float* sx, float* 
     return;
   }
   const int fp8 = FMT == QFMT_FP8;
-  qx_token_scales<T>(sx, amaxw, x, M, K, staticScale, fp8);
+  qx_token_scales<T>(sx, amaxw, x, M, K, staticScale, fp8, vec);
   for (int m = 0; m < M; ++m) {
     const T* xr = x + (long long)m * K;
     const float s = sx[m];

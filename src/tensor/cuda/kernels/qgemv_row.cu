@@ -312,7 +312,7 @@ __device__ __forceinline__ QrIn<T> qr_stage(const T* x, int M, int K, int Kp, co
   float* sx = reinterpret_cast<float*>(base + ((M * Kp + 15) & ~15));
   float* amaxw = sx + 8;
   const int fp8 = FMT == QFMT_FP8;
-  qx_token_scales<T>(sx, amaxw, x, M, K, staticScale, fp8);
+  qx_token_scales<T>(sx, amaxw, x, M, K, staticScale, fp8, vec);
   for (int m = 0; m < M; ++m) {
     const T* xr = x + (long long)m * K;
     const float s = sx[m];

@@ -48,9 +48,10 @@ __device__ __forceinline__ float qdyn_scale(float absmax, int fp8) {
 }
 
 // Per-token scales of x [M ≤ 8, K] into sx[0..M), computed by the whole block: the static scale, or
-// qdyn_scale of each row's absmax (amaxw: 8 floats of scratch per warp). Ends with __syncthreads().
+// qdyn_scale of each row's absmax (amaxw: 8 floats of scratch per warp; vec: K % 8 == 0 and x 16-byte
+// aligned, read 16 bytes at a time). Ends with __syncthreads().
 template <typename T>
-__device__ __forceinline__ void qx_token_scales(float* sx, float* amaxw, const T* x, int M, int K, float staticScale, int fp8) {
+__device__ __forceinline__ void qx_token_scales(float* sx, float* amaxw, const T* x, int M, int K, float staticScale, int fp8, int vec) {
   const int tid = threadIdx.x, nt = blockDim.x;
   if (staticScale > 0.f) {
     if (tid < M) sx[tid] = staticScale;
@@ -59,7 +60,18 @@ __device__ __forceinline__ void qx_token_scales(float* sx, float* amaxw, const T
     for (int m = 0; m < M; ++m) {
       const T* xr = x + (long long)m * K;
       float a = 0.f;
-      for (int k = tid; k < K; k += nt) a = fmaxf(a, fabsf(to_float(xr[k])));
+      if (vec) {
+        // 16-byte loads: an eighth of the scalar loop's load instructions.
+#pragma unroll 2
+        for (int j = tid; j < K / 8; j += nt) {
+          const uint4 raw = reinterpret_cast<const uint4*>(xr)[j];
+          const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) a = fmaxf(a, fabsf(to_float(e[i])));
+        }
+      } else {
+        for (int k = tid; k < K; k += nt) a = fmaxf(a, fabsf(to_float(xr[k])));
+      }
       a = warp_max(a);
       if (lane == 0) amaxw[warp * 8 + m] = a;
     }
