@@ -338,6 +338,21 @@ __device__ __forceinline__ QrIn<T> qr_stage(const T* x, int M, int K, int Kp, co
   return in;
 }
 
+// Stores a pair's results (+ bias) for rows n and n + 1 that are < N: row m of x's value for row n + r
+// goes to rowOut(m)[n + r], written by lane 16r + m (the lanes warp_sum left the sums in).
+template <typename T, int M, typename RowOut>
+__device__ __forceinline__ void qr_store_pair(const float (&acc)[2][M], const T* bias, int n, int N, RowOut rowOut) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int nr = n + r;
+    const float b = bias != nullptr && nr < N ? to_float(bias[nr]) : 0.f;
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+      if (lane == 16 * r + m && nr < N) rowOut(m)[nr] = from_float<T>(acc[r][m] + b);
+  }
+}
+
 // Up to three matrices sharing x (q/k/v): the grid's warps take row pairs of the concatenated matrices
 // (⌈Ni / 2⌉ pairs each), pairsPerWarp of them each (warp w of block b: pairs (b·pairsPerWarp + i)·8 + w).
 template <typename T, int FMT, int ACT, int M>
@@ -347,7 +362,7 @@ __device__ __forceinline__ void qgemvr3(T* o0, T* o1, T* o2, const T* x, const u
                                         int N1, int N2, int K, int Kp, int rowBytes, int G, int vec, long long gmagic, int chunkGroups,
                                         float staticScale, int pairsPerWarp) {
   const int P0 = (N0 + 1) >> 1, P1 = (N1 + 1) >> 1, P2 = (N2 + 1) >> 1;
-  const int lane = threadIdx.x & 31, nChunks = Kp / QFmt<FMT>::CK;
+  const int nChunks = Kp / QFmt<FMT>::CK;
   const int base = blockIdx.x * pairsPerWarp * QR_WARPS + (threadIdx.x >> 5);  // the warp's pair i is base + 8i
   // Pair p → its matrix and first row; false past the last pair.
   const auto locate = [&](int p, int& which, int& n) {
@@ -377,14 +392,7 @@ __device__ __forceinline__ void qgemvr3(T* o0, T* o1, T* o2, const T* x, const u
     qr_rows<T, FMT, ACT, M>(acc, v, matrix(which), sc, zp, n, n + 1, na, next ? na + rowBytes : nullptr, in, rowBytes, nChunks, G,
                             (unsigned long long)gmagic, chunkGroups);
     pdl_launch();  // the math is done (see the header)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int nr = n + r;
-      const float b = bias != nullptr && nr < N ? to_float(bias[nr]) : 0.f;
-#pragma unroll
-      for (int m = 0; m < M; ++m)
-        if (lane == 16 * r + m && nr < N) out[(long long)m * N + nr] = from_float<T>(acc[r][m] + b);
-    }
+    qr_store_pair<T, M>(acc, bias, n, N, [&](int m) { return out + (long long)m * N; });
     if (!next) return;
     which = nextWhich, n = nextN;
   }
@@ -461,6 +469,8 @@ __device__ __forceinline__ void qgemvr_qkv_rope(T* qOut, T* cacheK, T* cacheV, c
   const QrIn<T> in = qr_stage<T, FMT, ACT>(x, M, K, Kp, nullptr, vec, staticScale);
   for (int i = 0; i < pairsPerWarp; ++i) {
     if (base + i * QR_WARPS >= Pq + Pk + Pv) return;
+    // Task i is derived again rather than kept from the last iteration: three more live registers
+    // made the 4-bit M = 4 instantiations spill.
     if (i > 0) task(base + i * QR_WARPS, kind, ra, rb);
     const bool next = i + 1 < pairsPerWarp && base + (i + 1) * QR_WARPS < Pq + Pk + Pv;
     const unsigned char *na = nullptr, *nb = nullptr;
@@ -476,14 +486,7 @@ __device__ __forceinline__ void qgemvr_qkv_rope(T* qOut, T* cacheK, T* cacheV, c
     qr_rows<T, FMT, ACT, M>(acc, v, matrix(kind), sc, zp, ra, rb, na, nb, in, rowBytes, nChunks, G, (unsigned long long)gmagic, chunkGroups);
     pdl_launch();  // the math is done (see the header)
     if (kind == 2) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int nr = ra + r;
-        const float b = bias != nullptr && nr < Nv ? to_float(bias[nr]) : 0.f;
-#pragma unroll
-        for (int m = 0; m < M; ++m)
-          if (lane == 16 * r + m && nr < Nv) cacheV[((long long)m * kvStride + pos[m]) * Nv + nr] = from_float<T>(acc[r][m] + b);
-      }
+      qr_store_pair<T, M>(acc, bias, ra, Nv, [&](int m) { return cacheV + ((long long)m * kvStride + pos[m]) * Nv; });
       continue;
     }
     const float ba = bias != nullptr ? to_float(bias[ra]) : 0.f, bb = bias != nullptr ? to_float(bias[rb]) : 0.f;
