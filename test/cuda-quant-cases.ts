@@ -413,6 +413,9 @@ export function quantCases(dtype: ComputeDType): OpCase[] {
     cases.push(manyCase(s, 2048), siluCase(s, s.groupSize ? 1152 : 1000));
   }
   for (const s of QSCHEMES) cases.push(rowVsTileCase(s, 45, s.groupSize ? 1152 : 1000), qkvRopeCase(s, s.groupSize ? 1152 : 1000));
+  // Rows of 3 rounds (qgemvr3 splits a pair between 4 warps, one slice empty) and of 7 (one warp, in turn).
+  for (const s of QSCHEMES) cases.push(rowVsTileCase(s, 45, s.groupSize ? 8320 : 5000));
+  for (const label of ['FP8 (per-tensor w, static x)', 'W8A8 dynamic']) cases.push(rowVsTileCase(QSCHEMES.find((q) => q.label === label)!, 21, 14336));
   return cases;
 }
 

@@ -982,6 +982,14 @@ export class CudaDevice implements Device {
   qgemvRowMaxM = Math.min(QGEMV_ROW_MAX_M, Number(process.env.LLMOPT_CUDA_QGEMV_ROW_MAX_M ?? QGEMV_ROW_MAX_M));
   /** Longest weight rows (K) the row kernels take (LLMOPT_CUDA_QGEMV_ROW_MAX_K, default 4096): longer go to qgemv's tiles. */
   qgemvRowMaxK = Number(process.env.LLMOPT_CUDA_QGEMV_ROW_MAX_K ?? 4096);
+  /**
+   * Single Linears (o_proj, down_proj) with rows of up to 8192 stored bytes through qgemvr3, a row pair of 3–4
+   * rounds split between 4 warps (quant-linear.ts rowSplit; LLMOPT_CUDA_QGEMV_ROW_SPLIT=0: one warp per pair
+   * and K ≤ qgemvRowMaxK only, as before).
+   */
+  qgemvRowSplit = process.env.LLMOPT_CUDA_QGEMV_ROW_SPLIT !== '0';
+  /** Row pairs per warp of every row-kernel launch (LLMOPT_CUDA_QGEMV_ROW_PAIRS_PER_WARP; 0 = chosen per launch): sweeps. */
+  qgemvRowPairsPerWarp = Number(process.env.LLMOPT_CUDA_QGEMV_ROW_PAIRS_PER_WARP ?? 0);
   /** 4-bit weights through the row kernels too (LLMOPT_CUDA_QGEMV_ROW_4BIT=1; off: the tiles measured faster). */
   qgemvRow4Bit = process.env.LLMOPT_CUDA_QGEMV_ROW_4BIT === '1';
 

@@ -113,6 +113,20 @@ function qgemvSmemBytes(rows: number, stride: number, warps: number): number {
   return roundUp(rows * stride, 16) + warps * 512 + 512 + 32 + 512;
 }
 
+/**
+ * Warps sharing a row pair in qgemvr3 (kernels/qgemv_row.cu): 4 for rows of 3–4 rounds of 2048 bytes
+ * (down_proj of the 1B shape: K 8192 of FP8), else 1. H200, batch-1 step (`…-s5-call{2,3}/`): 4-way at
+ * the 1B shape FP8 0.860 → 0.850 ms, FP8_DYNAMIC 0.914 → 0.881, W8A8 0.835 → 0.817; 8-way on the 8B
+ * shape's down_proj (7 rounds, K 14336) instead of the tiles: FP8 3.352 → 3.659 ms, so longer rows keep
+ * the tiles (ROW_SPLIT_MAX_BYTES) and rows of 2 rounds the one warp they measured with.
+ */
+export function rowSplit(rowBytes: number): number {
+  const rounds = Math.ceil(rowBytes / 2048);
+  return rounds >= 3 && rounds <= 4 ? 4 : 1;
+}
+/** Longest stored rows qgemvr3 takes when qgemvRowSplit is on, whatever qgemvRowMaxK says. */
+const ROW_SPLIT_MAX_BYTES = 8192;
+
 /** Dynamic shared memory of one qgemv_row launch (kernels/qgemv_row.cu qr_stage): 0 unless x is staged. */
 function qgemvRowSmemBytes(w: CudaQuantLinear, rows: number, elem: number): number {
   if (w.act === 'quantize') return roundUp(rows * w.Kp, 16) + 32 + QR_WARPS * 32;
@@ -465,8 +479,8 @@ export class QuantLinearOps {
    * slower still: FP8 0.925 against 0.896 ms at 1B, 3.896 against 3.528 at 8B, so that was removed),
    * 4-bit only with qgemvRow4Bit (issue-bound: the whole step 1.103 ms vs 0.926 ms on the tiles). Both switches are CudaDevice fields for A/B runs and the tests.
    */
-  private rowKernels(w: CudaQuantLinear, M: number): boolean {
-    return M >= 1 && M <= Math.min(QGEMV_ROW_MAX_M, this.dev.qgemvRowMaxM) && (w.format !== 'u4' || this.dev.qgemvRow4Bit) && w.K <= this.dev.qgemvRowMaxK &&
+  private rowKernels(w: CudaQuantLinear, M: number, maxK = this.dev.qgemvRowMaxK): boolean {
+    return M >= 1 && M <= Math.min(QGEMV_ROW_MAX_M, this.dev.qgemvRowMaxM) && (w.format !== 'u4' || this.dev.qgemvRow4Bit) && w.K <= maxK &&
       qgemvRowSmemBytes(w, M, this.dev.dtype === 'f32' ? 4 : 2) <= ROW_SMEM_BUDGET_BYTES;
   }
 
@@ -474,24 +488,29 @@ export class QuantLinearOps {
    * A qgemv_row launch over `pairs` warp tasks (row pairs). Blocks that stage x (W8A8 codes, act-order)
    * take up to 4 pairs per warp while that leaves ≥ 2 blocks per SM, so fewer blocks repeat the staging.
    */
-  private rowLaunchShape(w: CudaQuantLinear, x: CudaTensor, M: number, pairs: number, family: string, signature: string) {
+  private rowLaunchShape(w: CudaQuantLinear, x: CudaTensor, M: number, pairs: number, family: string, signature: string, kSplit = 1) {
     const act = w.act === 'quantize';
     const smem = qgemvRowSmemBytes(w, M, this.dev.dtype === 'f32' ? 4 : 2);
-    const blocks1 = Math.ceil(pairs / QR_WARPS);
-    const pairsPerWarp = smem > 0 ? Math.max(1, Math.min(4, Math.floor(blocks1 / (2 * this.dev.info.multiprocessors)))) : 1;
+    const blocks1 = Math.ceil(pairs / (QR_WARPS / kSplit));
+    const fit = blocks1 / (2 * this.dev.info.multiprocessors);
+    // Split pairs: as many per warp as keep the grid within 2 blocks per SM (one wave, every block's first
+    // rounds in flight before the wait); otherwise only blocks that stage x take several.
+    const pairsPerWarp = this.dev.qgemvRowPairsPerWarp > 0 ? this.dev.qgemvRowPairsPerWarp
+      : Math.max(1, Math.min(4, kSplit > 1 ? Math.ceil(fit) : smem > 0 ? Math.floor(fit) : 1));
     const vec = w.K % 8 === 0 && x.ptr % 16n === 0n ? 1 : 0;
     const chunkGroups = w.groups > 1 && w.groupSize % (16 * WORD_COLUMNS[w.format]) === 0 ? 1 : 0;
     const name = `${family}_${w.format}_${act ? 'a' : 'w'}_${this.dev.suffix}_m${M}`;
-    return { kernel: this.dev.kernel('qgemv_row', name, signature), blocks: Math.ceil(pairs / (QR_WARPS * pairsPerWarp)), smem, vec, chunkGroups, pairsPerWarp };
+    return { kernel: this.dev.kernel('qgemv_row', name, signature), blocks: Math.ceil(pairs / ((QR_WARPS / kSplit) * pairsPerWarp)), smem, vec, chunkGroups, pairsPerWarp };
   }
 
   /** outs[i] = x · ws[i]ᵀ (+ biases[i]) for x of at most 8 rows, in launches whose staged x fits shared memory. */
   private gemv(x: CudaTensor, outs: CudaTensor[], ws: CudaQuantLinear[], biases: (CudaTensor | undefined)[]): void {
     const w0 = ws[0]!;
-    if (this.rowKernels(w0, x.rowCount)) {
+    if (this.rowKernels(w0, x.rowCount, this.dev.qgemvRowSplit && w0.rowBytes <= ROW_SPLIT_MAX_BYTES ? Infinity : this.dev.qgemvRowMaxK)) {
       const M = x.rowCount;
       const pairs = ws.reduce((a, w) => a + Math.ceil(w.N / 2), 0);
-      const shape = this.rowLaunchShape(w0, x, M, pairs, 'qgemvr3', 'ppppppppppppppppp' + 'iiiiiiii' + 'q' + 'i' + 'f' + 'i');
+      const kSplit = this.dev.qgemvRowSplit ? rowSplit(w0.rowBytes) : 1;
+      const shape = this.rowLaunchShape(w0, x, M, pairs, 'qgemvr3', 'ppppppppppppppppp' + 'iiiiiiii' + 'q' + 'i' + 'f' + 'ii', kSplit);
       const at = <T>(arr: T[], i: number, pick: (v: T) => DevicePtr): DevicePtr => (arr[i] !== undefined ? pick(arr[i]!) : 0n);
       const N = [0, 1, 2].map((i) => ws[i]?.N ?? 0);
       this.dev.kernels.launch(shape.kernel, [shape.blocks], [QR_WARPS * 32], shape.smem, [
@@ -501,6 +520,7 @@ export class QuantLinearOps {
         at(ws, 0, (t) => t.zeros), at(ws, 1, (t) => t.zeros), at(ws, 2, (t) => t.zeros),
         biases[0]?.ptr ?? 0n, biases[1]?.ptr ?? 0n, biases[2]?.ptr ?? 0n, w0.perm,
         N[0]!, N[1]!, N[2]!, w0.K, w0.Kp, w0.rowBytes, w0.groups, shape.vec, w0.gmagic, shape.chunkGroups, w0.staticScale, shape.pairsPerWarp,
+        kSplit,
       ]);
       return;
     }

@@ -136,6 +136,9 @@ struct QrIn {
 // The pair's dot products with the M rows of x: acc[r][m] for row r (0: wa's row, 1: wb's row), reduced
 // over the warp, times the weight scale (and the x scale for ACT 1). Rows are < Np: padding rows are
 // zero bytes with zero scales, so they are read like any other.
+// 512-byte spans of a row of nChunks 64-byte chunks.
+__device__ __forceinline__ int qr_spans(int nChunks) { return (nChunks + 7) >> 3; }
+
 // The lane's 16-byte loads of round s0 (QR_SPANS spans) of rows wa and wb (zeros past nChunks).
 __device__ __forceinline__ void qr_load(uint4 (&v)[2][QR_SPANS], const unsigned char* wa, const unsigned char* wb, int s0, int nChunks) {
   const int lane = threadIdx.x & 31, t = lane & 3;
@@ -156,7 +159,7 @@ template <typename T, int FMT, int ACT, int M>
 __device__ __forceinline__ void qr_pair(float (&acc)[2][M], uint4 (&v)[2][QR_SPANS], const unsigned char* wa, const unsigned char* wb,
                                         const unsigned char* na, const unsigned char* nb, const float* sa,
                                         const float* sb, const int* za, const int* zb, const QrIn<T>& in, int rowBytes, int nChunks,
-                                        int G, unsigned long long gmagic, int chunkGroups) {
+                                        int G, unsigned long long gmagic, int chunkGroups, int sBegin, int sEnd) {
   constexpr int KW = QFmt<FMT>::KW, CK = QFmt<FMT>::CK;
   const int lane = threadIdx.x & 31, t = lane & 3;
   const unsigned char* w[2] = {wa, wb};
@@ -171,8 +174,7 @@ __device__ __forceinline__ void qr_pair(float (&acc)[2][M], uint4 (&v)[2][QR_SPA
   // One group per row: its offset now, its scale at the end.
   unsigned off1[2] = {0u, 0u};
   if (ACT == 0 && G == 1) off1[0] = qr_offset<FMT>(za, 0), off1[1] = qr_offset<FMT>(zb, 0);
-  const int nSpans = (nChunks + 7) >> 3;
-  for (int s0 = 0; s0 < nSpans; s0 += QR_SPANS) {
+  for (int s0 = sBegin; s0 < sEnd; s0 += QR_SPANS) {
 #pragma unroll
     for (int j = 0; j < QR_SPANS; ++j) {
       const int c = 8 * (s0 + j) + (lane >> 2);
@@ -255,8 +257,8 @@ __device__ __forceinline__ void qr_pair(float (&acc)[2][M], uint4 (&v)[2][QR_SPA
     }
     // v is spent: the next round (these rows' next, or the next pair's first) goes out before the
     // reductions and the store.
-    if (s0 + QR_SPANS < nSpans) qr_load(v, w[0], w[1], s0 + QR_SPANS, nChunks);
-    else if (na != nullptr) qr_load(v, na, nb, 0, nChunks);
+    if (s0 + QR_SPANS < sEnd) qr_load(v, w[0], w[1], s0 + QR_SPANS, nChunks);
+    else if (na != nullptr) qr_load(v, na, nb, sBegin, nChunks);
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -281,10 +283,10 @@ __device__ __forceinline__ void qr_pair(float (&acc)[2][M], uint4 (&v)[2][QR_SPA
 template <typename T, int FMT, int ACT, int M>
 __device__ __forceinline__ void qr_rows(float (&acc)[2][M], uint4 (&v)[2][QR_SPANS], const unsigned char* w, const float* sc, const int* zp,
                                         int ra, int rb, const unsigned char* na, const unsigned char* nb, const QrIn<T>& in, int rowBytes,
-                                        int nChunks, int G, unsigned long long gmagic, int chunkGroups) {
+                                        int nChunks, int G, unsigned long long gmagic, int chunkGroups, int sBegin, int sEnd) {
   qr_pair<T, FMT, ACT, M>(acc, v, w + (long long)ra * rowBytes, w + (long long)rb * rowBytes, na, nb, sc + (long long)ra * G,
                           sc + (long long)rb * G, zp != nullptr ? zp + (long long)ra * G : nullptr,
-                          zp != nullptr ? zp + (long long)rb * G : nullptr, in, rowBytes, nChunks, G, gmagic, chunkGroups);
+                          zp != nullptr ? zp + (long long)rb * G : nullptr, in, rowBytes, nChunks, G, gmagic, chunkGroups, sBegin, sEnd);
 }
 
 // Shared memory: staged x (ACT 0 with perm: T [M][Kp]; ACT 1: codes [M][Kp]), then the x scales [8] and
@@ -353,17 +355,26 @@ __device__ __forceinline__ void qr_store_pair(const float (&acc)[2][M], const T*
   }
 }
 
-// Up to three matrices sharing x (q/k/v): the grid's warps take row pairs of the concatenated matrices
-// (⌈Ni / 2⌉ pairs each), pairsPerWarp of them each (warp w of block b: pairs (b·pairsPerWarp + i)·8 + w).
+// Up to three matrices sharing x (q/k/v, or one: o_proj, down_proj): the grid's warps take row pairs of
+// the concatenated matrices (⌈Ni / 2⌉ pairs each). kSplit (1, 2, 4 or 8) warps share a pair, each
+// summing its own slice of the rows' rounds (kernel header: 2048 bytes of both rows per round), so rows of
+// several rounds (down_proj: K 8192 of FP8 is 4) are all in flight at once instead of one round per warp
+// after the other's math; the slices' sums (scaled, each with the row's scales) are added in warp order
+// through shared memory. A block's 8 / kSplit pairs at a time, pairsPerWarp times (warp w of block b:
+// pairs (b·pairsPerWarp + i)·(8 / kSplit) + w / kSplit).
 template <typename T, int FMT, int ACT, int M>
 __device__ __forceinline__ void qgemvr3(T* o0, T* o1, T* o2, const T* x, const unsigned char* w0, const unsigned char* w1,
                                         const unsigned char* w2, const float* s0, const float* s1, const float* s2, const int* z0,
                                         const int* z1, const int* z2, const T* b0, const T* b1, const T* b2, const int* perm, int N0,
                                         int N1, int N2, int K, int Kp, int rowBytes, int G, int vec, long long gmagic, int chunkGroups,
-                                        float staticScale, int pairsPerWarp) {
+                                        float staticScale, int pairsPerWarp, int kSplit) {
+  __shared__ float part[QR_WARPS][2][4];  // the slices' sums (kSplit > 1)
   const int P0 = (N0 + 1) >> 1, P1 = (N1 + 1) >> 1, P2 = (N2 + 1) >> 1;
-  const int nChunks = Kp / QFmt<FMT>::CK;
-  const int base = blockIdx.x * pairsPerWarp * QR_WARPS + (threadIdx.x >> 5);  // the warp's pair i is base + 8i
+  const int nChunks = Kp / QFmt<FMT>::CK, nSpans = qr_spans(nChunks);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, slice = warp % kSplit, perIter = QR_WARPS / kSplit;
+  const int roundsPerSlice = ((nSpans + QR_SPANS - 1) / QR_SPANS + kSplit - 1) / kSplit;
+  const int sBegin = min(nSpans, slice * roundsPerSlice * QR_SPANS), sEnd = min(nSpans, sBegin + roundsPerSlice * QR_SPANS);
+  const int base = blockIdx.x * pairsPerWarp * perIter + warp / kSplit;  // the warp's pair i is base + perIter·i
   // Pair p → its matrix and first row; false past the last pair.
   const auto locate = [&](int p, int& which, int& n) {
     if (p >= P0 + P1 + P2) return false;
@@ -374,14 +385,15 @@ __device__ __forceinline__ void qgemvr3(T* o0, T* o1, T* o2, const T* x, const u
   const auto matrix = [&](int which) { return which == 0 ? w0 : which == 1 ? w1 : w2; };
   uint4 v[2][QR_SPANS];
   int which = 0, n = 0;
-  const bool any = locate(base, which, n);
-  if (any) qr_load(v, matrix(which) + (long long)n * rowBytes, matrix(which) + (long long)(n + 1) * rowBytes, 0, nChunks);
+  bool has = locate(base, which, n);
+  if (has) qr_load(v, matrix(which) + (long long)n * rowBytes, matrix(which) + (long long)(n + 1) * rowBytes, sBegin, nChunks);
   pdl_wait();
   const QrIn<T> in = qr_stage<T, FMT, ACT>(x, M, K, Kp, perm, vec, staticScale);
-  if (!any) return;
+  // With kSplit > 1 every warp runs every iteration: the block meets at the slices' sums.
+  if (!has && kSplit == 1) return;
   for (int i = 0; i < pairsPerWarp; ++i) {
     int nextWhich = 0, nextN = 0;
-    const bool next = i + 1 < pairsPerWarp && locate(base + (i + 1) * QR_WARPS, nextWhich, nextN);
+    const bool next = i + 1 < pairsPerWarp && locate(base + (i + 1) * perIter, nextWhich, nextN);
     const unsigned char* na = next ? matrix(nextWhich) + (long long)nextN * rowBytes : nullptr;
     T* out = which == 0 ? o0 : which == 1 ? o1 : o2;
     const float* sc = which == 0 ? s0 : which == 1 ? s1 : s2;
@@ -389,12 +401,33 @@ __device__ __forceinline__ void qgemvr3(T* o0, T* o1, T* o2, const T* x, const u
     const T* bias = which == 0 ? b0 : which == 1 ? b1 : b2;
     const int N = which == 0 ? N0 : which == 1 ? N1 : N2;
     float acc[2][M];
-    qr_rows<T, FMT, ACT, M>(acc, v, matrix(which), sc, zp, n, n + 1, na, next ? na + rowBytes : nullptr, in, rowBytes, nChunks, G,
-                            (unsigned long long)gmagic, chunkGroups);
+    if (has)
+      qr_rows<T, FMT, ACT, M>(acc, v, matrix(which), sc, zp, n, n + 1, na, next ? na + rowBytes : nullptr, in, rowBytes, nChunks, G,
+                              (unsigned long long)gmagic, chunkGroups, sBegin, sEnd);
     pdl_launch();  // the math is done (see the header)
-    qr_store_pair<T, M>(acc, bias, n, N, [&](int m) { return out + (long long)m * N; });
-    if (!next) return;
-    which = nextWhich, n = nextN;
+    if (kSplit > 1) {
+      if (has && lane == 0) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+#pragma unroll
+          for (int m = 0; m < M; ++m) part[warp][r][m] = acc[r][m];
+      }
+      __syncthreads();
+      if (has && slice == 0) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+#pragma unroll
+          for (int m = 0; m < M; ++m) {
+            float a = part[warp][r][m];
+            for (int j = 1; j < kSplit; ++j) a += part[warp + j][r][m];
+            acc[r][m] = a;
+          }
+      }
+      __syncthreads();
+    }
+    if (has && slice == 0) qr_store_pair<T, M>(acc, bias, n, N, [&](int m) { return out + (long long)m * N; });
+    if (!next && kSplit == 1) return;
+    has = next, which = nextWhich, n = nextN;
   }
 }
 
@@ -419,7 +452,8 @@ __device__ __forceinline__ void qgemvr_silu(T* out, const T* x, const unsigned c
     qr_pair<T, FMT, ACT, M>(acc, v, wg + (long long)n * rowBytes, wu + (long long)n * rowBytes,
                             next ? wg + (long long)(n + QR_WARPS) * rowBytes : nullptr, next ? wu + (long long)(n + QR_WARPS) * rowBytes : nullptr,
                             sg + (long long)n * G, su + (long long)n * G, zg != nullptr ? zg + (long long)n * G : nullptr,
-                            zu != nullptr ? zu + (long long)n * G : nullptr, in, rowBytes, nChunks, G, (unsigned long long)gmagic, chunkGroups);
+                            zu != nullptr ? zu + (long long)n * G : nullptr, in, rowBytes, nChunks, G, (unsigned long long)gmagic, chunkGroups,
+                            0, qr_spans(nChunks));
     pdl_launch();  // the math is done (see the header)
 #pragma unroll
     for (int m = 0; m < M; ++m) {
@@ -483,7 +517,8 @@ __device__ __forceinline__ void qgemvr_qkv_rope(T* qOut, T* cacheK, T* cacheV, c
     const int* zp = kind == 0 ? zq : kind == 1 ? zk : zv;
     const T* bias = kind == 0 ? bq : kind == 1 ? bk : bv;
     float acc[2][M];
-    qr_rows<T, FMT, ACT, M>(acc, v, matrix(kind), sc, zp, ra, rb, na, nb, in, rowBytes, nChunks, G, (unsigned long long)gmagic, chunkGroups);
+    qr_rows<T, FMT, ACT, M>(acc, v, matrix(kind), sc, zp, ra, rb, na, nb, in, rowBytes, nChunks, G, (unsigned long long)gmagic, chunkGroups,
+                            0, qr_spans(nChunks));
     pdl_launch();  // the math is done (see the header)
     if (kind == 2) {
       qr_store_pair<T, M>(acc, bias, ra, Nv, [&](int m) { return cacheV + ((long long)m * kvStride + pos[m]) * Nv; });
@@ -516,9 +551,9 @@ __device__ __forceinline__ void qgemvr_qkv_rope(T* qOut, T* cacheK, T* cacheV, c
       T* o0, T* o1, T* o2, const T* x, const unsigned char* w0, const unsigned char* w1, const unsigned char* w2, const float* s0, \
       const float* s1, const float* s2, const int* z0, const int* z1, const int* z2, const T* b0, const T* b1, const T* b2,        \
       const int* perm, int N0, int N1, int N2, int K, int Kp, int rowBytes, int G, int vec, long long gmagic, int chunkGroups,    \
-      float staticScale, int pairsPerWarp) {                                                                                       \
+      float staticScale, int pairsPerWarp, int kSplit) {                                                                           \
     qgemvr3<T, FMT, ACT, M>(o0, o1, o2, x, w0, w1, w2, s0, s1, s2, z0, z1, z2, b0, b1, b2, perm, N0, N1, N2, K, Kp, rowBytes, G,  \
-                            vec, gmagic, chunkGroups, staticScale, pairsPerWarp);                                                  \
+                            vec, gmagic, chunkGroups, staticScale, pairsPerWarp, kSplit);                                          \
   }                                                                                                                                \
   extern "C" __global__ void __launch_bounds__(QR_WARPS * 32, QR_MIN_BLOCKS) qgemvr_silu_##F##_##A##_##S##_m##M(                                \
       T* out, const T* x, const unsigned char* wg, const unsigned char* wu, const float* sg, const float* su, const int* zg,       \
