@@ -8,9 +8,12 @@
 
 constexpr int GEMV_WARPS = 8;
 
-// Programmatic dependent launch: weights never depend on the previous kernel, so a warp asks L2 for
-// the start of its row(s) (the first 8 16-byte vectors per lane, what the M = 1 loop loads first:
-// a whole row at K = 2048) before waiting for the previous kernel, overlapping that kernel's tail.
+// Programmatic dependent launch: weights never depend on the previous kernel, so before waiting for
+// it a warp loads the start of its row(s) into registers at M = 1 with 16-byte vectors (gemv_first:
+// what the loop consumes first, a whole K = 2048 row), overlapping that kernel's tail; other shapes
+// ask L2 for the same bytes (prefetch_row). (H200, 1B batch-1 BF16 step: 1.059 → 0.924–0.934 ms.) The
+// dependents' launch stays at the start: triggered after the math, as qgemv_row.cu does, the step measured
+// the same (0.931 ms, `bench/results/2026-12-01-h200-s5-call8/`).
 template <typename T>
 __device__ __forceinline__ void prefetch_row(const T* row, int K) {
   constexpr int VEC = Vec<T>::N;
@@ -22,28 +25,48 @@ __device__ __forceinline__ void prefetch_row(const T* row, int K) {
   }
 }
 
+// The lane's U 16-byte vectors of row wr's chunk at `base` (columns base + u·32·VEC), zeros past K.
+template <typename T, int U>
+__device__ __forceinline__ void gemv_load(uint4 (&v)[U], const T* wr, int base, int K) {
+  constexpr int VEC = Vec<T>::N;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int k0 = base + u * 32 * VEC;
+    v[u] = k0 < K ? *reinterpret_cast<const uint4*>(wr + k0) : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+// Whether a row is read by the M = 1 vector loop, whose first chunk the caller loads before pdl_wait.
+template <int M>
+__device__ __forceinline__ bool gemv_preloads(int vectorized) { return M == 1 && vectorized; }
+
+// A lane's first chunk of row wr before pdl_wait (gemv_load into registers where gemv_preloads, else
+// an L2 prefetch of the same bytes).
+template <typename T, int M, int U>
+__device__ __forceinline__ void gemv_first(uint4 (&v)[U], const T* wr, int K, int vectorized) {
+  if (gemv_preloads<M>(vectorized)) gemv_load<T, U>(v, wr, (threadIdx.x & 31) * Vec<T>::N, K);
+  else prefetch_row(wr, K);
+}
+
 // Dot products of w's row `n` with the M rows of x, left in acc[] after a warp reduction (all lanes).
+// first: the lane's first chunk (gemv_first), used where gemv_preloads.
 template <typename T, int M>
-__device__ __forceinline__ void gemv_row(float* acc, const T* x, const T* wr, int K, int vectorized) {
+__device__ __forceinline__ void gemv_row(float* acc, const T* x, const T* wr, int K, int vectorized, const uint4 (&first)[8]) {
   constexpr int VEC = Vec<T>::N;
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
-  if (vectorized && M == 1) {
-    // All 8 of a lane's 16-byte w/x loads of a 32*8*VEC chunk are issued before any math (a whole
-    // K = 2048 row in one memory round trip); same summation order as the loop below.
-    constexpr int U = 8;
-    for (int base = lane * VEC; base < K; base += U * 32 * VEC) {
-      uint4 wv[U], xv[U];
+  if (gemv_preloads<M>(vectorized)) {
+    // A lane's 8 16-byte w loads of a 32*8*VEC chunk (a whole K = 2048 row) are in flight together:
+    // the first chunk's from before pdl_wait, each later one's from right after the math of the
+    // chunk before; x's 8 with them. Same summation order as the loop below.
+    constexpr int U = 8, STEP = U * 32 * VEC;
+    uint4 wv[U];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int k0 = base + u * 32 * VEC;
-        wv[u] = xv[u] = make_uint4(0u, 0u, 0u, 0u);
-        if (k0 < K) {
-          wv[u] = *reinterpret_cast<const uint4*>(wr + k0);
-          xv[u] = *reinterpret_cast<const uint4*>(x + k0);
-        }
-      }
+    for (int u = 0; u < U; ++u) wv[u] = first[u];
+    for (int base = lane * VEC; base < K; base += STEP) {
+      uint4 xv[U];
+      gemv_load<T, U>(xv, x, base, K);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (base + u * 32 * VEC >= K) break;
@@ -53,6 +76,7 @@ __device__ __forceinline__ void gemv_row(float* acc, const T* x, const T* wr, in
 #pragma unroll
         for (int i = 0; i < VEC; ++i) acc[0] += wf[i] * xf[i];
       }
+      if (base + STEP < K) gemv_load<T, U>(wv, wr, base + STEP, K);
     }
   } else if (vectorized) {
 #pragma unroll 4
@@ -97,11 +121,12 @@ __device__ __forceinline__ void gemv3(T* out0, T* out1, T* out2, const T* x, con
   } else if (n < N0 + N1 + N2) {
     n -= N0 + N1, out = out2, w = w2, bias = b2, N = N2;
   }
-  if (w != nullptr) prefetch_row(w + (long long)n * K, K);
+  uint4 first[8];
+  if (w != nullptr) gemv_first<T, M>(first, w + (long long)n * K, K, vectorized);
   pdl_wait();
   if (w == nullptr) return;
   float acc[M];
-  gemv_row<T, M>(acc, x, w + (long long)n * K, K, vectorized);
+  gemv_row<T, M>(acc, x, w + (long long)n * K, K, vectorized, first);
   if ((threadIdx.x & 31) == 0) {
     const float b = bias != nullptr ? to_float(bias[n]) : 0.f;
 #pragma unroll
@@ -110,28 +135,23 @@ __device__ __forceinline__ void gemv3(T* out0, T* out1, T* out2, const T* x, con
 }
 
 // Dot products of two weight rows (wa, wb) with the M rows of x in one pass, both rows' loads in
-// flight together.
+// flight together; firstA / firstB: the rows' first chunks (gemv_first, U = 4), used where gemv_preloads.
 template <typename T, int M>
-__device__ __forceinline__ void gemv_row2(float* a, float* b, const T* x, const T* wa, const T* wb, int K, int vectorized) {
+__device__ __forceinline__ void gemv_row2(float* a, float* b, const T* x, const T* wa, const T* wb, int K, int vectorized,
+                                          const uint4 (&firstA)[4], const uint4 (&firstB)[4]) {
   constexpr int VEC = Vec<T>::N;
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int m = 0; m < M; ++m) a[m] = b[m] = 0.f;
-  if (vectorized && M == 1) {
-    // As gemv_row at M = 1: 4 chunks of both rows (8 w loads) and of x issued before any math.
-    constexpr int U = 4;
-    for (int base = lane * VEC; base < K; base += U * 32 * VEC) {
-      uint4 av[U], bv[U], xv[U];
+  if (gemv_preloads<M>(vectorized)) {
+    // As gemv_row at M = 1: 4 chunks of both rows (8 w loads) in flight together, x's 4 with them.
+    constexpr int U = 4, STEP = U * 32 * VEC;
+    uint4 av[U], bv[U];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int k0 = base + u * 32 * VEC;
-        av[u] = bv[u] = xv[u] = make_uint4(0u, 0u, 0u, 0u);
-        if (k0 < K) {
-          av[u] = *reinterpret_cast<const uint4*>(wa + k0);
-          bv[u] = *reinterpret_cast<const uint4*>(wb + k0);
-          xv[u] = *reinterpret_cast<const uint4*>(x + k0);
-        }
-      }
+    for (int u = 0; u < U; ++u) av[u] = firstA[u], bv[u] = firstB[u];
+    for (int base = lane * VEC; base < K; base += STEP) {
+      uint4 xv[U];
+      gemv_load<T, U>(xv, x, base, K);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         if (base + u * 32 * VEC >= K) break;
@@ -145,6 +165,7 @@ __device__ __forceinline__ void gemv_row2(float* a, float* b, const T* x, const 
           b[0] += fb[i] * xf[i];
         }
       }
+      if (base + STEP < K) gemv_load<T, U>(av, wa, base + STEP, K), gemv_load<T, U>(bv, wb, base + STEP, K);
     }
   } else if (vectorized) {
 #pragma unroll 4
@@ -187,14 +208,15 @@ template <typename T, int M>
 __device__ __forceinline__ void gemv_silu_mul(T* out, const T* x, const T* wg, const T* wu, int N, int K, int vectorized) {
   pdl_launch();
   const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+  uint4 firstG[4], firstU[4];
   if (n < N) {
-    prefetch_row(wg + (long long)n * K, K);
-    prefetch_row(wu + (long long)n * K, K);
+    gemv_first<T, M>(firstG, wg + (long long)n * K, K, vectorized);
+    gemv_first<T, M>(firstU, wu + (long long)n * K, K, vectorized);
   }
   pdl_wait();
   if (n >= N) return;
   float g[M], u[M];
-  gemv_row2<T, M>(g, u, x, wg + (long long)n * K, wu + (long long)n * K, K, vectorized);
+  gemv_row2<T, M>(g, u, x, wg + (long long)n * K, wu + (long long)n * K, K, vectorized, firstG, firstU);
   if ((threadIdx.x & 31) == 0) {
 #pragma unroll
     for (int m = 0; m < M; ++m) out[(long long)m * N + n] = from_float<T>(g[m] / (1.f + expf(-g[m])) * u[m]);
@@ -205,11 +227,12 @@ template <typename T, int M>
 __device__ __forceinline__ void gemv(T* out, const T* x, const T* w, const T* bias, int N, int K, int vectorized) {
   pdl_launch();
   const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-  if (n < N) prefetch_row(w + (long long)n * K, K);
+  uint4 first[8];
+  if (n < N) gemv_first<T, M>(first, w + (long long)n * K, K, vectorized);
   pdl_wait();
   if (n >= N) return;
   float acc[M];
-  gemv_row<T, M>(acc, x, w + (long long)n * K, K, vectorized);
+  gemv_row<T, M>(acc, x, w + (long long)n * K, K, vectorized, first);
   if ((threadIdx.x & 31) == 0) {
     const float b = bias != nullptr ? to_float(bias[n]) : 0.f;
 #pragma unroll
@@ -264,9 +287,12 @@ __device__ __forceinline__ void gemv_qkv_rope_kv(T* qOut, T* cacheK, T* cacheV, 
     kind = 2, r1 = warpId - Pq - Pk;
   }
   const T* w = kind == 0 ? wq : kind == 1 ? wk : wv;
-  if (kind >= 0) {
-    prefetch_row(w + (long long)r1 * K, K);
-    if (kind < 2) prefetch_row(w + (long long)(r1 + half) * K, K);
+  // v rows: one row (gemv_row, 8 vectors); q/k pairs: two (gemv_row2, 4 + 4).
+  uint4 first[8], firstA[4], firstB[4];
+  if (kind == 2) gemv_first<T, M>(first, w + (long long)r1 * K, K, vectorized);
+  else if (kind >= 0) {
+    gemv_first<T, M>(firstA, w + (long long)r1 * K, K, vectorized);
+    gemv_first<T, M>(firstB, w + (long long)(r1 + half) * K, K, vectorized);
   }
   pdl_wait();
   if (kind < 0) return;
@@ -274,7 +300,7 @@ __device__ __forceinline__ void gemv_qkv_rope_kv(T* qOut, T* cacheK, T* cacheV, 
   const int D = nKvHeads * headDim;
   if (kind == 2) {
     float acc[M];
-    gemv_row<T, M>(acc, x, w + (long long)r1 * K, K, vectorized);
+    gemv_row<T, M>(acc, x, w + (long long)r1 * K, K, vectorized, first);
     if (lane == 0) {
       const float b = bv != nullptr ? to_float(bv[r1]) : 0.f;
 #pragma unroll
@@ -283,7 +309,7 @@ __device__ __forceinline__ void gemv_qkv_rope_kv(T* qOut, T* cacheK, T* cacheV, 
     return;
   }
   float a[M], b[M];
-  gemv_row2<T, M>(a, b, x, w + (long long)r1 * K, w + (long long)(r1 + half) * K, K, vectorized);
+  gemv_row2<T, M>(a, b, x, w + (long long)r1 * K, w + (long long)(r1 + half) * K, K, vectorized, firstA, firstB);
   if (lane != 0) return;
   const T* bias = kind == 0 ? bq : bk;
   const float ba = bias != nullptr ? to_float(bias[r1]) : 0.f, bb = bias != nullptr ? to_float(bias[r1 + half]) : 0.f;
