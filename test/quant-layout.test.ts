@@ -13,7 +13,7 @@ import { dequantizeQuantizedLinear } from '../src/model/compressed-tensors.js';
 import { loadModel } from '../src/model/load.js';
 import { simulatesQuantization } from '../src/model/weights.js';
 import { createCpuDevice, type CpuDevice } from '../src/tensor/cpu/index.js';
-import { packWeights, planLayout, type QuantLayout } from '../src/tensor/cuda/quant-linear.js';
+import { packWeights, planLayout, rowSplit, type QuantLayout } from '../src/tensor/cuda/quant-linear.js';
 import type { FakeQuantSpec, QuantizedLinearData, Tensor } from '../src/tensor/device.js';
 import { Inputs } from './cuda-cases.js';
 import { QSCHEMES, activationSpec, randomQuantizedWeight, type QScheme } from './cuda-quant-cases.js';
@@ -243,5 +243,12 @@ describe('the loader keeps quantized Linears native where the device can', () =>
     } finally {
       m.decoder.dispose({ weights: true });
     }
+  });
+});
+
+describe('qgemvr3 row split (quant-linear.ts rowSplit)', () => {
+  test('4 warps per pair for rows of 3–4 rounds of 2048 bytes, one otherwise', () => {
+    // 1B o_proj (2048 FP8 bytes), 8B o_proj (4096), K 5000 padded (5056), 1B down_proj (8192), 8B down_proj (14336)
+    expect([2048, 4096, 5056, 6144, 8192, 8256, 14336].map(rowSplit)).toEqual([1, 1, 4, 4, 4, 1, 1]);
   });
 });
