@@ -356,11 +356,11 @@ __device__ __forceinline__ void qr_store_pair(const float (&acc)[2][M], const T*
 }
 
 // Up to three matrices sharing x (q/k/v, or one: o_proj, down_proj): the grid's warps take row pairs of
-// the concatenated matrices (⌈Ni / 2⌉ pairs each). kSplit (1, 2, 4 or 8) warps share a pair, each
-// summing its own slice of the rows' rounds (kernel header: 2048 bytes of both rows per round), so rows of
-// several rounds (down_proj: K 8192 of FP8 is 4) are all in flight at once instead of one round per warp
-// after the other's math; the slices' sums (scaled, each with the row's scales) are added in warp order
-// through shared memory. A block's 8 / kSplit pairs at a time, pairsPerWarp times (warp w of block b:
+// the concatenated matrices (⌈Ni / 2⌉ pairs each). kSplit warps (a divisor of 8; quant-linear.ts rowSplit
+// picks 1 or 4) share a pair, each summing its own slice of the rows' rounds (kernel header: 2048 bytes of
+// both rows per round), so rows of several rounds (down_proj: K 8192 of FP8 is 4) are all in flight at once
+// instead of one round per warp after the other's math; the slices' sums (scaled, each with the row's
+// scales) are added in warp order through shared memory. A block's 8 / kSplit pairs at a time, pairsPerWarp times (warp w of block b:
 // pairs (b·pairsPerWarp + i)·(8 / kSplit) + w / kSplit).
 template <typename T, int FMT, int ACT, int M>
 __device__ __forceinline__ void qgemvr3(T* o0, T* o1, T* o2, const T* x, const unsigned char* w0, const unsigned char* w1,
