@@ -988,8 +988,6 @@ export class CudaDevice implements Device {
    * and K ≤ qgemvRowMaxK only, as before).
    */
   qgemvRowSplit = process.env.LLMOPT_CUDA_QGEMV_ROW_SPLIT !== '0';
-  /** Row pairs per warp of every row-kernel launch (LLMOPT_CUDA_QGEMV_ROW_PAIRS_PER_WARP; 0 = chosen per launch): sweeps. */
-  qgemvRowPairsPerWarp = Number(process.env.LLMOPT_CUDA_QGEMV_ROW_PAIRS_PER_WARP ?? 0);
   /** 4-bit weights through the row kernels too (LLMOPT_CUDA_QGEMV_ROW_4BIT=1; off: the tiles measured faster). */
   qgemvRow4Bit = process.env.LLMOPT_CUDA_QGEMV_ROW_4BIT === '1';
 

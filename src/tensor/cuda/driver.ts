@@ -14,7 +14,6 @@ export const DeviceAttribute = {
   COMPUTE_CAPABILITY_MAJOR: 75,
   COMPUTE_CAPABILITY_MINOR: 76,
   MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: 97,
-  L2_CACHE_SIZE: 38,
   MEMORY_POOLS_SUPPORTED: 115,
 } as const;
 
@@ -130,7 +129,6 @@ export interface GpuInfo {
   computeCapability: [number, number];
   multiprocessors: number;
   maxSharedMemoryPerBlockOptin: number;
-  l2CacheBytes: number;
   totalMemoryBytes: number;
   /** e.g. 13000 for CUDA 13.0. */
   driverVersion: number;
@@ -180,7 +178,6 @@ export class CudaDriver {
       ],
       multiprocessors: this.attribute(DeviceAttribute.MULTIPROCESSOR_COUNT),
       maxSharedMemoryPerBlockOptin: this.attribute(DeviceAttribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN),
-      l2CacheBytes: this.attribute(DeviceAttribute.L2_CACHE_SIZE),
       totalMemoryBytes: Number(total[0]),
       driverVersion,
       libcudaPath: opened.path,

@@ -474,10 +474,10 @@ export class QuantLinearOps {
   /**
    * Whether M rows of x go to the row kernels: M ≤ qgemvRowMaxM, their staged x fits shared memory, and
    * the weights are ones the row kernels measured faster on (H200, bench:quant 2026-12-01, batch-1 step):
-   * FP8 / int8 with K ≤ qgemvRowMaxK (q/k/v, o, gate/up: 1.03–1.39× the tile kernel per launch; down_proj at
-   * K 8192, 8 warps per SM, 0.86–0.98×; with its rows split between 2–4 warps to fill the GPU, the step was
-   * slower still: FP8 0.925 against 0.896 ms at 1B, 3.896 against 3.528 at 8B, so that was removed),
-   * 4-bit only with qgemvRow4Bit (issue-bound: the whole step 1.103 ms vs 0.926 ms on the tiles). Both switches are CudaDevice fields for A/B runs and the tests.
+   * FP8 / int8 with K ≤ maxK (qgemvRowMaxK: q/k/v, o, gate/up, 1.03–1.39× the tile kernel per launch; single
+   * Linears with rows of ≤ ROW_SPLIT_MAX_BYTES take qgemvr3 whatever K is, rows of 3–4 rounds split between
+   * warps, see rowSplit), 4-bit only with qgemvRow4Bit (issue-bound: the whole step 1.103 ms vs 0.926 ms on
+   * the tiles). The switches are CudaDevice fields for A/B runs and the tests.
    */
   private rowKernels(w: CudaQuantLinear, M: number, maxK = this.dev.qgemvRowMaxK): boolean {
     return M >= 1 && M <= Math.min(QGEMV_ROW_MAX_M, this.dev.qgemvRowMaxM) && (w.format !== 'u4' || this.dev.qgemvRow4Bit) && w.K <= maxK &&
@@ -495,8 +495,7 @@ export class QuantLinearOps {
     const fit = blocks1 / (2 * this.dev.info.multiprocessors);
     // Split pairs: as many per warp as keep the grid within 2 blocks per SM (one wave, every block's first
     // rounds in flight before the wait); otherwise only blocks that stage x take several.
-    const pairsPerWarp = this.dev.qgemvRowPairsPerWarp > 0 ? this.dev.qgemvRowPairsPerWarp
-      : Math.max(1, Math.min(4, kSplit > 1 ? Math.ceil(fit) : smem > 0 ? Math.floor(fit) : 1));
+    const pairsPerWarp = Math.max(1, Math.min(4, kSplit > 1 ? Math.ceil(fit) : smem > 0 ? Math.floor(fit) : 1));
     const vec = w.K % 8 === 0 && x.ptr % 16n === 0n ? 1 : 0;
     const chunkGroups = w.groups > 1 && w.groupSize % (16 * WORD_COLUMNS[w.format]) === 0 ? 1 : 0;
     const name = `${family}_${w.format}_${act ? 'a' : 'w'}_${this.dev.suffix}_m${M}`;
@@ -506,10 +505,11 @@ export class QuantLinearOps {
   /** outs[i] = x · ws[i]ᵀ (+ biases[i]) for x of at most 8 rows, in launches whose staged x fits shared memory. */
   private gemv(x: CudaTensor, outs: CudaTensor[], ws: CudaQuantLinear[], biases: (CudaTensor | undefined)[]): void {
     const w0 = ws[0]!;
-    if (this.rowKernels(w0, x.rowCount, this.dev.qgemvRowSplit && w0.rowBytes <= ROW_SPLIT_MAX_BYTES ? Infinity : this.dev.qgemvRowMaxK)) {
+    const split = this.dev.qgemvRowSplit && w0.rowBytes <= ROW_SPLIT_MAX_BYTES;
+    if (this.rowKernels(w0, x.rowCount, split ? Infinity : this.dev.qgemvRowMaxK)) {
       const M = x.rowCount;
       const pairs = ws.reduce((a, w) => a + Math.ceil(w.N / 2), 0);
-      const kSplit = this.dev.qgemvRowSplit ? rowSplit(w0.rowBytes) : 1;
+      const kSplit = split ? rowSplit(w0.rowBytes) : 1;
       const shape = this.rowLaunchShape(w0, x, M, pairs, 'qgemvr3', 'ppppppppppppppppp' + 'iiiiiiii' + 'q' + 'i' + 'f' + 'ii', kSplit);
       const at = <T>(arr: T[], i: number, pick: (v: T) => DevicePtr): DevicePtr => (arr[i] !== undefined ? pick(arr[i]!) : 0n);
       const N = [0, 1, 2].map((i) => ws[i]?.N ?? 0);
