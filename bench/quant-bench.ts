@@ -12,9 +12,9 @@
 //     the GPU and how many Linears stay quantized, decode tokens/s at batch 1 and 8 (decode step
 //     replayed as a CUDA graph, prompt 512, 128 new tokens, as bench:gpu), prefill tokens/s (batch 1,
 //     2048 tokens), decode ms/step against the floor (weight bytes / device-to-device copy bandwidth);
-//     a per-kernel breakdown of one decode step at batch 1; layer 0's Linears alone at M 1, 4 and 8;
-//     quantized models also with the small-M row kernels off (qgemvRowMaxM = 0: qgemv.cu's tiles at
-//     M ≤ 8) for layer 0's Linears and decode at batch 1, so one run A/Bs qgemv_row.cu against them;
+//     a per-kernel breakdown of one decode step at batch 1; decode at batch 1 also with the opt-in fused
+//     decode layer (fusedDecodeLayer = true: decode_layer.cu), so one run A/Bs it against the per-op layers; layer 0's Linears alone at M 1, 4 and 8 (quantized: also with the row kernels off,
+//     qgemvRowMaxM = 0, qgemv.cu's tiles);
 //  4. a table with the issue's targets (decode at batch 1: FP8 ≥ 1.5×, W4A16 ≥ 2× BF16) and each
 //     scheme's cap, BF16 weight bytes / scheme weight bytes (the lm_head stays BF16);
 //  5. writes <results>/<date>-<gpu>-quant.json and .md.
@@ -42,8 +42,6 @@ const CALIBRATION = { windows: 1, tokens: 32, seed: 7 };
 const DECODE_BATCHES = [1, 8];
 /** M of the layer-0 Linear timings: 1 and 4 run qgemv_row.cu (unless off), 8 qgemv.cu's tiles. */
 const LINEAR_MS = [1, 4, 8];
-/** The kernel families of the small-M quantized Linears (the PDL A/B run). */
-const QUANT_GEMV_FAMILIES = ['qgemv', 'qgemv_row'];
 
 /**
  * --quantize-child: one quantize job (random-id calibration windows, as documented above) on the GPU
@@ -151,10 +149,8 @@ interface ModelRow {
   nativeLinears: string;
   prefill: LatencyResult;
   decode: Record<number, LatencyResult>;
-  /** Quantized models: decode at batch 1 with qgemvRowMaxM = 0 (qgemv.cu's tiles). */
-  decodeTilesB1?: LatencyResult;
-  /** Quantized models: decode at batch 1 with the quantized GEMVs launched without PDL. */
-  decodeNoPdlB1?: LatencyResult;
+  /** Decode at batch 1 with the opt-in fused decode layer (fusedDecodeLayer = true: one decode_layer launch per layer). */
+  decodeLayerB1?: LatencyResult;
   floorMs: number;
   linears: LinearTiming[];
   breakdown: ReturnType<typeof decodeBreakdown>;
@@ -178,40 +174,34 @@ async function measureModel(name: string, dir: string, dev: CudaDevice, bandwidt
     const quantized = linears.some((t) => t instanceof CudaQuantLinear);
     const rowMaxM = dev.qgemvRowMaxM;
     const timings = linearTimings(model, dev, quantized ? (rowMaxM >= 1 ? 'row' : 'tiles') : 'bf16');
-    let decodeTilesB1: LatencyResult | undefined;
     if (quantized && rowMaxM >= 1) {
       dev.qgemvRowMaxM = 0;
       try {
         timings.push(...linearTimings(model, dev, 'tiles'));
-        decodeTilesB1 = decodeAt(1);
       } finally {
         dev.qgemvRowMaxM = rowMaxM;
       }
     }
-    let decodeNoPdlB1: LatencyResult | undefined;
-    if (quantized && dev.kernels.pdl) {
-      for (const f of QUANT_GEMV_FAMILIES) dev.kernels.pdlOff.add(f);
+    let decodeLayerB1: LatencyResult | undefined;
+    if (!dev.fusedDecodeLayer) {
+      dev.fusedDecodeLayer = true;
       try {
-        decodeNoPdlB1 = decodeAt(1);
+        decodeLayerB1 = decodeAt(1);
       } finally {
-        for (const f of QUANT_GEMV_FAMILIES) dev.kernels.pdlOff.delete(f);
+        dev.fusedDecodeLayer = false;
       }
     }
     const row: ModelRow = {
-      name, dir, quantizeSeconds, loadSeconds, weightBytes: wBytes, deviceTensorBytes, nativeLinears, prefill, decode, decodeTilesB1, decodeNoPdlB1, floorMs,
+      name, dir, quantizeSeconds, loadSeconds, weightBytes: wBytes, deviceTensorBytes, nativeLinears, prefill, decode, decodeLayerB1, floorMs,
       linears: timings, breakdown: decodeBreakdown(model, dev, 1, 576),
     };
     const d1 = decode[1]!;
     log(`${name}: ${(wBytes / 1e9).toFixed(3)} GB of weights (${nativeLinears} Linears quantized on the GPU), loaded in ${loadSeconds.toFixed(1)} s; ` +
       `prefill ${Math.round(prefill.prefillTokensPerS).toLocaleString('en-US')} tok/s; decode b1 ${d1.decodeMsMedian.toFixed(3)} ms (${Math.round(d1.decodeTokensPerS)} tok/s, ` +
       `${(d1.decodeMsMedian / floorMs).toFixed(2)}× the ${floorMs.toFixed(3)} ms floor, graph ${d1.cudaGraph}), b8 ${decode[8]!.decodeMsMedian.toFixed(3)} ms (${Math.round(decode[8]!.decodeTokensPerS)} tok/s)`);
-    if (decodeTilesB1 !== undefined) {
-      log(`  decode b1 with qgemvRowMaxM = 0 (qgemv tiles): ${decodeTilesB1.decodeMsMedian.toFixed(3)} ms (${Math.round(decodeTilesB1.decodeTokensPerS)} tok/s); ` +
-        `row kernels ${d1.decodeMsMedian.toFixed(3)} ms: ${(decodeTilesB1.decodeMsMedian / d1.decodeMsMedian).toFixed(2)}× faster`);
-    }
-    if (decodeNoPdlB1 !== undefined) {
-      log(`  decode b1 with the quantized GEMVs launched without PDL: ${decodeNoPdlB1.decodeMsMedian.toFixed(3)} ms; ` +
-        `with PDL ${d1.decodeMsMedian.toFixed(3)} ms: ${(decodeNoPdlB1.decodeMsMedian / d1.decodeMsMedian).toFixed(2)}× faster`);
+    if (decodeLayerB1 !== undefined) {
+      log(`  decode b1 with the fused decode layer (opt-in): ${decodeLayerB1.decodeMsMedian.toFixed(3)} ms (${Math.round(decodeLayerB1.decodeTokensPerS)} tok/s); ` +
+        `per-op layers ${d1.decodeMsMedian.toFixed(3)} ms: ${(d1.decodeMsMedian / decodeLayerB1.decodeMsMedian).toFixed(2)}× faster`);
     }
     for (const l of row.linears) {
       const other = row.linears.find((o) => o.name === l.name && o.M === l.M && o.kernels === 'tiles' && l.kernels === 'row');
@@ -248,10 +238,10 @@ function table(rows: ModelRow[], dev: CudaDevice, bandwidth: number, label: stri
   lines.push('', `floor = weight bytes / ${(bandwidth / 1e12).toFixed(3)} TB/s (device-to-device copy, read + write); cap = BF16 weight bytes / the scheme's ` +
     '(the decode-time ratio if every step ran at the floor; the lm_head (1B: tied, 128256×2048) stays BF16 under ignore: ["lm_head"]).');
   for (const r of rows) {
-    if (r.decodeTilesB1 === undefined) continue;
-    const x = (t: LatencyResult) => (t.decodeTokensPerS / base.decode[1]!.decodeTokensPerS).toFixed(2);
-    lines.push(`${r.name} decode b1: row kernels ${r.decode[1]!.decodeMsMedian.toFixed(3)} ms (${x(r.decode[1]!)}× BF16), ` +
-      `qgemv tiles (qgemvRowMaxM = 0) ${r.decodeTilesB1.decodeMsMedian.toFixed(3)} ms (${x(r.decodeTilesB1)}× BF16)`);
+    if (r.decodeLayerB1 === undefined) continue;
+    const layerBase = base.decodeLayerB1 ?? base.decode[1]!;
+    lines.push(`${r.name} decode b1: per-op layers ${r.decode[1]!.decodeMsMedian.toFixed(3)} ms, fused decode layer (opt-in) ` +
+      `${r.decodeLayerB1.decodeMsMedian.toFixed(3)} ms (${(r.decodeLayerB1.decodeTokensPerS / layerBase.decodeTokensPerS).toFixed(2)}× BF16's)`);
   }
   for (const t of targets) {
     lines.push(`target ${t.scheme} decode b1 ≥ ${t.target}× BF16: ${(t.decode_b1_speedup as number).toFixed(2)}× (cap ${(t.cap as number).toFixed(2)}×) — ${t.met ? 'met' : 'NOT met'}`);
@@ -313,8 +303,7 @@ async function main(): Promise<void> {
         tokens_per_s: r.decode[b]!.decodeTokensPerS, floor_ratio: r.decode[b]!.decodeMsMedian / r.floorMs, cuda_graph: r.decode[b]!.cudaGraph,
         speedup_vs_bf16: r.decode[b]!.decodeTokensPerS / rows[0]!.decode[b]!.decodeTokensPerS, memory: r.decode[b]!.memory,
       }])),
-      decode_b1_no_pdl: b1Variant(r.decodeNoPdlB1),
-      decode_b1_tiles: b1Variant(r.decodeTilesB1),
+      decode_b1_fused_layer: b1Variant(r.decodeLayerB1),
       layer0_linears: r.linears,
       decode_step_breakdown_b1: r.breakdown,
     })),

@@ -64,8 +64,11 @@ function onesBf16(n: number): Uint8Array {
   return new Uint8Array(new Uint16Array(n).fill(0x3f80).buffer);
 }
 
-/** Writes config.json and model.safetensors of a random model with config `c` into `dir`. */
-export function writeRandomCheckpoint(dir: string, c: LlamaConfig, seed = 1): void {
+/**
+ * Writes config.json and model.safetensors of a random model with config `c` into `dir`. qkStd: the
+ * q/k projections' std instead of 0.02 (tests that want peaked attention).
+ */
+export function writeRandomCheckpoint(dir: string, c: LlamaConfig, seed = 1, opts: { qkStd?: number } = {}): void {
   const H = c.hidden_size, I = c.intermediate_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
   const tensors: TensorToWrite[] = [];
   const rand = (name: string, shape: number[], std: number) => {
@@ -77,8 +80,8 @@ export function writeRandomCheckpoint(dir: string, c: LlamaConfig, seed = 1): vo
   for (let l = 0; l < c.num_hidden_layers; l++) {
     const p = `model.layers.${l}`;
     ones(`${p}.input_layernorm.weight`, H);
-    rand(`${p}.self_attn.q_proj.weight`, [q, H], 0.02);
-    rand(`${p}.self_attn.k_proj.weight`, [kv, H], 0.02);
+    rand(`${p}.self_attn.q_proj.weight`, [q, H], opts.qkStd ?? 0.02);
+    rand(`${p}.self_attn.k_proj.weight`, [kv, H], opts.qkStd ?? 0.02);
     rand(`${p}.self_attn.v_proj.weight`, [kv, H], 0.02);
     rand(`${p}.self_attn.o_proj.weight`, [H, q], 0.02);
     ones(`${p}.post_attention_layernorm.weight`, H);

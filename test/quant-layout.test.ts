@@ -13,6 +13,7 @@ import { dequantizeQuantizedLinear } from '../src/model/compressed-tensors.js';
 import { loadModel } from '../src/model/load.js';
 import { simulatesQuantization } from '../src/model/weights.js';
 import { createCpuDevice, type CpuDevice } from '../src/tensor/cpu/index.js';
+import { decodeLayerSmemBytes, decodeLayerSplit } from '../src/tensor/cuda/decode-layer.js';
 import { packWeights, planLayout, rowSplit, type QuantLayout } from '../src/tensor/cuda/quant-linear.js';
 import type { FakeQuantSpec, QuantizedLinearData, Tensor } from '../src/tensor/device.js';
 import { Inputs } from './cuda-cases.js';
@@ -250,5 +251,24 @@ describe('qgemvr3 row split (quant-linear.ts rowSplit)', () => {
   test('4 warps per pair for rows of 3–4 rounds of 2048 bytes, one otherwise', () => {
     // 1B o_proj (2048 FP8 bytes), 8B o_proj (4096), K 5000 padded (5056), 1B down_proj (8192), 8B down_proj (14336)
     expect([2048, 4096, 5056, 6144, 8192, 8256, 14336].map(rowSplit)).toEqual([1, 1, 4, 4, 4, 1, 1]);
+  });
+});
+
+describe('fused decode layer plan (decode-layer.ts)', () => {
+  test('K split: warps per row pair fill the grid, never past the spans', () => {
+    // 132 SMs × 16 warps = 2112 warps; 1B o_proj / down_proj have 1024 pairs
+    expect(decodeLayerSplit(1024, 4, 2112)).toBe(2); // FP8 o_proj: 2048-byte rows
+    expect(decodeLayerSplit(1024, 16, 2112)).toBe(2); // FP8 down_proj: 8192-byte rows
+    expect(decodeLayerSplit(2048, 8, 2112)).toBe(1); // 8B: 4096 rows
+    expect(decodeLayerSplit(160, 40, 2112)).toBe(8);
+    expect(decodeLayerSplit(10, 1, 2112)).toBe(1); // one span: nothing to split
+    expect(decodeLayerSplit(1, 64, 2112)).toBe(16);
+  });
+  test('shared memory: the larger of the row stages and the attention stage', () => {
+    // 1B W8A8: the attention stage's (8·D + 16·(4·32 + 8·(D + 2))) floats exceed x of 8192 bf16 + 8192 codes
+    expect(decodeLayerSmemBytes(8192, 8192, 64, 32)).toBe((8 * 64 + 16 * (4 * 32 + 8 * 66)) * 4);
+    expect(decodeLayerSmemBytes(320, 0, 128, 2)).toBe((8 * 128 + 16 * (4 * 32 + 8 * 130)) * 4);
+    // a 28672-wide MLP's x and codes + the small arrays (and 32 splits' max and sum per head) exceed it
+    expect(decodeLayerSmemBytes(28672, 28672, 64, 32)).toBe(2 * 28672 + 28672 + (8 + 128 + 32 + 32 * 32 * 2) * 4);
   });
 });

@@ -5,10 +5,11 @@
 // quantized to each scheme and evaluated on the GPU (needs --model/--data, default data/stories260K
 // and data/tinystories-valid.txt beside the runner's working folder; skipped when absent).
 // Prints a pass/fail table; writes $OUT/cuda-tests.json when $OUT is set.
-// The decode-attention cases of test/cuda-attn-decode-cases.ts run with the op cases (--skip-ops skips them too).
+// The decode-attention cases of test/cuda-attn-decode-cases.ts run with the op cases (--skip-ops skips them too);
+// the fused decode layer's checks (test/cuda-decode-layer-cases.ts) after the quantized models.
 // Usage: node .gpu/run-cuda-tests.mjs [--only <substring>] [--skip-smoke] [--skip-ops] [--skip-quant]
-//        [--skip-quant-model] [--skip-train] [--skip-quant-job] [--train-only] [--model DIR] [--data FILE] [--self-test]
-// --train-only = --skip-ops --skip-quant --skip-quant-model.
+//        [--skip-quant-model] [--skip-decode-layer] [--skip-train] [--skip-quant-job] [--train-only] [--model DIR] [--data FILE] [--self-test]
+// --train-only = --skip-ops --skip-quant --skip-quant-model --skip-decode-layer.
 // --self-test compares the cpu device with itself (no GPU): checks the harness and the bundle.
 
 import fs from 'node:fs';
@@ -18,6 +19,7 @@ import { CudaDevice } from '../../src/tensor/cuda/index.js';
 import type { ComputeDType } from '../../src/tensor/device.js';
 import { runAttnDecodeCases, runAttnDecodeGpuCases } from '../../test/cuda-attn-decode-cases.js';
 import { runAtCases, runCases, type CaseRun, type Check } from '../../test/cuda-cases.js';
+import { runDecodeLayerChecks } from '../../test/cuda-decode-layer-cases.js';
 import { runQuantCases, runQuantGraphCases, runQuantModelChecks } from '../../test/cuda-quant-cases.js';
 import { runTrainCases } from '../../test/cuda-train-cases.js';
 import { runQuantJobCases } from '../../test/quant-job-cases.js';
@@ -101,6 +103,11 @@ if (!skip('quant-model') && fs.existsSync(path.join(model, 'config.json')) && fs
   report('quant models', await runQuantModelChecks(cpu, makeGpu, { model, data }, log), performance.now() - t0);
 } else if (!skip('quant-model')) {
   log(`== quantized stories260K checks skipped: no ${model}/config.json or ${data}`);
+}
+if (!skip('decode-layer') && !selfTest) {
+  log('== fused decode layer vs the per-op decode path');
+  const t0 = performance.now();
+  report('decode layer', await runDecodeLayerChecks((dtype) => new CudaDevice({ dtype }), log), performance.now() - t0);
 }
 cpu.close();
 

@@ -28,7 +28,7 @@
 // any simulated quantization (weights.quant), as calibration observers do.
 
 import { LlmoptError } from '../errors.js';
-import type { AttentionShape, Device, FakeQuantSpec, Tensor } from '../tensor/device.js';
+import type { AttentionShape, DecodeLayerAtArgs, Device, FakeQuantSpec, Tensor } from '../tensor/device.js';
 import { layerSlidingWindow, rotaryDim } from './config.js';
 import { ropeTables } from './rope.js';
 import type { ModelSpec } from './spec.js';
@@ -64,6 +64,12 @@ export interface StepAtOps<I> {
     q: Tensor; cacheK: Tensor; cacheV: Tensor; x: Tensor; wq: Tensor; wk: Tensor; wv: Tensor; bq?: Tensor; bk?: Tensor; bv?: Tensor;
     positions: I; cos: Tensor; sin: Tensor; nHeads: number; nKvHeads: number; headDim: number; rotaryDim: number; kvStride: number;
   }): boolean;
+  /**
+   * One whole decoder layer of a batch-1 decode step in one launch (CUDA): hidden += attention(norm(hidden))
+   * · Woᵀ, then hidden += MLP(norm(hidden)), the new key/value appended at positions[0]; false, queueing
+   * nothing, where it does not apply (then the per-op fused layer runs).
+   */
+  decodeLayerAt?(a: DecodeLayerAtArgs<I>): boolean;
 }
 
 /** Device-side inputs of one decode step: ids [batch]; positions[b] = sequence b's cache length before the step; kvLens[b] = positions[b] + 1. */
@@ -313,18 +319,30 @@ export class Decoder {
   }
 
   /**
-   * decodeStepAt's layers with fused ops: per layer norm+residual fused, q/k/v in one launch with rope
-   * and the KV append in its epilogue where the device has qkvRopeKvAt (else a second kernel),
-   * gate/up/SwiGLU in one launch (6 launches instead of 18).
+   * decodeStepAt's layers with fused ops: the whole layer in one launch where the device has
+   * decodeLayerAt and takes the layer (batch 1, no biases); else per layer norm+residual fused, q/k/v in
+   * one launch with rope and the KV append in its epilogue where the device has qkvRopeKvAt (else a
+   * second kernel), gate/up/SwiGLU in one launch (6 launches instead of 18).
    */
   private fusedDecodeLayers<I>(ws: Workspace, step: DecodeStepAt<I>, cache: KVCache): Tensor {
     const s = this.spec;
     const ops = step.ops;
     const rope = this.ropeFor(cache.maxLen);
     const layers = this.weights.layers;
-    this.device.rmsNorm(ws.xn, ws.x, layers[0]!.attnNorm, s.normEps);
+    let normed = false; // ws.xn holds layer i's attention norm of ws.x
     for (let i = 0; i < s.numLayers; i++) {
       const w = layers[i]!;
+      const biased = [w.qBias, w.kBias, w.vBias, w.oBias, w.downBias].some((b) => b !== undefined);
+      if (!biased && ws.batch === 1 && ops.decodeLayerAt?.({
+        hidden: ws.x, q: ws.q, act: ws.act, cacheK: cache.k[i]!, cacheV: cache.v[i]!, positions: step.positions, kvLens: step.kvLens,
+        cos: rope.cos, sin: rope.sin, attnNorm: w.attnNorm, mlpNorm: w.mlpNorm, wq: w.q, wk: w.k, wv: w.v, wo: w.o, wg: w.gate!, wu: w.up, wd: w.down,
+        eps: s.normEps, nHeads: s.numHeads, nKvHeads: s.numKvHeads, headDim: s.headDim, rotaryDim: this.rotaryDim, scale: 1 / Math.sqrt(s.headDim),
+        window: layerSlidingWindow(s, i),
+      })) {
+        normed = false;
+        continue;
+      }
+      if (!normed) this.device.rmsNorm(ws.xn, ws.x, w.attnNorm, s.normEps);
       const fused = ops.qkvRopeKvAt?.({
         q: ws.q, cacheK: cache.k[i]!, cacheV: cache.v[i]!, x: ws.xn, wq: w.q, wk: w.k, wv: w.v, bq: w.qBias, bk: w.kBias, bv: w.vBias,
         positions: step.positions, cos: rope.cos, sin: rope.sin, nHeads: s.numHeads, nKvHeads: s.numKvHeads, headDim: s.headDim,
@@ -344,7 +362,9 @@ export class Decoder {
       ops.matmulSiluMul!(ws.act, ws.xn, w.gate!, w.up, ws.gate!, ws.up);
       this.device.matmul(ws.proj, ws.act, w.down, w.downBias);
       ops.addRmsNorm!(ws.xn, ws.x, ws.proj, i + 1 < s.numLayers ? layers[i + 1]!.attnNorm : this.weights.finalNorm, s.normEps);
+      normed = true;
     }
+    if (!normed) this.device.rmsNorm(ws.xn, ws.x, this.weights.finalNorm, s.normEps);
     return ws.xn;
   }
 

@@ -278,3 +278,15 @@ export interface DistillLossRows {
   distill: Float64Array;
   ce: Float64Array;
 }
+
+/**
+ * Operands of a fused batch-1 decode layer (CUDA's decodeLayerAt, see src/model/decoder.ts StepAtOps):
+ * the step's hidden row, scratch for q and the SwiGLU output, the layer's cache and
+ * weights; positions[0] / kvLens[0] in device buffers of type I.
+ */
+export interface DecodeLayerAtArgs<I> {
+  hidden: Tensor; q: Tensor; act: Tensor; cacheK: Tensor; cacheV: Tensor;
+  positions: I; kvLens: I; cos: Tensor; sin: Tensor;
+  attnNorm: Tensor; mlpNorm: Tensor; wq: Tensor; wk: Tensor; wv: Tensor; wo: Tensor; wg: Tensor; wu: Tensor; wd: Tensor;
+  eps: number; nHeads: number; nKvHeads: number; headDim: number; rotaryDim: number; scale: number; window: number | undefined;
+}

@@ -3,13 +3,14 @@
 // GEMM, queued on one stream. Nothing waits for the GPU except download, scoreLogits and
 // synchronize. Host integer inputs (ids, positions, targets) are staged through pinned memory.
 
-import type { AttentionShape, ComputeDType, Device, FakeQuantSpec, QuantizedLinearData, ScoredRows, Tensor, TrainingOps } from '../device.js';
+import type { AttentionShape, ComputeDType, DecodeLayerAtArgs, Device, FakeQuantSpec, QuantizedLinearData, ScoredRows, Tensor, TrainingOps } from '../device.js';
 import { CublasLt } from './cublaslt.js';
 import { CudaDriver, type DevicePtr, type GpuInfo, type Handle } from './driver.js';
 import { CudaError } from './errors.js';
 import { KernelLibrary, type ArgSignature, type Kernel, type KernelArg } from './kernels.js';
 import { Nvrtc, gpuArchitecture } from './nvrtc.js';
 import { DECODE_COUNTERS, FUSED_SPLIT_MAX, launchFusedDecode, planFusedDecode, type FusedDecodePlan } from './decode-attention.js';
+import { DECODE_LAYER_SYNC_WORDS, launchDecodeLayer } from './decode-layer.js';
 import { CudaQuantLinear, QGEMV_ROW_MAX_M, QuantLinearOps } from './quant-linear.js';
 import { CudaQuantJob } from './quant-job-ops.js';
 import { CudaTensor, Storage, elementBytes, shapeSize } from './tensor.js';
@@ -196,6 +197,20 @@ export class CudaDevice implements Device {
   decodeSplitsMax = Number(process.env.LLMOPT_CUDA_DECODE_SPLITS_MAX ?? FUSED_SPLIT_MAX);
   /** Arrival counters of the fused decode attention (DECODE_COUNTERS int32, zeroed once; each launch leaves them 0). */
   private readonly attentionCounters: DevicePtr;
+  /** The fused decode layer's grid barrier and arrival counters (zeroed once; each launch leaves the counts 0). */
+  private readonly decodeLayerSync: DevicePtr;
+  /**
+   * Opt-in (LLMOPT_CUDA_DECODE_LAYER=1): batch-1 decode steps run each decoder layer as one decode_layer
+   * launch where it applies (decode-layer.ts). Off by default: at the Llama-3.2-1B shape on the H200 it
+   * measured slower than the per-op fused layers for every format (BF16 1.071 against 0.932 ms/step,
+   * FP8 0.987 against 0.839; bench/results/2026-12-01-h200-s6-call3/).
+   */
+  fusedDecodeLayer = process.env.LLMOPT_CUDA_DECODE_LAYER === '1';
+  /**
+   * @internal Profiling aid (scripts/gpu/decode-layer-stamps.ts): a device buffer of DECODE_LAYER_STAMPS u64 per SM
+   * that decode_layer launches fill with per-stage globaltimer stamps; 0 = none.
+   */
+  decodeLayerStamps: DevicePtr = 0n;
   /** Largest M that goes to the GEMV kernels instead of cuBLASLt (LLMOPT_CUDA_GEMV_MAX_M, default 4 — at 8 cuBLASLt wins on large weights; 0 = never; benchmarks change it). */
   gemvMaxM = Math.min(8, Number(process.env.LLMOPT_CUDA_GEMV_MAX_M ?? 4));
   private profileEvents: { name: string; start: Handle; end: Handle }[] | undefined;
@@ -216,6 +231,8 @@ export class CudaDevice implements Device {
     this.attentionScratch = this.driver.allocPermanent(ATTENTION_SCRATCH_BYTES);
     this.attentionCounters = this.driver.allocPermanent(DECODE_COUNTERS * 4);
     this.driver.memsetZero(this.attentionCounters, DECODE_COUNTERS * 4);
+    this.decodeLayerSync = this.driver.allocPermanent(DECODE_LAYER_SYNC_WORDS * 4);
+    this.driver.memsetZero(this.decodeLayerSync, DECODE_LAYER_SYNC_WORDS * 4);
     const rb = this.driver.allocPinned(READBACK_SLOTS * READBACK_SLOT_BYTES);
     this.readback = { address: rb.address, view: new Int32Array(rb.buffer), events: [], next: 0 };
     const self = this;
@@ -535,6 +552,12 @@ export class CudaDevice implements Device {
       a.nHeads, a.nKvHeads, hd, a.kvStride, K, vectorized,
     ]);
     return true;
+  }
+
+  decodeLayerAt(a: DecodeLayerAtArgs<CudaInts>): boolean {
+    if (!this.fusedDecodeLayer) return false;
+    return launchDecodeLayer(this, a, this.decodeLayerSync, { ptr: this.attentionScratch, bytes: ATTENTION_SCRATCH_BYTES },
+      this.decodeLayerStamps);
   }
 
   rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number): void {

@@ -26,7 +26,7 @@ import type { Nvrtc } from './nvrtc.js';
 export type ArgSignature = string;
 export type KernelArg = bigint | number;
 
-const MAX_ARGS = 32;
+const MAX_ARGS = 64;
 const PDL_MARKER = '// llmopt:pdl';
 const CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
 /** sizeof(CUlaunchConfig): 7 uint32, padding, stream, attrs pointer, numAttrs, padding. */
