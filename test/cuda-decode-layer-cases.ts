@@ -1,14 +1,14 @@
 // The fused decode layer (src/tensor/cuda/decode-layer.ts, kernels/decode_layer.cu) against the per-op
 // fused decode path it replaces, on small random Llama checkpoints of awkward shapes: head dim 64 with
-// 5 query heads per KV head (two head chunks), head dim 128 without GQA; hidden sizes that are not
+// 5 query heads per KV head (two heads for one warp's head slot), head dim 128 without GQA; hidden sizes that are not
 // multiples of the 512-byte spans; q/k weights scaled up so attention is peaked (a wrong key or head
 // shows). Per weight format (BF16 as stored, FP8 static, FP8_DYNAMIC, W8A8 dynamic and static, W8A16,
 // W4A16 group 64 symmetric and asymmetric; quantized on the cpu from random-id calibration windows) and
-// dtype (bf16, f16): 4 teacher-forced decode steps after a 700-token prefill (22 key tiles: two attention
-// splits, the last one partial), each step's logits with decodeLayerAt on against off; the step must
+// dtype (bf16, f16): 4 teacher-forced decode steps after a 700-token prefill (22 key tiles: 6 attention
+// splits of 4 tiles, the last one partial), each step's logits with decodeLayerAt on against off; the step must
 // have run decode_layer_* (and no per-op layer kernels); a CUDA graph of the step, replayed at two
-// later positions, equals the eager step bit for bit (the grid barrier and the split counters leave
-// their state ready for the next launch).
+// later positions, equals the eager step bit for bit (the grid barrier leaves its state ready for the
+// next launch).
 // Shared by test/cuda-decode-layer.test.ts (vitest, skipped without a GPU) and scripts/gpu/run-cuda-tests.ts.
 
 import fs from 'node:fs';

@@ -265,10 +265,9 @@ describe('fused decode layer plan (decode-layer.ts)', () => {
     expect(decodeLayerSplit(1, 64, 2112)).toBe(16);
   });
   test('shared memory: the larger of the row stages and the attention stage', () => {
-    // 1B W8A8: the attention stage's (8·D + 16·(4·32 + 8·(D + 2))) floats exceed x of 8192 bf16 + 8192 codes
-    expect(decodeLayerSmemBytes(8192, 8192, 64, 32)).toBe((8 * 64 + 16 * (4 * 32 + 8 * 66)) * 4);
-    expect(decodeLayerSmemBytes(320, 0, 128, 2)).toBe((8 * 128 + 16 * (4 * 32 + 8 * 130)) * 4);
-    // a 28672-wide MLP's x and codes + the small arrays (and 32 splits' max and sum per head) exceed it
-    expect(decodeLayerSmemBytes(28672, 28672, 64, 32)).toBe(2 * 28672 + 28672 + (8 + 128 + 32 + 32 * 32 * 2) * 4);
+    // 1B W8A8: x of 8192 bf16 + 8192 codes + the small arrays (and 32 splits' max and sum per head)
+    expect(decodeLayerSmemBytes(8192, 8192, 64, 32)).toBe(2 * 8192 + 8192 + (8 + 128 + 32 + 32 * 32 * 2) * 4);
+    // a narrow model: the attention stage's (8·D + 16·32 + 4·8·(D + 2)) floats exceed it
+    expect(decodeLayerSmemBytes(256, 0, 128, 2)).toBe((8 * 128 + 16 * 32 + 4 * 8 * 130) * 4);
   });
 });

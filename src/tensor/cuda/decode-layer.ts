@@ -11,7 +11,8 @@ import { CudaTensor } from './tensor.js';
 
 const WARPS = 16;
 const MAX_GQ = 8;
-const HEAD_CHUNK = 4;
+/** Attention: a block's warps as 4 query-head slots × 4 tile slots (decode_layer.cu DL_TILE_SLOTS). */
+const TILE_SLOTS = 4;
 const MAX_SPLITS = 32;
 /** u64 timestamps a launch writes when given a stamps buffer (kernels/decode_layer.cu dl_stamp): 10 per block. */
 export const DECODE_LAYER_STAMPS = 10;
@@ -25,7 +26,7 @@ const LOG2E = 1.4426950408889634;
 export function decodeLayerSmemBytes(xsElems: number, codesBytes: number, headDim: number, nHeads: number): number {
   const up16 = (n: number) => Math.ceil(n / 16) * 16;
   const rows = up16(2 * xsElems) + up16(codesBytes) + (8 + WARPS * 8 + 2 * WARPS + nHeads * MAX_SPLITS * 2) * 4;
-  const attention = (MAX_GQ * headDim + WARPS * (HEAD_CHUNK * 32 + MAX_GQ * (headDim + 2))) * 4;
+  const attention = (MAX_GQ * headDim + WARPS * 32 + TILE_SLOTS * MAX_GQ * (headDim + 2)) * 4;
   return Math.max(rows, attention);
 }
 

@@ -202,8 +202,8 @@ export class CudaDevice implements Device {
   /**
    * Opt-in (LLMOPT_CUDA_DECODE_LAYER=1): batch-1 decode steps run each decoder layer as one decode_layer
    * launch where it applies (decode-layer.ts). Off by default: at the Llama-3.2-1B shape on the H200 it
-   * measured slower than the per-op fused layers for every format (BF16 1.071 against 0.932 ms/step,
-   * FP8 0.987 against 0.839; bench/results/2026-12-01-h200-s6-call3/).
+   * measured slower than the per-op fused layers for every format (BF16 0.978 against 0.934 ms/step,
+   * FP8 0.894 against 0.837; bench/results/2026-12-01-h200-s6-call7/).
    */
   fusedDecodeLayer = process.env.LLMOPT_CUDA_DECODE_LAYER === '1';
   /**

@@ -24,12 +24,12 @@
 // Dense weights: lane L reads bytes [16L, 16L + 16) of each 512-byte span of both rows, i.e. columns
 // 8L … 8L + 8 of each 256, with x's same bytes from shared memory.
 //
-// Attention (stage B): blocks take (KV head, split) items; a warp scores 32-key tiles (lane j key j) for
-// the head group's query heads, keeping a running max, per-lane sums and P·V (lane l: dims l·D/32 …); the
-// block's 16 warps merge in shared memory and the block writes its split's normalized partial, which
-// the next stage merges while it reads its x (every block reads the few KB of partials from L2): no
-// arrival counters, no last-block merge. Splits: ⌈tiles / 16⌉ up to DL_MAX_SPLITS, then warps take
-// several tiles.
+// Attention (stage B): blocks take (KV head, split of 4 32-key tiles) items; a warp scores one tile
+// (lane j key j) for one query head of the group, keeping a running max, per-lane sums and P·V (lane l:
+// dims l·D/32 …); the block's 4 tile slots merge in shared memory and the block writes its split's
+// normalized partial, which the next stage merges while it reads its x (every block reads the few KB of
+// partials from L2): no arrival counters, no last-block merge. Splits: ⌈tiles / 4⌉ up to DL_MAX_SPLITS,
+// then warps take several tiles.
 //
 // Rounding is the per-op path's: q/k rounded to T before rope, the projections to T before the residual
 // add, the norms' outputs to T; SwiGLU from the f32 sums. Sums are in other orders (tolerance tests).
@@ -41,7 +41,8 @@ constexpr int DL_THREADS = DL_WARPS * 32;
 constexpr int DL_FMT_DENSE = 3;  // weights in the storage type T: rows of K values
 constexpr int DL_MAX_GQ = 8;     // query heads per KV head
 constexpr int DL_MAX_SPLITS = 32;
-constexpr int DL_HC = 4;        // query heads a warp scores at once
+constexpr int DL_HEAD_SLOTS = 4;                     // attention: warps of a block per query-head slot …
+constexpr int DL_TILE_SLOTS = DL_WARPS / DL_HEAD_SLOTS;  // … and per tile slot
 
 __device__ __forceinline__ uint4 dl_cg4(const void* p) {
   uint4 r;
@@ -291,7 +292,7 @@ __device__ __forceinline__ QrIn<T> dl_input(const T* xs, unsigned char* codes, f
   return in;
 }
 
-// Attention splits of kvLen keys: 32-key tiles, DL_WARPS · tilesPerWarp of them per split, at most
+// Attention splits of kvLen keys: 32-key tiles, DL_TILE_SLOTS · tilesPerWarp of them per split, at most
 // DL_MAX_SPLITS splits.
 struct DlSplits {
   int nTiles, tilesPerWarp, tilesPerSplit, nSplits;
@@ -299,109 +300,97 @@ struct DlSplits {
 __device__ __forceinline__ DlSplits dl_splits(int kvLen) {
   DlSplits p;
   p.nTiles = (kvLen + 31) / 32;
-  p.tilesPerWarp = (p.nTiles + DL_WARPS * DL_MAX_SPLITS - 1) / (DL_WARPS * DL_MAX_SPLITS);
-  p.tilesPerSplit = p.tilesPerWarp * DL_WARPS;
+  p.tilesPerWarp = (p.nTiles + DL_TILE_SLOTS * DL_MAX_SPLITS - 1) / (DL_TILE_SLOTS * DL_MAX_SPLITS);
+  p.tilesPerSplit = p.tilesPerWarp * DL_TILE_SLOTS;
   p.nSplits = (p.nTiles + p.tilesPerSplit - 1) / p.tilesPerSplit;
   return p;
 }
 
-// The tile's K row of lane j's key (kv: its first 64 dims; rows past kvLen read row 0, masked later)
-// and, when VPRE, its V: vv[j] = the lane's DV dims of key j (one 32-bit word for D = 64).
-template <typename T, int D>
-__device__ __forceinline__ void dl_tile_loads(uint4 (&kv)[8], unsigned (&vv)[32], const T* cacheK, const T* cacheV, int t, int kvLen,
-                                              int Nkv, int g) {
-  const int lane = threadIdx.x & 31, key = t * 32 + lane;
-  const T* kr = cacheK + (long long)(key < kvLen ? key : 0) * Nkv + g * D;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) kv[i] = dl_cg4(kr + 8 * i);  // dims 0 … 63 (the rest: in the score loop)
-  if constexpr (D == 64) {
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const int kk = t * 32 + j;
-      vv[j] = dl_cg1(cacheV + (long long)(kk < kvLen ? kk : 0) * Nkv + g * D + 2 * lane);
-    }
-  }
-}
-
 // Stage B (see the header): every split of every KV head writes its partial — per query head the
 // split's normalized output, max and sum — to scratch [split][head][D + 2]; stage C merges them
-// (dl_merge_att). smem: (DL_MAX_GQ · D + DL_WARPS · (DL_HC · 32 + DL_MAX_GQ · (D + 2))) floats.
-// Per 32-key tile a warp's lanes load their key's K row and (D = 64) the tile's V before any math (D = 64:
-// the first tile's before q is staged).
+// (dl_merge_att). A block's warps are DL_HEAD_SLOTS query-head slots × DL_TILE_SLOTS tile slots: warp w
+// scores its tiles for query heads w % DL_HEAD_SLOTS (+ DL_HEAD_SLOTS …) of the group, lane j key j of a
+// tile (its K row and, D = 64, the tile's V loaded before any math), so a warp holds one head's state
+// and the chain from the barrier to the partial is short. smem floats: DL_MAX_GQ · D (q) +
+// DL_WARPS · 32 (probabilities) + DL_TILE_SLOTS · DL_MAX_GQ · (D + 2) (the tile slots' partials).
 template <typename T, int D>
 __device__ __forceinline__ void dl_attention(const T* qbuf, const T* cacheK, const T* cacheV, float* scratch, const int* kvLens, int nHeads,
                                              int nKvHeads, float qScale, float* smem) {
   constexpr int DV = D / 32;  // a lane's dims of V
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int hs = warp % DL_HEAD_SLOTS, ts = warp / DL_HEAD_SLOTS;
   const int gq = nHeads / nKvHeads, Nkv = nKvHeads * D;
   const int kvLen = (int)dl_cg1(kvLens);
   const DlSplits sp = dl_splits(kvLen);
-  float* qs = smem;                            // [gq][D], scaled by scale · log2 e
-  float* pw = qs + DL_MAX_GQ * D;              // [warp][chunk head][32]: the tile's probabilities
-  float* wp = pw + DL_WARPS * DL_HC * 32;      // [warp][head][D + 2]: o, max, sum
+  float* qs = smem;                                  // [gq][D], scaled by scale · log2 e
+  float* pw = qs + DL_MAX_GQ * D;                    // [warp][32]: the tile's probabilities
+  float* wp = pw + DL_WARPS * 32;                    // [tile slot][head][D + 2]: o, max, sum
   for (int item = blockIdx.x; item < nKvHeads * sp.nSplits; item += gridDim.x) {
     const int g = item % nKvHeads, split = item / nKvHeads;
-    const int t0 = split * sp.tilesPerSplit + warp * sp.tilesPerWarp, t1 = min(sp.nTiles, t0 + sp.tilesPerWarp);
-    // head dim 64: the first tile's K and V loads go out before q is staged (128: registers are short)
-    constexpr bool EARLY = D == 64;
-    uint4 kv[8];
+    const int t0 = split * sp.tilesPerSplit + ts * sp.tilesPerWarp, t1 = min(sp.nTiles, t0 + sp.tilesPerWarp);
+    const bool busy = hs < gq && t0 < t1;
+    uint4 kv[8];  // the key's first 64 dims (the rest: loaded in the score loop)
     unsigned vv[32];
-    if (EARLY && t0 < t1) dl_tile_loads<T, D>(kv, vv, cacheK, cacheV, t0, kvLen, Nkv, g);
+    const auto loads = [&](int t) {
+      const int key = t * 32 + lane;
+      const T* kr = cacheK + (long long)(key < kvLen ? key : 0) * Nkv + g * D;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) kv[i] = dl_cg4(kr + 8 * i);
+      if constexpr (D == 64) {
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          const int kk = t * 32 + j;
+          vv[j] = dl_cg1(cacheV + (long long)(kk < kvLen ? kk : 0) * Nkv + g * D + 2 * lane);
+        }
+      }
+    };
+    if (busy) loads(t0);  // before q is staged: they do not depend on it
     for (int i = tid; i < gq * D; i += DL_THREADS) qs[i] = to_float(dl_cgT(qbuf + (long long)g * gq * D + i)) * qScale;
     __syncthreads();
-    // Query heads DL_HC at a time (registers: one chunk's running max, sums and P·V), the tiles re-read per chunk.
-    for (int h0 = 0; h0 < gq; h0 += DL_HC) {
-      const int hc = min(DL_HC, gq - h0);
-      float m[DL_HC], l[DL_HC], o[DL_HC][DV];
+    for (int h = hs; h < gq; h += DL_HEAD_SLOTS) {
+      float m = -INF_F, l = 0.f, o[DV];
 #pragma unroll
-      for (int h = 0; h < DL_HC; ++h) {
-        m[h] = -INF_F, l[h] = 0.f;
-#pragma unroll
-        for (int e = 0; e < DV; ++e) o[h][e] = 0.f;
-      }
+      for (int e = 0; e < DV; ++e) o[e] = 0.f;
       for (int t = t0; t < t1; ++t) {
-        if (!EARLY || t > t0 || h0 > 0) dl_tile_loads<T, D>(kv, vv, cacheK, cacheV, t, kvLen, Nkv, g);
-        const bool valid = t * 32 + lane < kvLen;
-        float s[DL_HC];
-#pragma unroll
-        for (int h = 0; h < DL_HC; ++h) s[h] = 0.f;
+        if (t > t0 || h > hs) loads(t);
+        const int key = t * 32 + lane;
+        const bool valid = key < kvLen;
+        float s = 0.f;
 #pragma unroll
         for (int c = 0; c < D / 64; ++c) {
           if (c > 0) {
-            const int key = t * 32 + lane;
-            const T* kr = cacheK + (long long)(key < kvLen ? key : 0) * Nkv + g * D + 64 * c;
+            const T* kr = cacheK + (long long)(valid ? key : 0) * Nkv + g * D + 64 * c;
 #pragma unroll
             for (int i = 0; i < 8; ++i) kv[i] = dl_cg4(kr + 8 * i);
           }
+          const float* qh = qs + h * D + 64 * c;
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
             float kf[8];
             unpack16(kv[i], kf, cacheK);
 #pragma unroll
-            for (int h = 0; h < DL_HC; ++h) {
-              if (h >= hc) break;
-              const float* qh = qs + (h0 + h) * D + 64 * c + 8 * i;
-#pragma unroll
-              for (int e = 0; e < 8; ++e) s[h] = fmaf(qh[e], kf[e], s[h]);
-            }
+            for (int e = 0; e < 8; ++e) s = fmaf(qh[8 * i + e], kf[e], s);
           }
         }
+        const float sv = valid ? s : -INF_F;
+        const float nm = fmaxf(m, warp_max(sv));
+        const float corr = exp2f(m - nm);
+        const float p = valid ? exp2f(sv - nm) : 0.f;
+        l = l * corr + p;
 #pragma unroll
-        for (int h = 0; h < DL_HC; ++h) {
-          if (h >= hc) break;
-          const float sv = valid ? s[h] : -INF_F;
-          const float nm = fmaxf(m[h], warp_max(sv));
-          const float corr = exp2f(m[h] - nm);
-          const float p = valid ? exp2f(sv - nm) : 0.f;
-          l[h] = l[h] * corr + p;
-#pragma unroll
-          for (int e = 0; e < DV; ++e) o[h][e] *= corr;
-          m[h] = nm;
-          pw[(warp * DL_HC + h) * 32 + lane] = p;
-        }
+        for (int e = 0; e < DV; ++e) o[e] *= corr;
+        m = nm;
+        pw[warp * 32 + lane] = p;
         __syncwarp();
-        if constexpr (D != 64) {
-          // head dim 128: V loaded here, 16 keys at a time (lane l: dims 4l … 4l + 3)
+        if constexpr (D == 64) {
+#pragma unroll
+          for (int j = 0; j < 32; ++j) {
+            const T lo{(u16)(vv[j] & 0xffffu)}, hi{(u16)(vv[j] >> 16)};
+            const float pj = pw[warp * 32 + j];  // 0 past kvLen
+            o[0] = fmaf(pj, to_float(lo), o[0]), o[1] = fmaf(pj, to_float(hi), o[1]);
+          }
+        } else {
+          // head dim 128: V here, 16 keys at a time (lane l: dims 4l … 4l + 3)
 #pragma unroll
           for (int j0 = 0; j0 < 32; j0 += 16) {
             uint2 v2[16];
@@ -412,55 +401,33 @@ __device__ __forceinline__ void dl_attention(const T* qbuf, const T* cacheK, con
             }
 #pragma unroll
             for (int j = 0; j < 16; ++j) {
+              const float pj = pw[warp * 32 + j0 + j];
               const unsigned wv[2] = {v2[j].x, v2[j].y};
-              float vf[4];
 #pragma unroll
               for (int e = 0; e < 4; e += 2) {
                 const T lo{(u16)(wv[e / 2] & 0xffffu)}, hi{(u16)(wv[e / 2] >> 16)};
-                vf[e] = to_float(lo), vf[e + 1] = to_float(hi);
+                o[e] = fmaf(pj, to_float(lo), o[e]), o[e + 1] = fmaf(pj, to_float(hi), o[e + 1]);
               }
-#pragma unroll
-              for (int h = 0; h < DL_HC; ++h) {
-                if (h >= hc) break;
-                const float p = pw[(warp * DL_HC + h) * 32 + j0 + j];  // 0 past kvLen
-#pragma unroll
-                for (int e = 0; e < DV; ++e) o[h][e] = fmaf(p, vf[e], o[h][e]);
-              }
-            }
-          }
-        } else {
-#pragma unroll
-          for (int j = 0; j < 32; ++j) {
-            const T lo{(u16)(vv[j] & 0xffffu)}, hi{(u16)(vv[j] >> 16)};
-            const float v0 = to_float(lo), v1 = to_float(hi);
-#pragma unroll
-            for (int h = 0; h < DL_HC; ++h) {
-              if (h >= hc) break;
-              const float p = pw[(warp * DL_HC + h) * 32 + j];  // 0 past kvLen
-              o[h][0] = fmaf(p, v0, o[h][0]), o[h][DV - 1] = fmaf(p, v1, o[h][DV - 1]);
             }
           }
         }
         __syncwarp();
       }
+      // this tile slot's partial for head h (max −inf, sum 0 when the slot had no tiles)
+      const float sum = warp_sum(l);
+      float* w = wp + (ts * DL_MAX_GQ + h) * (D + 2);
 #pragma unroll
-      for (int h = 0; h < DL_HC; ++h) {
-        if (h >= hc) break;
-        const float sum = warp_sum(l[h]);
-        float* w = wp + (warp * DL_MAX_GQ + h0 + h) * (D + 2);
-#pragma unroll
-        for (int e = 0; e < DV; ++e) w[DV * lane + e] = o[h][e];
-        if (lane == 0) w[D] = m[h], w[D + 1] = sum;
-      }
+      for (int e = 0; e < DV; ++e) w[DV * lane + e] = o[e];
+      if (lane == 0) w[D] = m, w[D + 1] = sum;
     }
     __syncthreads();
-    // The block's warps merged: thread per (head, dim). A warp without tiles has max −inf, weight 0.
+    // the tile slots merged: thread per (head, dim)
     for (int i = tid; i < gq * D; i += DL_THREADS) {
       const int h = i / D, d = i % D;
       float M = -INF_F;
-      for (int w = 0; w < DL_WARPS; ++w) M = fmaxf(M, wp[(w * DL_MAX_GQ + h) * (D + 2) + D]);
+      for (int w = 0; w < DL_TILE_SLOTS; ++w) M = fmaxf(M, wp[(w * DL_MAX_GQ + h) * (D + 2) + D]);
       float L = 0.f, O = 0.f;
-      for (int w = 0; w < DL_WARPS; ++w) {
+      for (int w = 0; w < DL_TILE_SLOTS; ++w) {
         const float* e = wp + (w * DL_MAX_GQ + h) * (D + 2);
         const float f = exp2f(e[D] - M);
         L = fmaf(f, e[D + 1], L), O = fmaf(f, e[d], O);
@@ -497,10 +464,30 @@ __device__ __forceinline__ void dl_merge_att(T* xs, const float* scratch, const 
   __syncthreads();
 }
 
-// h[n] = T(h[n] + T(acc)): the residual add of the per-op path (matmul rounded, then added).
+// The residual rows of a warp's first task of a residual stage (rows 2p, 2p + 1), loaded when the stage
+// starts so the store does not wait for them (dl_residual reloads them for later tasks).
 template <typename T>
-__device__ __forceinline__ void dl_residual(T* h, int n, float acc) {
-  h[n] = from_float<T>(to_float(dl_cgT(h + n)) + to_float(from_float<T>(acc)));
+struct DlResidual {
+  int p;
+  float r[2];
+};
+template <typename T>
+__device__ __forceinline__ DlResidual<T> dl_residual_first(const T* h, int P, int kSplit, int nSpans) {
+  const DlSlice s = dl_slice(kSplit, nSpans);
+  DlResidual<T> res;
+  res.p = s.group < P && s.slice == 0 && (threadIdx.x & 31) == 0 ? s.group : -1;
+  res.r[0] = res.r[1] = 0.f;
+  if (res.p >= 0) res.r[0] = to_float(dl_cgT(h + 2 * res.p)), res.r[1] = to_float(dl_cgT(h + 2 * res.p + 1));
+  return res;
+}
+// h[2p + i] = T(h + T(acc[i])): the residual add of the per-op path (matmul rounded, then added).
+template <typename T>
+__device__ __forceinline__ void dl_residual(T* h, int p, const float (&acc)[2], const DlResidual<T>& first) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const float r = p == first.p ? first.r[i] : to_float(dl_cgT(h + 2 * p + i));
+    h[2 * p + i] = from_float<T>(r + to_float(from_float<T>(acc[i])));
+  }
 }
 
 // Shared memory (dynamic, bytes; decode-layer.ts decodeLayerSmemBytes): xs T [xsElems] | codes [codesBytes] |
@@ -572,6 +559,16 @@ __device__ __forceinline__ void decode_layer(
   pdl_wait();
   dl_stamp(stamps, 0);
   const int at = pos[0];
+  // the rope factors of the warp's first task (q or k pair), loaded while x is normed
+  int ropeP = -1;
+  float ropeC = 0.f, ropeS = 0.f;
+  {
+    const DlSlice s0 = dl_slice(1, gH().nSpans);
+    if (s0.group < Pq + Pk && lane == 0) {
+      const int d = (s0.group < Pq ? s0.group : s0.group - Pq) % half;
+      ropeP = s0.group, ropeC = to_float(cosT[(long long)at * half + d]), ropeS = to_float(sinT[(long long)at * half + d]);
+    }
+  }
 
   dl_norm_x(xs, h, attnNorm, H, eps);
   {
@@ -586,7 +583,8 @@ __device__ __forceinline__ void decode_layer(
       }
       const bool isK = p >= Pq;
       const int pp = isK ? p - Pq : p, d = pp % half, ra = (pp / half) * D + d;
-      const float c = to_float(cosT[(long long)at * half + d]), s = to_float(sinT[(long long)at * half + d]);
+      const float c = p == ropeP ? ropeC : to_float(cosT[(long long)at * half + d]);
+      const float s = p == ropeP ? ropeS : to_float(sinT[(long long)at * half + d]);
       const float x1 = to_float(from_float<T>(acc[0])), x2 = to_float(from_float<T>(acc[1]));
       T* row = isK ? cacheK + (long long)at * Nkv : qbuf;
       row[ra] = from_float<T>(x1 * c - x2 * s), row[ra + half] = from_float<T>(x2 * c + x1 * s);
@@ -605,11 +603,12 @@ __device__ __forceinline__ void decode_layer(
   dl_stamp(stamps, 4);
 
   // C
+  const DlResidual<T> resO = dl_residual_first(h, H / 2, splitO, gA().nSpans);
   dl_merge_att<T, D>(xs, scratch, kvLens, nHeads, ml);
   {
     const QrIn<T> in = dl_input<T, FMT, ACT>(xs, codes, sx, amaxw, qDim, KpA, ssO);
     dl_stage<T, FMT, ACT>(v, H / 2, splitO, gA(), in, xs, gm, chunkGroups, part, oRows, [&](int p, const float (&acc)[2]) {
-      if (lane == 0) dl_residual(h, 2 * p, acc[0]), dl_residual(h, 2 * p + 1, acc[1]);
+      if (lane == 0) dl_residual(h, p, acc, resO);
     });
   }
   dl_stamp_block(stamps, 5);
@@ -633,11 +632,12 @@ __device__ __forceinline__ void decode_layer(
   dl_stamp(stamps, 8);
 
   // E
+  const DlResidual<T> resD = dl_residual_first(h, H / 2, splitD, gI().nSpans);
   dl_copy_x(xs, act, I);
   {
     const QrIn<T> in = dl_input<T, FMT, ACT>(xs, codes, sx, amaxw, I, KpI, ssD);
     dl_stage<T, FMT, ACT>(v, H / 2, splitD, gI(), in, xs, gm, chunkGroups, part, dRows, [&](int p, const float (&acc)[2]) {
-      if (lane == 0) dl_residual(h, 2 * p, acc[0]), dl_residual(h, 2 * p + 1, acc[1]);
+      if (lane == 0) dl_residual(h, p, acc, resD);
     });
   }
   dl_stamp_block(stamps, 9);
