@@ -44,9 +44,6 @@ interface Scheme {
   asym?: boolean;
   staticActivations?: boolean;
   activations: boolean;
-  /** Shapes it runs on (default: all). W4A16 asym on the d64 shape (hidden 320: rows padded past K) gives NaN
-   * logits on the GPU in the per-op path too, the cpu does not: a known bug outside the decode layer (NOTES.md). */
-  shapes?: string[];
 }
 
 const SCHEMES: Scheme[] = [
@@ -57,7 +54,7 @@ const SCHEMES: Scheme[] = [
   { label: 'W8A8 static', scheme: 'W8A8', staticActivations: true, activations: true },
   { label: 'W8A16 g64', scheme: 'W8A16', groupSize: 64, activations: false },
   { label: 'W4A16 g64', scheme: 'W4A16', groupSize: 64, activations: false },
-  { label: 'W4A16 g64 asym', scheme: 'W4A16', groupSize: 64, asym: true, activations: false, shapes: ['d128'] },
+  { label: 'W4A16 g64 asym', scheme: 'W4A16', groupSize: 64, asym: true, activations: false },
 ];
 
 const PREFILL = 700;
@@ -169,7 +166,6 @@ export async function runDecodeLayerChecks(makeGpu: (dtype: ComputeDType) => Cud
       const src = path.join(tmp, shape.label.replace(/\W+/g, '-'));
       writeRandomCheckpoint(src, config(shape), 3, { qkStd: 0.12 });
       for (const s of SCHEMES) {
-        if (s.shapes !== undefined && !s.shapes.includes(shape.label)) continue;
         const name = `decode layer ${shape.label} ${s.label}`;
         try {
           const dir = await quantized(src, `${src}-${s.label.replace(/\W+/g, '-')}`, s);

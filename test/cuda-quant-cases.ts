@@ -55,6 +55,7 @@ export const QSCHEMES: QScheme[] = [
   { label: 'W4A16 group 32', codes: 'packed4', groupSize: 32 },
   { label: 'W4A16 channel', codes: 'packed4' },
   { label: 'W4A16 group 128 asym', codes: 'packed4', groupSize: 128, asym: true },
+  { label: 'W4A16 group 64 asym', codes: 'packed4', groupSize: 64, asym: true },
   { label: 'W4A16 group 64 g_idx', codes: 'packed4', groupSize: 64, gIdx: true },
 ];
 
@@ -406,6 +407,10 @@ export function quantCases(dtype: ComputeDType): OpCase[] {
   const cases: OpCase[] = [];
   for (const s of QSCHEMES) {
     const shapes: [number, number][] = s.groupSize ? [[37, 2048], [129, 1152], [70, 4224]] : [[37, 1000], [129, 2048], [70, 4104], [19, 1001]];
+    // groups of 32 / 64 columns with K short of a whole 64-byte chunk, N a multiple of 16 (so the last
+    // stored row is a real one): the padding words' groups must stay inside the row's
+    if (s.groupSize === 32) shapes.push([48, 352]);
+    if (s.groupSize === 64) shapes.push([48, 320]);
     for (const [N, K] of shapes) cases.push(linearCase(s, N, K));
   }
   for (const label of ['FP8 (per-tensor w, static x)', 'FP8_DYNAMIC', 'FP8 weights only', 'W8A8 dynamic', 'W8A8 static', 'W4A16 group 128', 'W4A16 group 128 asym', 'W8A16 channel (packed)']) {

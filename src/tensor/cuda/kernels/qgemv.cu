@@ -179,7 +179,8 @@ struct QTile {
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       if (gmagic != 0ull) {
-        const int ng = (int)(((unsigned long long)(4 * c + u) * gmagic) >> 32);
+        // clamped: the last chunk's padding words (x = 0) would map past the row's last group (qrow.cuh)
+        const int ng = min(G - 1, (int)(((unsigned long long)(4 * c + u) * gmagic) >> 32));
         if (ng != grp) {
           flush(acc);
           grp = ng;

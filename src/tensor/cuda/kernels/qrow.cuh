@@ -178,7 +178,9 @@ __device__ __forceinline__ void qr_pair(float (&acc)[2][M], uint4 (&v)[2][QR_SPA
               for (int r = 0; r < 2; ++r) sw[r][u] = sw[r][0], off[r][u] = off[r][0];
               continue;
             }
-            const int grp = (int)(((unsigned long long)(4 * c + u) * gmagic) >> 32);
+            // Words past K (the last chunk's padding, x = 0 there) would map past the row's last group: a
+            // real row's scale / zero point read out of bounds, whose garbage could make ∞ · 0 = NaN.
+            const int grp = min(G - 1, (int)(((unsigned long long)(4 * c + u) * gmagic) >> 32));
 #pragma unroll
             for (int r = 0; r < 2; ++r) sw[r][u] = sc[r][grp], off[r][u] = qr_offset<FMT>(zp[r], grp);
           }
