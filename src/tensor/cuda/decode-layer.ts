@@ -40,7 +40,8 @@ export function decodeLayerSplit(pairs: number, spans: number, warps: number): n
   return split;
 }
 
-type Weight = { ptr: DevicePtr; scales: DevicePtr; zeros: DevicePtr; N: number; K: number; Kp: number; rowBytes: number; G: number };
+/** What the launch reads of a Linear: its stored bytes, scales and zero points (0n when absent) and row geometry. */
+type Weight = { ptr: DevicePtr; scales: DevicePtr; zeros: DevicePtr; Kp: number; rowBytes: number; G: number };
 
 /** One decoder layer in one launch (see the header); false, queueing nothing, where it does not apply. */
 export function launchDecodeLayer(dev: CudaDevice, a: DecodeLayerAtArgs<CudaInts>, sync: DevicePtr, scratch: { ptr: DevicePtr; bytes: number },
@@ -71,7 +72,7 @@ export function launchDecodeLayer(dev: CudaDevice, a: DecodeLayerAtArgs<CudaInts
     format = 'dense';
     const dense = ws as CudaTensor[];
     if (!dense.every((w, i) => w.rowCount === shapes[i]![0] && w.cols === shapes[i]![1] && w.ptr % 16n === 0n)) return false;
-    weights = dense.map((w) => ({ ptr: w.ptr, scales: 0n, zeros: 0n, N: w.rowCount, K: w.cols, Kp: w.cols, rowBytes: 2 * w.cols, G: 1 }));
+    weights = dense.map((w) => ({ ptr: w.ptr, scales: 0n, zeros: 0n, Kp: w.cols, rowBytes: 2 * w.cols, G: 1 }));
   } else if (ws.every((w) => w instanceof CudaQuantLinear && w.device === dev && !w.freed)) {
     const qs = ws as CudaQuantLinear[];
     const w0 = qs[0]!;
@@ -83,7 +84,7 @@ export function launchDecodeLayer(dev: CudaDevice, a: DecodeLayerAtArgs<CudaInts
       (!grouped || (w.groupSize === w0.groupSize && w.gmagic === w0.gmagic)) && w.N === shapes[i]![0] && w.K === shapes[i]![1])) return false;
     // x is quantized once per stage: Linears sharing an input share its static scale
     if (qs[1]!.staticScale !== qs[0]!.staticScale || qs[2]!.staticScale !== qs[0]!.staticScale || qs[5]!.staticScale !== qs[4]!.staticScale) return false;
-    weights = qs.map((w) => ({ ptr: w.weights, scales: w.scales, zeros: w.zeros, N: w.N, K: w.K, Kp: w.Kp, rowBytes: w.rowBytes, G: w.groups }));
+    weights = qs.map((w) => ({ ptr: w.weights, scales: w.scales, zeros: w.zeros, Kp: w.Kp, rowBytes: w.rowBytes, G: w.groups }));
     [0, 1, 2, 3, 4, 5, 6].forEach((i) => (scales[i] = qs[i]!.staticScale));
     gmagic = w0.gmagic;
     chunkGroups = w0.groups > 1 && w0.groupSize % (16 * WORD_COLUMNS[w0.format]) === 0 ? 1 : 0;

@@ -197,7 +197,7 @@ export class CudaDevice implements Device {
   decodeSplitsMax = Number(process.env.LLMOPT_CUDA_DECODE_SPLITS_MAX ?? FUSED_SPLIT_MAX);
   /** Arrival counters of the fused decode attention (DECODE_COUNTERS int32, zeroed once; each launch leaves them 0). */
   private readonly attentionCounters: DevicePtr;
-  /** The fused decode layer's grid barrier and arrival counters (zeroed once; each launch leaves the counts 0). */
+  /** The fused decode layer's grid barrier: arrival count and generation (zeroed once; each barrier leaves the count 0). */
   private readonly decodeLayerSync: DevicePtr;
   /**
    * Opt-in (LLMOPT_CUDA_DECODE_LAYER=1): batch-1 decode steps run each decoder layer as one decode_layer

@@ -116,10 +116,10 @@ __device__ __forceinline__ void dl_stamp_block(unsigned long long* stamps, int i
 
 __device__ __forceinline__ void dl_bar(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
 
-// The geometry of one stage's rows: K inputs, stored row bytes, 64-byte chunks and 512-byte spans of a
-// row, scale groups per row.
+// The geometry of one stage's rows: stored row bytes, its 64-byte chunks and 512-byte spans, scale
+// groups per row.
 struct DlGeom {
-  int K, Kp, rowBytes, nChunks, nSpans, G;
+  int rowBytes, nChunks, nSpans, G;
 };
 // A pair's two rows: weights, scales and zero points (nullptr) at the rows.
 struct DlRows {
@@ -517,18 +517,18 @@ __device__ __forceinline__ void decode_layer(
   const int lane = threadIdx.x & 31;
   const int qDim = nHeads * D, half = D / 2, Nkv = nKvHeads * D;
   constexpr int CK = FMT == DL_FMT_DENSE ? 256 : QFmt<FMT == DL_FMT_DENSE ? QFMT_FP8 : FMT>::CK;
-  const auto geom = [&](int K, int Kp, int rb, int G) {
+  const auto geom = [&](int Kp, int rb, int G) {
     DlGeom g;
-    g.K = K, g.Kp = Kp, g.rowBytes = rb, g.G = G;
+    g.rowBytes = rb, g.G = G;
     g.nChunks = FMT == DL_FMT_DENSE ? (rb + 63) / 64 : Kp / CK;
     g.nSpans = (rb + 511) / 512;
     return g;
   };
   // Geometry and row lambdas are recomputed where used: kept live across the stages they cost registers
   // the attention stage needs.
-  const auto gH = [&]() { return geom(H, KpH, rbH, GH); };
-  const auto gA = [&]() { return geom(qDim, KpA, rbA, GA); };
-  const auto gI = [&]() { return geom(I, KpI, rbI, GI); };
+  const auto gH = [&]() { return geom(KpH, rbH, GH); };
+  const auto gA = [&]() { return geom(KpA, rbA, GA); };
+  const auto gI = [&]() { return geom(KpI, rbI, GI); };
   const unsigned long long gm = (unsigned long long)gmagic;
 
   // A: tasks [0, Pq) q pairs (rows i, i + half of a head), [Pq, Pq + Pk) k pairs, then v row pairs.
